@@ -1,0 +1,34 @@
+"""Random (image, caption) batches from the toy world, for training the toy models."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cones_tasks.toyworld.captions import random_caption
+from cones_tasks.toyworld.render import random_scene, render
+
+# Mostly one or two objects (what the prompts ask for most), a few crowded scenes so
+# that unions of 3–4 subjects (issue #4) have something to draw on.
+OBJECT_COUNT_WEIGHTS = {1: 0.55, 2: 0.35, 3: 0.07, 4: 0.03}
+
+
+def to_model_range(images: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] → float [B, 3, H, W] in [-1, 1] (pixel-space diffusion input)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def from_model_range(samples: torch.Tensor) -> np.ndarray:
+    """float [B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3]."""
+    return samples.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+def random_batch(
+    rng: np.random.Generator, batch_size: int, *, p_full: float = 0.5, p_empty: float = 0.0
+) -> tuple[np.ndarray, list[str]]:
+    """uint8 images [B, H, W, 3] and captions; `p_empty` drops captions for classifier-free guidance."""
+    counts = rng.choice(list(OBJECT_COUNT_WEIGHTS), size=batch_size, p=list(OBJECT_COUNT_WEIGHTS.values()))
+    scenes = [random_scene(rng, int(n)) for n in counts]
+    images = np.stack([render(s) for s in scenes])
+    captions = ["" if rng.random() < p_empty else random_caption(rng, s, p_full=p_full) for s in scenes]
+    return images, captions

@@ -1,0 +1,159 @@
+"""Train the toy text-to-image model from scratch (issue #3): `cones toy train-model`.
+
+Seeded and CPU-friendly: batch 64, AdamW 2e-3 with warm-up and cosine decay, EMA weights
+(what ships). Writes the diffusers folder layout, a loss curve PNG and a training log.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cones_tasks.toyworld.architecture import build_scheduler, build_text_encoder, build_unet
+from cones_tasks.toyworld.batches import random_batch, to_model_range
+from cones_tasks.toyworld.tokenizer import write_tokenizer
+
+
+@dataclass(frozen=True)
+class TrainModelParams:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 50
+    ema_decay: float = 0.995
+    p_empty: float = 0.1  # caption dropout, for classifier-free guidance
+    seed: int = 0
+    max_minutes: float | None = None  # stop early (and still ship) past this wall time
+    checkpoint_every: int = 250
+
+
+def write_pipeline(out: Path, unet, text_encoder, scheduler) -> None:
+    """Diffusers folder layout: model_index.json + one folder per component, safetensors."""
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    write_tokenizer(out / "tokenizer")
+    scheduler.save_pretrained(out / "scheduler")
+    import diffusers
+
+    index = {
+        "_class_name": "ConesPixelPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", type(scheduler).__name__],
+        "vae": [None, None],
+    }
+    (out / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+@torch.no_grad()
+def caption_gap(unet, encode, scheduler, *, seed: int, n: int = 256) -> float:
+    """Relative increase of the denoising error with a wrong caption vs the right one.
+
+    ~0 means the model ignores its prompt (the failure issue #3 started from)."""
+    rng = np.random.default_rng(seed)
+    images, captions = random_batch(rng, n, p_full=1.0)
+    x0 = to_model_range(images)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(100, 700, (n,), generator=g)
+    xt = scheduler.add_noise(x0, noise, t)
+    right = F.mse_loss(unet(xt, t, encode(captions)).sample, noise).item()
+    wrong = F.mse_loss(unet(xt, t, encode(captions[1:] + captions[:1])).sample, noise).item()
+    return (wrong - right) / right
+
+
+def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams(), *, progress: bool = True) -> dict:
+    out = Path(out)
+    torch.manual_seed(params.seed)
+    rng = np.random.default_rng(params.seed)
+    unet, text_encoder, scheduler = build_unet(seed=params.seed), build_text_encoder(seed=params.seed + 1), build_scheduler()
+    tokenizer_dir = write_tokenizer(out / "tokenizer")
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+
+    def encode(captions: list[str]) -> torch.Tensor:
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        return text_encoder(ids).last_hidden_state  # [B, T, D]
+
+    ema = copy.deepcopy(unet).requires_grad_(False)
+    opt = torch.optim.AdamW(unet.parameters(), lr=params.lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min(1.0, (s + 1) / params.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, params.steps) / params.steps))),
+    )
+    g = torch.Generator().manual_seed(params.seed)
+    losses: list[float] = []
+    gaps: list[tuple[int, float]] = []
+    start = time.perf_counter()
+    bar = tqdm(range(params.steps), desc="train toy model", disable=not progress)
+    for step in bar:
+        images, captions = random_batch(rng, params.batch_size, p_empty=params.p_empty)
+        x0 = to_model_range(images)
+        noise = torch.randn(x0.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (params.batch_size,), generator=g)
+        with torch.no_grad():
+            cond = encode(captions)
+        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, cond).sample, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        schedule.step()
+        with torch.no_grad():
+            decay = min(params.ema_decay, (1 + step) / (10 + step))
+            for pe, p in zip(ema.parameters(), unet.parameters()):
+                pe.lerp_(p, 1 - decay)
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        done = step + 1 == params.steps
+        over_time = params.max_minutes is not None and time.perf_counter() - start > 60 * params.max_minutes
+        if (step + 1) % params.checkpoint_every == 0 or done or over_time:
+            gaps.append((step + 1, caption_gap(ema, encode, scheduler, seed=10_000)))
+            write_pipeline(out, ema, text_encoder, scheduler)
+            log = {
+                "params": asdict(params),
+                "steps_done": step + 1,
+                "wall_s": time.perf_counter() - start,
+                "threads": torch.get_num_threads(),
+                "final_loss_ema50": float(np.mean(losses[-50:])),
+                "caption_gap": gaps,
+                "losses": losses,
+            }
+            (out / "training_log.json").write_text(json.dumps(log))
+            plot_loss_curve(losses, gaps, out / "loss_curve.png")
+            bar.write(f"step {step + 1}: loss {log['final_loss_ema50']:.4f}, caption gap {gaps[-1][1]:.3f}")
+        if over_time:
+            break
+    return log
+
+
+def plot_loss_curve(losses: list[float], gaps: list[tuple[int, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
+    smooth = np.convolve(losses, np.ones(25) / 25, mode="valid") if len(losses) >= 25 else losses
+    a.plot(losses, alpha=0.3, lw=0.6)
+    a.plot(np.arange(len(smooth)) + (len(losses) - len(smooth)), smooth)
+    a.set(xlabel="step", ylabel="noise MSE", title="training loss", yscale="log")
+    if gaps:
+        b.plot(*zip(*gaps), marker="o")
+    b.set(xlabel="step", ylabel="(wrong − right) / right", title="caption gap")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
