@@ -1,0 +1,244 @@
+"""Validate and normalise a subject's reference images (issue #6, item 7).
+
+Input is `(name, bytes)` pairs — where the bytes come from (a folder, `s3://`) is the
+catalog's business (`catalog.sources.list_image_files`). Output is RGB uint8 pixels with
+a content hash of the *normalised* pixels, so the same picture saved as PNG and as TIFF, or
+rotated by an EXIF tag instead of in its pixels, counts once.
+
+Rules: one bad file never loses the good ones — each file is accepted, rejected with a
+reason, or reported as a duplicate. What a user expects to "just work" (CMYK, 16-bit,
+palette, 1-bit, alpha, EXIF rotation) is converted, not rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import unicodedata
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_SUBJECT_ID_CHARS = 64
+DEFAULT_MIN_SIDE = 64
+# 64 MP: a 8k×8k photo passes; a header claiming 50k×50k (a decompression bomb: a few KB
+# that decodes to gigabytes) is refused from its header alone, before any pixel is decoded.
+DEFAULT_MAX_PIXELS = 8192 * 8192
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+class InvalidSubjectIdError(ValueError):
+    """A subject id that is unsafe as a path component or a catalog key."""
+
+
+class EmptySubjectError(ValueError):
+    """A subject folder with no files at all."""
+
+
+class ImageRejectedError(ValueError):
+    """One file that cannot become a reference image; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class NormalizedImage:
+    name: str
+    content_hash: str  # sha256 hex of (height, width, RGB pixels)
+    pixels: np.ndarray = field(repr=False)  # [H, W, 3] uint8
+    source_mode: str  # the PIL mode it arrived in, e.g. "CMYK", "I;16", "P"
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    def to_png(self) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(self.pixels, mode="RGB").save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Rejection:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    name: str
+    duplicate_of: str
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    subject_id: str
+    accepted: tuple[NormalizedImage, ...]
+    rejected: tuple[Rejection, ...]
+    duplicates: tuple[Duplicate, ...]
+
+    def summary(self) -> str:
+        lines = [
+            f"subject {self.subject_id!r}: {len(self.accepted)} accepted, "
+            f"{len(self.rejected)} rejected, {len(self.duplicates)} duplicates"
+        ]
+        lines += [f"  rejected {r.name}: {r.reason}" for r in self.rejected]
+        lines += [f"  duplicate {d.name} = {d.duplicate_of}" for d in self.duplicates]
+        return "\n".join(lines)
+
+
+def validate_subject_id(subject_id: str) -> str:
+    """Return `subject_id` unchanged if it is safe as a path component and a key, else raise.
+
+    Subject ids become folder names in the catalog store (`images/<subject>/…`), so a `/`,
+    `\\` or `..` would write outside it; control characters break logs and SQL output.
+    """
+    fix = "use letters, digits, '-', '_' or '.', e.g. 'striped-yellow-triangle'"
+    if not isinstance(subject_id, str) or not subject_id.strip():
+        raise InvalidSubjectIdError(f"subject id must be a non-empty string, got {subject_id!r}; {fix}")
+    if len(subject_id) > MAX_SUBJECT_ID_CHARS:
+        raise InvalidSubjectIdError(
+            f"subject id is {len(subject_id)} characters, over the limit of {MAX_SUBJECT_ID_CHARS}: "
+            f"{subject_id[:40]!r}…; {fix}"
+        )
+    if "/" in subject_id or "\\" in subject_id:
+        raise InvalidSubjectIdError(f"subject id {subject_id!r} contains a path separator; {fix}")
+    if ".." in subject_id:
+        raise InvalidSubjectIdError(f"subject id {subject_id!r} contains '..'; {fix}")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in subject_id):
+        raise InvalidSubjectIdError(f"subject id {subject_id!r} contains a control character; {fix}")
+    if subject_id != subject_id.strip():
+        raise InvalidSubjectIdError(f"subject id {subject_id!r} has leading or trailing whitespace; {fix}")
+    return subject_id
+
+
+def normalize_image(
+    data: bytes, *, min_side: int = DEFAULT_MIN_SIDE, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, str]:
+    """Decode one file to RGB uint8 `[H, W, 3]`; return (pixels, source mode) or raise ImageRejectedError."""
+    if len(data) == 0:
+        raise ImageRejectedError("file is empty (0 bytes); re-export or remove it")
+    try:
+        with warnings.catch_warnings():
+            # PIL warns (not raises) between MAX_IMAGE_PIXELS and twice that; we decide ourselves below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))  # lazy: reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ImageRejectedError(f"header claims an enormous image ({exc}); refusing to decode it") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageRejectedError("not a recognised image format (PNG, JPEG, WebP, TIFF, …); remove it") from exc
+    width, height = image.size
+    # Checked on the header, BEFORE decoding: a bomb must cost nothing to refuse.
+    if width * height > max_pixels:
+        raise ImageRejectedError(
+            f"header claims {width}×{height} = {width * height:,} pixels, over the cap of {max_pixels:,}; "
+            "downscale it or raise max_pixels"
+        )
+    source_mode = image.mode
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image.load()  # a truncated or corrupt body fails here
+            image = ImageOps.exif_transpose(image)  # camera rotation: what the user saw
+            pixels = _to_rgb(image)
+    # PIL reports broken bodies as OSError, SyntaxError, ValueError, zlib or struct errors
+    # depending on the codec; every one of them means "this file is unreadable".
+    except Exception as exc:  # noqa: BLE001
+        raise ImageRejectedError(f"truncated or corrupt image data ({type(exc).__name__}: {exc}); re-export it") from exc
+    h, w = pixels.shape[:2]
+    if min(h, w) < min_side:
+        raise ImageRejectedError(
+            f"image is {w}×{h}, below the minimum side of {min_side} px; use a larger image or lower min_side"
+        )
+    return pixels, source_mode
+
+
+def _to_rgb(image: Image.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        # PIL's convert("RGB") clips 16-bit values at 255 (almost all white); scale instead.
+        grey = np.asarray(image).astype(np.float64)
+        scale = 65535.0 if mode != "I" or grey.max(initial=0) > 255 else 255.0
+        grey8 = np.clip(np.rint(grey / scale * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey8[:, :, None], 3, axis=2)
+    if mode == "F":
+        grey = np.asarray(image).astype(np.float64)
+        if grey.max(initial=0) <= 1.0:
+            grey = grey * 255.0
+        return np.repeat(np.clip(np.rint(grey), 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in _ALPHA_MODES:
+        # Composite on white: a transparent background is "nothing", which white shows best
+        # (black would turn a logo's cut-out into a dark blob).
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8).copy()
+    return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def content_hash(pixels: np.ndarray) -> str:
+    """sha256 of the normalised pixels and their shape: the image's identity in the catalog."""
+    h, w = pixels.shape[:2]
+    digest = hashlib.sha256(f"{h}x{w}:".encode())
+    digest.update(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def ingest_images(
+    subject_id: str,
+    files: Iterable[tuple[str, bytes]],
+    *,
+    min_side: int = DEFAULT_MIN_SIDE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> IngestReport:
+    """Validate every file of one subject; never let one bad file lose the others.
+
+    Raises InvalidSubjectIdError for an unsafe id and EmptySubjectError when there are no
+    files at all; everything per-file ends up in the report.
+    """
+    validate_subject_id(subject_id)
+    files = sorted(files, key=lambda item: item[0])  # stable: the first name wins a duplicate
+    if not files:
+        raise EmptySubjectError(
+            f"subject {subject_id!r} has no files; put 3–8 photos of the subject in its folder"
+        )
+    accepted: list[NormalizedImage] = []
+    rejected: list[Rejection] = []
+    duplicates: list[Duplicate] = []
+    seen: dict[str, str] = {}
+    for name, data in files:
+        try:
+            pixels, mode = normalize_image(data, min_side=min_side, max_pixels=max_pixels)
+        except ImageRejectedError as exc:
+            rejected.append(Rejection(name=name, reason=str(exc)))
+            continue
+        digest = content_hash(pixels)
+        if digest in seen:
+            duplicates.append(Duplicate(name=name, duplicate_of=seen[digest], content_hash=digest))
+            continue
+        seen[digest] = name
+        accepted.append(NormalizedImage(name=name, content_hash=digest, pixels=pixels, source_mode=mode))
+    return IngestReport(
+        subject_id=subject_id, accepted=tuple(accepted), rejected=tuple(rejected), duplicates=tuple(duplicates)
+    )
+
+
+def fit_to_resolution(pixels: np.ndarray, resolution: int) -> np.ndarray:
+    """Centre-crop to a square and resize to `resolution` (the model's input size): `[H, W, 3]` → `[r, r, 3]`."""
+    h, w = pixels.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = Image.fromarray(pixels[top : top + side, left : left + side])
+    if side != resolution:
+        square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    return np.asarray(square, dtype=np.uint8).copy()
