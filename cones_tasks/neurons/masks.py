@@ -1,0 +1,269 @@
+"""Concept masks: sets of shut neurons, their algebra, and applying them (issue #4, "Masks", "Per-sample masks").
+
+A `ConceptMask` is a sorted set of global neuron indices of one `NeuronSpace`
+(never a dense float tensor: the public notebook's defect). Applying a mask
+never writes the model's weights: `shut` and `per_sample` install removable
+forward hooks on the K/V `nn.Linear`s that compute the layer with the shut
+weights zeroed, and remove them on exit, so the weights come back bit for bit
+(the notebook overwrote them and never restored).
+
+`per_sample` is what makes fan-out over many subject combinations cheap: one
+UNet forward over a batch in which element i uses masks[i % G]. K/V of
+cross-attention act only on the T text tokens, so the per-sample masked
+projection costs B·T·D_text·D_out multiply-adds per layer — ~1% of an SD-1.5
+UNet forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
+
+__all__ = ["ConceptMask", "MaskModelMismatchError", "per_sample", "shut"]
+
+
+@dataclass(frozen=True, eq=False)
+class ConceptMask:
+    """A set of shut neurons: sorted unique int64 global indices of one neuron space."""
+
+    space_fingerprint: str
+    size: int
+    indices: np.ndarray
+
+    def __post_init__(self) -> None:
+        idx = np.asarray(self.indices)
+        if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+            raise ValueError(f"mask indices must be a 1-D integer array, got shape {idx.shape} dtype {idx.dtype}")
+        idx = idx.astype(np.int64, copy=True)
+        if idx.size:
+            if idx[0] < 0 or idx[-1] >= self.size:
+                raise ValueError(f"mask indices must lie in [0, {self.size}); got [{idx.min()}, {idx.max()}]")
+            if np.any(np.diff(idx) <= 0):
+                raise ValueError("mask indices must be sorted and unique; build masks with ConceptMask.from_indices")
+        idx.setflags(write=False)  # frozen means frozen: no caller can edit a stored mask in place
+        object.__setattr__(self, "indices", idx)
+
+    # ------------------------------------------------------------ construction
+
+    @classmethod
+    def from_indices(cls, space: NeuronSpace, indices: np.ndarray | Sequence[int]) -> ConceptMask:
+        """Mask of `space` from any int indices (sorted and de-duplicated here)."""
+        return cls(space.fingerprint, space.size, np.unique(np.asarray(indices, dtype=np.int64)))
+
+    @classmethod
+    def empty(cls, space: NeuronSpace) -> ConceptMask:
+        return cls(space.fingerprint, space.size, np.empty(0, dtype=np.int64))
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def count(self) -> int:
+        return int(self.indices.size)
+
+    @property
+    def fraction(self) -> float:
+        return self.count / self.size if self.size else 0.0
+
+    @property
+    def content_hash(self) -> str:
+        """sha256 of (fingerprint, size, indices): equal masks hash alike (content-keyed writes)."""
+        h = hashlib.sha256(self.space_fingerprint.encode())
+        h.update(np.int64(self.size).tobytes())
+        h.update(self.indices.tobytes())
+        return h.hexdigest()
+
+    def per_layer(self, space: NeuronSpace) -> dict[str, int]:
+        """{K/V parameter name: number of shut neurons in it}."""
+        self.check(space)
+        return space.counts_per_layer(self.indices)
+
+    def check(self, space: NeuronSpace) -> None:
+        """Raise MaskModelMismatchError unless this mask was found on `space`'s model."""
+        if self.space_fingerprint != space.fingerprint or self.size != space.size:
+            raise MaskModelMismatchError(
+                f"mask was found on model {self.space_fingerprint[:12]} (space of {self.size} neurons) but is applied to "
+                f"model {space.fingerprint[:12]} ({space.size} neurons, attention={space.attention!r}); "
+                "run discovery on this model, or load the model the mask was found on"
+            )
+
+    # ------------------------------------------------------------ set algebra
+
+    def _same_space(self, other: ConceptMask) -> None:
+        if not isinstance(other, ConceptMask):
+            raise TypeError(f"expected a ConceptMask, got {type(other).__name__}")
+        if other.space_fingerprint != self.space_fingerprint or other.size != self.size:
+            raise MaskModelMismatchError(
+                f"cannot combine masks of different models ({self.space_fingerprint[:12]} vs {other.space_fingerprint[:12]})"
+            )
+
+    def _with(self, indices: np.ndarray) -> ConceptMask:
+        return ConceptMask(self.space_fingerprint, self.size, indices)
+
+    def union(self, *others: ConceptMask) -> ConceptMask:
+        """Neurons shut by any mask: the multi-subject composition (Cones §3.3)."""
+        idx = self.indices
+        for other in others:
+            self._same_space(other)
+            idx = np.union1d(idx, other.indices)
+        return self._with(idx)
+
+    def intersection(self, *others: ConceptMask) -> ConceptMask:
+        idx = self.indices
+        for other in others:
+            self._same_space(other)
+            idx = np.intersect1d(idx, other.indices, assume_unique=True)
+        return self._with(idx)
+
+    def difference(self, other: ConceptMask) -> ConceptMask:
+        self._same_space(other)
+        return self._with(np.setdiff1d(self.indices, other.indices, assume_unique=True))
+
+    __or__ = union
+    __and__ = intersection
+    __sub__ = difference
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ConceptMask):
+            return NotImplemented
+        return (
+            self.space_fingerprint == other.space_fingerprint
+            and self.size == other.size
+            and np.array_equal(self.indices, other.indices)
+        )
+
+    def __hash__(self) -> int:
+        return hash(self.content_hash)
+
+    def __repr__(self) -> str:
+        return f"ConceptMask(model={self.space_fingerprint[:12]}, count={self.count}, size={self.size})"
+
+    # ------------------------------------------------------------ storage
+
+    def to_bytes(self) -> bytes:
+        """Indices + universe via the storage codec (the fingerprint is stored beside it, e.g. a catalog column)."""
+        from cones_tasks.codec import encode_indices
+
+        return encode_indices(self.indices, self.size)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes, *, space_fingerprint: str) -> ConceptMask:
+        from cones_tasks.codec import decode_indices, decoded_universe
+
+        return cls(space_fingerprint, decoded_universe(blob), decode_indices(blob))
+
+
+# ---------------------------------------------------------------- applying masks
+
+
+@contextlib.contextmanager
+def shut(unet: nn.Module, space: NeuronSpace, mask: ConceptMask) -> Iterator[None]:
+    """Within the block, every forward of `unet` sees `mask`'s neurons zeroed (Cones §3.1 "shut").
+
+    Outputs equal those of a copy of the UNet whose weights were zeroed by hand;
+    the UNet's own weights are never written.
+    """
+    with per_sample(unet, space, [mask]):
+        yield
+
+
+@contextlib.contextmanager
+def per_sample(unet: nn.Module, space: NeuronSpace, masks: Sequence[ConceptMask | None]) -> Iterator[None]:
+    """Within the block, batch element i of every UNet forward uses masks[i % len(masks)] (None: no mask).
+
+    The batch of each forward must be a multiple of G = len(masks). The `i % G`
+    mapping is chosen so classifier-free guidance works unchanged: pipelines
+    double the batch as [uncond_0..uncond_{G-1}, cond_0..cond_{G-1}], and both
+    halves of prompt j then use masks[j].
+
+    Assumes the K/V projections see the UNet's batch as their leading dim
+    (true of diffusers' 2-D UNets; not of video UNets that fold frames into it).
+    """
+    if len(masks) == 0:
+        raise ValueError("per_sample needs at least one mask (use None for 'no mask')")
+    for m in masks:
+        if m is not None:
+            m.check(space)
+    modules = space.modules(unet)
+    _refuse_fused_projections(unet, space)
+    if all(m is None or m.count == 0 for m in masks):
+        yield  # nothing shut: leave the UNet's fast path alone
+        return
+    located = [space.locate(m.indices) if m is not None else None for m in masks]
+    handles = []
+    try:
+        for e in space.entries:
+            if all(loc is None or loc[e.name].size == 0 for loc in located):
+                continue
+            module = modules[e.name]
+            shut_flat = torch.zeros(len(masks), e.numel, dtype=torch.bool)
+            for g, loc in enumerate(located):
+                if loc is not None and loc[e.name].size:
+                    shut_flat[g, torch.from_numpy(loc[e.name])] = True
+            shut_mask = shut_flat.reshape(len(masks), *e.shape).to(module.weight.device)
+            handles.append(module.register_forward_hook(_MaskedLinear(shut_mask)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class _MaskedLinear:
+    """Forward hook: recompute an nn.Linear with per-group shut weights zeroed.
+
+    Recomputing (rather than subtracting x·(W⊙M)ᵀ) makes `shut` bit-identical
+    to a hand-zeroed model; gradients still flow to W (used by discovery-time
+    evaluation). The masked weights are cached while W is unchanged and no
+    gradient is needed (sampling), so each forward costs one einsum.
+    """
+
+    def __init__(self, shut_mask: torch.Tensor) -> None:
+        self.shut_mask = shut_mask  # bool [G, out, in]
+        self._cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
+
+    def _weights(self, weight: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and weight.requires_grad:
+            return weight.unsqueeze(0).masked_fill(self.shut_mask, 0)
+        key = (weight._version, weight.data_ptr(), weight.dtype)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, weight.unsqueeze(0).masked_fill(self.shut_mask, 0))
+        return self._cache[1]
+
+    def __call__(self, module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]  # [B, N, in] (or [B, in])
+        w = self._weights(module.weight)  # [G, out, in]
+        groups = w.shape[0]
+        if groups == 1:
+            return F.linear(x, w[0], module.bias)
+        batch = x.shape[0]
+        if batch % groups:
+            raise ValueError(
+                f"per_sample got {groups} masks but a forward batch of {batch}: the batch must be a multiple of "
+                "the number of masks (element i uses masks[i % len(masks)])"
+            )
+        xr = x.reshape(batch // groups, groups, -1, x.shape[-1])  # [R, G, N, in]; element r*G+g uses mask g
+        out = torch.einsum("rgni,goi->rgno", xr, w)
+        if module.bias is not None:
+            out = out + module.bias
+        return out.reshape(*x.shape[:-1], w.shape[1])
+
+
+def _refuse_fused_projections(unet: nn.Module, space: NeuronSpace) -> None:
+    # fuse_qkv_projections() routes K/V through a fused `to_kv`/`to_qkv`, bypassing our hooks on to_k/to_v:
+    # masking would silently do nothing.
+    for e in space.entries:
+        parent = unet.get_submodule(e.module_name.rsplit(".", 1)[0]) if "." in e.module_name else unet
+        if getattr(parent, "fused_projections", False):
+            raise RuntimeError(
+                f"{e.module_name.rsplit('.', 1)[0]} uses fused QKV projections, which bypass to_k/to_v; "
+                "call unet.unfuse_qkv_projections() before applying concept masks"
+            )

@@ -1,0 +1,12 @@
+"""Fixtures for the neuron tests (helpers live in neuron_fixtures.py so tests can import them)."""
+
+from __future__ import annotations
+
+import pytest
+from neuron_fixtures import tiny_unet
+from diffusers import UNet2DConditionModel
+
+
+@pytest.fixture
+def unet() -> UNet2DConditionModel:
+    return tiny_unet(0)

@@ -1,0 +1,54 @@
+"""Test helpers (imported by conftest and tests): tiny real diffusers UNets and a seeded text-embedding table (no hub access, CPU)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+
+TEXT_DIM = 16
+TOKENS = 4
+
+
+def tiny_unet(seed: int = 0, *, in_channels: int = 3, sample_size: int = 8) -> UNet2DConditionModel:
+    """The diffusers-test-sized conditional UNet: 4 cross- and 4 self-attention modules."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=4,
+        norm_num_groups=4,
+    ).eval()
+
+
+@dataclass
+class TinyModel:
+    """DiffusionModel-like: unet + scheduler + encode_prompts (a fixed random embedding per prompt)."""
+
+    unet: UNet2DConditionModel
+    scheduler: DDPMScheduler
+    vae: object | None = None
+    seed: int = 0
+    _table: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        out = []
+        for p in prompts:
+            if p not in self._table:
+                digest = int.from_bytes(hashlib.sha256(p.encode()).digest()[:4], "little")
+                g = torch.Generator().manual_seed(digest ^ self.seed)
+                self._table[p] = torch.randn(TOKENS, TEXT_DIM, generator=g)
+            out.append(self._table[p])
+        return torch.stack(out)  # [B, T, D]
+
+
+def tiny_model(seed: int = 0, *, prediction_type: str = "epsilon") -> TinyModel:
+    return TinyModel(tiny_unet(seed), DDPMScheduler(num_train_timesteps=100, prediction_type=prediction_type), seed=seed)
