@@ -1,0 +1,123 @@
+"""The generation grid: every k-subset of subjects × prompt templates × seeds (issue #6, item 1).
+
+Cones §3.3: shutting the union of several subjects' concept neurons makes a prompt that names
+their *class words* generate them together, so a template's `{subjects}` slot is filled with
+class phrases ("a dog and a cat"), never with rare tokens. Phrases are joined with " and ",
+the way the toy world's multi-object captions are (cones_tasks/toyworld/captions.py).
+
+Enumeration is lazy and deterministic, so 10,000+ combinations cost no memory up front and
+a rerun sees the same order (the catalog decides what is still missing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import string
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+SLOT = "subjects"
+T = TypeVar("T")
+
+
+class TemplateError(ValueError):
+    """A prompt template without exactly one `{subjects}` slot, or with another field."""
+
+
+@dataclass(frozen=True)
+class Combination:
+    subjects: tuple[str, ...]  # sorted subject ids
+    template: str
+    prompt: str
+    seed: int
+
+    def generation_id(self, *, model_fingerprint: str, sampler: Mapping[str, object]) -> str:
+        """Content key of the image this combination produces on one model with one sampler setting.
+
+        The same key on a rerun means the same image, so writing it again is a no-op (issue #6, item 2).
+        """
+        payload = json.dumps(
+            {
+                "model": model_fingerprint,
+                "subjects": list(self.subjects),
+                "prompt": self.prompt,
+                "seed": self.seed,
+                "sampler": dict(sorted(sampler.items())),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def check_template(template: str) -> str:
+    """Return `template` if it has exactly one `{subjects}` field and no other; else raise TemplateError."""
+    try:
+        fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise TemplateError(f"prompt template {template!r} is not a valid format string: {exc}") from exc
+    if fields != [SLOT]:
+        raise TemplateError(
+            f"prompt template {template!r} must contain exactly one {{{SLOT}}} slot and no other "
+            f"{{…}} field (found {fields}); e.g. '{{{SLOT}}} on snow'"
+        )
+    return template
+
+
+def class_phrase(class_word: str) -> str:
+    article = "an" if class_word[:1].lower() in "aeiou" else "a"
+    return f"{article} {class_word}"
+
+
+def subjects_phrase(class_words: Sequence[str]) -> str:
+    """`["dog", "cat"]` → "a dog and a cat"."""
+    return " and ".join(class_phrase(word) for word in class_words)
+
+
+def enumerate_combinations(
+    class_words: Mapping[str, str],
+    *,
+    max_k: int,
+    templates: Sequence[str],
+    seeds: Sequence[int],
+    min_k: int = 1,
+) -> Iterator[Combination]:
+    """Yield every k-subset (min_k ≤ k ≤ max_k) of the subjects × template × seed, in a stable order.
+
+    `class_words` maps subject id → class word. Order: by k, then subsets in sorted-id order,
+    then template, then seed.
+    """
+    if not class_words:
+        raise ValueError("no subjects to combine; ingest and discover at least one subject first")
+    if not 1 <= min_k <= max_k:
+        raise ValueError(f"need 1 ≤ min_k ≤ max_k, got min_k={min_k}, max_k={max_k}")
+    if not seeds:
+        raise ValueError("no seeds given; pass at least one seed")
+    for template in templates:
+        check_template(template)
+    ids = sorted(class_words)
+    for k in range(min_k, min(max_k, len(ids)) + 1):
+        for subset in itertools.combinations(ids, k):
+            phrase = subjects_phrase([class_words[s] for s in subset])
+            for template in templates:
+                prompt = template.format(**{SLOT: phrase})
+                for seed in seeds:
+                    yield Combination(subjects=subset, template=template, prompt=prompt, seed=int(seed))
+
+
+def count_combinations(n_subjects: int, *, max_k: int, n_templates: int, n_seeds: int, min_k: int = 1) -> int:
+    """Closed form of `len(list(enumerate_combinations(...)))`: Σ_k C(n, k) × templates × seeds."""
+    subsets = sum(math.comb(n_subjects, k) for k in range(min_k, min(max_k, n_subjects) + 1))
+    return subsets * n_templates * n_seeds
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last may be shorter): one fan-out task per list."""
+    if size < 1:
+        raise ValueError(f"batch size must be ≥ 1, got {size}")
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cones_tasks.combinations import (
+    TemplateError,
+    batched,
+    check_template,
+    count_combinations,
+    enumerate_combinations,
+    subjects_phrase,
+)
+
+CLASS_WORDS = {"red-circle": "circle", "blue-square": "square", "dotted-triangle": "triangle", "my-owl": "owl"}
+
+
+def test_grid_is_every_k_subset_times_templates_times_seeds():
+    combos = list(enumerate_combinations(CLASS_WORDS, max_k=3, templates=["{subjects}", "{subjects} on snow"], seeds=[0, 1]))
+    # C(4,1)+C(4,2)+C(4,3) = 4+6+4 = 14 subsets × 2 templates × 2 seeds
+    assert len(combos) == 56 == count_combinations(4, max_k=3, n_templates=2, n_seeds=2)
+    assert len({(c.subjects, c.prompt, c.seed) for c in combos}) == 56
+    assert [len(c.subjects) for c in combos] == sorted(len(c.subjects) for c in combos)
+    assert all(list(c.subjects) == sorted(c.subjects) for c in combos)
+    pair = next(c for c in combos if c.subjects == ("blue-square", "red-circle") and c.template.endswith("snow"))
+    assert pair.prompt == "a square and a circle on snow"
+    owl = next(c for c in combos if c.subjects == ("my-owl",))
+    assert owl.prompt == "an owl"
+
+
+def test_max_k_beyond_subject_count_is_clamped_and_order_is_stable():
+    a = list(enumerate_combinations(CLASS_WORDS, max_k=9, templates=["{subjects}"], seeds=[3]))
+    b = list(enumerate_combinations(dict(reversed(CLASS_WORDS.items())), max_k=9, templates=["{subjects}"], seeds=[3]))
+    assert a == b and len(a) == 2**4 - 1
+
+
+def test_closed_form_count_matches_at_scale():
+    words = {f"s{i:02d}": "dog" for i in range(14)}
+    n = count_combinations(14, max_k=3, n_templates=2, n_seeds=4)
+    assert n == (14 + math.comb(14, 2) + math.comb(14, 3)) * 8 == 3752
+    assert sum(1 for _ in enumerate_combinations(words, max_k=3, templates=["{subjects}", "x {subjects}"], seeds=range(4))) == n
+
+
+@pytest.mark.parametrize("bad", ["a photo", "{subject}", "{subjects} and {subjects}", "{subjects} {style}", "{subjects"])
+def test_templates_need_exactly_one_subjects_slot(bad):
+    with pytest.raises(TemplateError, match="subjects"):
+        check_template(bad)
+
+
+def test_generation_id_is_a_content_key():
+    combo = next(enumerate_combinations(CLASS_WORDS, max_k=1, templates=["{subjects}"], seeds=[0]))
+    key = combo.generation_id(model_fingerprint="abc", sampler={"steps": 10, "guidance_scale": 3.0})
+    assert key == combo.generation_id(model_fingerprint="abc", sampler={"guidance_scale": 3.0, "steps": 10})
+    assert key != combo.generation_id(model_fingerprint="abd", sampler={"steps": 10, "guidance_scale": 3.0})
+    assert key != combo.generation_id(model_fingerprint="abc", sampler={"steps": 11, "guidance_scale": 3.0})
+
+
+def test_batched_and_phrase():
+    assert [len(b) for b in batched(range(10), 4)] == [4, 4, 2]
+    assert list(batched([], 3)) == []
+    with pytest.raises(ValueError):
+        list(batched(range(3), 0))
+    assert subjects_phrase(["dog", "apple", "cat"]) == "a dog and an apple and a cat"
