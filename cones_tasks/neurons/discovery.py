@@ -1,0 +1,276 @@
+"""Concept-neuron discovery: the Cones algorithm (ICML 2023, §3.1–3.2; issue #4 "Discovery").
+
+For a subject with a few images and its class prompt ("a photo of a dog", no
+rare token), the concept-implanting loss L is the ordinary diffusion loss of
+the subject's images under the class prompt (plus, optionally, λ × the same
+loss on the base model's own class images: prior preservation). Each K/V
+weight θ gets the score s = θ·∂L/∂θ, averaged in fp32 over `steps` random
+(image, t, ε) draws. Neurons whose score passes the threshold are shut. In the
+iterative variant every round recomputes the scores with the neurons found so
+far shut and adds new ones; the optional soft step θ ← θ − ρ·θ²·∂L/∂θ (the
+unofficial implementation's) moves a per-weight multiplier between steps.
+
+The caller's model is never written: weights enter the forward through
+`torch.func.functional_call` overrides, and only the K/V copies need grads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+from torch.func import functional_call
+from tqdm.auto import tqdm
+
+from cones_tasks.neurons.masks import ConceptMask
+from cones_tasks.neurons.noising import images_to_model_inputs, noised_batch, training_scheduler
+from cones_tasks.neurons.scores import round_budget, select_neurons
+from cones_tasks.neurons.space import NeuronSpace
+
+__all__ = ["DiscoveryParams", "DiscoveryResult", "concept_loss", "discover_concept_neurons"]
+
+
+class DiscoveryParams(BaseModel):
+    """Knobs of one discovery run (no learning rate: scores, not an optimiser, decide)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    steps: int = Field(100, ge=1, description="score-accumulation steps per round")
+    batch_size: int = Field(4, ge=1, description="subject images per step")
+    threshold: Literal["tau", "fraction", "top_k"] = Field(
+        "fraction", description="tau: shut every neuron with mean score > value; fraction/top_k: a budget"
+    )
+    threshold_value: float = Field(0.01, description="τ, the fraction of the space, or k")
+    rounds: int = Field(1, ge=1, description="1: one-shot; >1: iterative, shutting as it goes")
+    rho: float = Field(0.0, ge=0.0, description="soft step θ ← θ − ρ·θ²·∂L/∂θ between steps (0: off)")
+    prior_weight: float = Field(0.0, ge=0.0, description="λ of the prior-preservation term (0: off)")
+    attention: Literal["cross", "self", "both"] = Field("cross", description="which attention layers hold neurons")
+    eval_draws: int = Field(4, ge=0, description="fixed (t, ε) draws per image for the report's before/after loss")
+
+    @model_validator(mode="after")
+    def _threshold_value_fits_mode(self) -> DiscoveryParams:
+        v = self.threshold_value
+        if self.threshold == "fraction" and not 0.0 < v <= 1.0:
+            raise ValueError(f"threshold 'fraction' needs 0 < threshold_value <= 1, got {v}")
+        if self.threshold == "top_k" and (v < 1 or v != int(v)):
+            raise ValueError(f"threshold 'top_k' needs a whole threshold_value >= 1, got {v}")
+        return self
+
+
+@dataclass(frozen=True)
+class DiscoveryResult:
+    mask: ConceptMask
+    report: dict[str, Any]
+    # Mean scores [space.size] of the last round (shut neurons: their score when they were chosen
+    # is in earlier rounds; here they are 0 since θ = 0). Lets a caller re-threshold without re-running.
+    scores: np.ndarray = field(repr=False)
+
+
+def discover_concept_neurons(
+    model,
+    images: np.ndarray,
+    class_prompt: str,
+    params: DiscoveryParams = DiscoveryParams(),
+    *,
+    prior_images: np.ndarray | None = None,
+    seed: int = 0,
+    generator: torch.Generator | None = None,
+    progress: bool = True,
+) -> DiscoveryResult:
+    """Find the neurons of the subject shown in `images` (uint8 [N, H, W, 3]).
+
+    model: anything with `.unet`, `.scheduler`, `.encode_prompts(list[str]) -> [B, T, D]`
+    and optionally `.vae` (cones_tasks.loading.DiffusionModel). prior_images: the base
+    model's own images for `class_prompt`, required when params.prior_weight > 0.
+    Deterministic on CPU for a given seed (all randomness comes from one CPU generator).
+    """
+    if params.prior_weight > 0 and prior_images is None:
+        raise ValueError(
+            "prior_weight > 0 needs prior_images: generate a few images of the class prompt with the base model "
+            "(cones_tasks.sampling.sample) and pass them, or set prior_weight=0"
+        )
+    started = time.perf_counter()
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    unet = model.unet
+    space = NeuronSpace.from_unet(unet, attention=params.attention)
+    problem = _Problem.build(
+        model, space, images, class_prompt, prior_images, params.prior_weight, params.batch_size, gen
+    )
+
+    shut_flat = torch.zeros(space.size, dtype=torch.bool)
+    multiplier = {e.name: torch.ones(e.shape, dtype=torch.float32, device=problem.device) for e in space.entries} if params.rho else None
+    losses: list[float] = []
+    rounds: list[dict[str, Any]] = []
+    mean_scores = torch.zeros(space.size)
+    bar = tqdm(total=params.steps * params.rounds, desc=f"discover {class_prompt!r}", disable=not progress)
+    with _frozen(unet):
+        for r in range(params.rounds):
+            shut_layers = _split(space, shut_flat, problem.device)
+            sums = {e.name: torch.zeros(e.shape, dtype=torch.float32, device=problem.device) for e in space.entries}
+            round_losses = []
+            for _ in range(params.steps):
+                loss = problem.score_step(shut_layers, multiplier, sums, params.rho, gen)
+                round_losses.append(loss)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", shut=int(shut_flat.sum()))
+            # mean, not sum: τ means the same whatever `steps` is (the notebook's defect)
+            mean_scores = torch.cat([(sums[e.name] / params.steps).reshape(-1).cpu() for e in space.entries])
+            budget = round_budget(
+                mode=params.threshold, value=params.threshold_value, size=space.size, rounds=params.rounds, round_index=r
+            )
+            chosen = select_neurons(
+                mean_scores.numpy(), excluded=shut_flat.numpy(), mode=params.threshold, value=params.threshold_value, budget=budget
+            )
+            shut_flat[torch.from_numpy(chosen)] = True
+            losses.extend(round_losses)
+            rounds.append({"round": r, "selected": int(chosen.size), "mean_loss": float(np.mean(round_losses)),
+                           "positive_scores": int((mean_scores > 0).sum())})
+        bar.close()
+        mask = ConceptMask.from_indices(space, np.flatnonzero(shut_flat.numpy()))
+        eval_before = problem.eval_loss(None, draws=params.eval_draws, seed=seed)
+        eval_after = problem.eval_loss(_split(space, shut_flat, problem.device), draws=params.eval_draws, seed=seed)
+
+    report = {
+        "class_prompt": class_prompt,
+        "images": int(problem.x0.shape[0]),
+        "neurons": mask.count,
+        "fraction": mask.fraction,
+        "space_size": space.size,
+        "space_fingerprint": space.fingerprint,
+        "attention": params.attention,
+        "neurons_per_layer": space.counts_per_layer(mask.indices),
+        "loss_curve": losses,
+        "rounds": rounds,
+        "eval_loss_unmasked": eval_before,
+        "eval_loss_masked": eval_after,
+        "prediction_type": problem.scheduler.config.prediction_type,
+        "time_s": time.perf_counter() - started,
+        "seed": seed,
+        "params": params.model_dump(),
+    }
+    return DiscoveryResult(mask=mask, report=report, scores=mean_scores.numpy())
+
+
+def concept_loss(unet: nn.Module, batch, cond: torch.Tensor, overrides: dict[str, torch.Tensor]) -> torch.Tensor:
+    """MSE (fp32) between the UNet's prediction and the batch target, K/V weights taken from `overrides`.
+
+    cond: [1, T, D] (broadcast to the batch) or [B, T, D].
+    """
+    dtype = cond.dtype
+    text = cond.expand(batch.noisy.shape[0], -1, -1) if cond.shape[0] == 1 else cond
+    pred = functional_call(unet, overrides, (batch.noisy.to(dtype), batch.timesteps), {"encoder_hidden_states": text}).sample
+    return F.mse_loss(pred.float(), batch.target.float())
+
+
+# ---------------------------------------------------------------- internals
+
+
+@dataclass
+class _Problem:
+    """Everything a step needs, resolved once: inputs, text, the DDPM process, the base K/V weights."""
+
+    unet: nn.Module
+    space: NeuronSpace
+    scheduler: Any
+    x0: torch.Tensor  # subject, [N, C, h, w] fp32
+    prior: torch.Tensor | None  # base model's class images, [M, C, h, w] fp32
+    prior_weight: float
+    cond: torch.Tensor  # class prompt, [1, T, D] in the UNet's dtype
+    base: dict[str, torch.Tensor]  # K/V weights, fp32, detached
+    dtype: torch.dtype
+    device: torch.device
+    batch_size: int
+    _order: list[int] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, model, space, images, class_prompt, prior_images, prior_weight, batch_size, gen) -> _Problem:
+        unet = model.unet
+        first = next(unet.parameters())
+        x0 = images_to_model_inputs(model, images, generator=gen)
+        prior = images_to_model_inputs(model, prior_images, generator=gen) if prior_weight > 0 else None
+        with torch.no_grad():
+            cond = model.encode_prompts([class_prompt]).to(first.device, first.dtype)
+        modules = space.modules(unet)
+        base = {e.name: modules[e.name].weight.detach().float() for e in space.entries}
+        return cls(unet, space, training_scheduler(model.scheduler), x0, prior, prior_weight, cond, base,
+                   first.dtype, first.device, batch_size)
+
+    def _batch_indices(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+        # epoch-style: every image is seen once before any repeats (lower-variance scores than iid draws)
+        out = []
+        while len(out) < size:
+            if not self._order:
+                self._order = torch.randperm(n, generator=gen).tolist()
+            out.append(self._order.pop())
+        return torch.tensor(out)
+
+    def _weights(self, shut_layers, multiplier) -> dict[str, torch.Tensor]:
+        theta = {}
+        for e in self.space.entries:
+            w = self.base[e.name] if multiplier is None else self.base[e.name] * multiplier[e.name]
+            if shut_layers is not None and shut_layers[e.name] is not None:
+                w = w.masked_fill(shut_layers[e.name], 0.0)
+            theta[e.name] = w
+        return theta
+
+    def score_step(self, shut_layers, multiplier, sums, rho: float, gen: torch.Generator) -> float:
+        """One step: forward, backward w.r.t. the effective K/V weights only, accumulate θ·∂L/∂θ (fp32)."""
+        theta = {k: v.detach().requires_grad_(True) for k, v in self._weights(shut_layers, multiplier).items()}
+        overrides = {k: v.to(self.dtype) for k, v in theta.items()}
+        idx = self._batch_indices(self.x0.shape[0], self.batch_size, gen)
+        loss = concept_loss(self.unet, noised_batch(self.scheduler, self.x0[idx], generator=gen), self.cond, overrides)
+        if self.prior is not None:
+            pidx = torch.randint(0, self.prior.shape[0], (len(idx),), generator=gen)
+            loss = loss + self.prior_weight * concept_loss(
+                self.unet, noised_batch(self.scheduler, self.prior[pidx], generator=gen), self.cond, overrides
+            )
+        grads = torch.autograd.grad(loss, list(theta.values()))
+        with torch.no_grad():
+            for (name, w), g in zip(theta.items(), grads):
+                sums[name].add_(w * g.float())
+                if multiplier is not None and rho:
+                    # θ ← θ − ρ·θ²·g with θ = base·m  ⇔  m ← m − ρ·base·m²·g  (never the caller's weights)
+                    multiplier[name].sub_(rho * self.base[name] * multiplier[name].square() * g.float())
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def eval_loss(self, shut_layers, *, draws: int, seed: int) -> float | None:
+        """Subject loss under the class prompt on fixed (t, ε) draws: unmasked (None) or with neurons shut."""
+        if draws == 0:
+            return None
+        gen = torch.Generator().manual_seed(seed + 1)
+        overrides = {k: v.to(self.dtype) for k, v in self._weights(shut_layers, None).items()}
+        x0 = self.x0.repeat_interleave(draws, dim=0)
+        total = 0.0
+        for chunk in x0.split(self.batch_size * 4):
+            total += concept_loss(self.unet, noised_batch(self.scheduler, chunk, generator=gen), self.cond, overrides).item() * len(chunk)
+        return total / len(x0)
+
+
+def _split(space: NeuronSpace, shut_flat: torch.Tensor, device) -> dict[str, torch.Tensor | None]:
+    """Global bool [size] -> {name: bool [out, in] on device, or None when nothing in it is shut}."""
+    out = {}
+    for e in space.entries:
+        part = shut_flat[e.offset : e.offset + e.numel]
+        out[e.name] = part.reshape(e.shape).to(device) if bool(part.any()) else None
+    return out
+
+
+@contextlib.contextmanager
+def _frozen(unet: nn.Module) -> Iterator[None]:
+    """No parameter of `unet` asks for grads inside (only our K/V copies do); flags restored after."""
+    flags = {name: p.requires_grad for name, p in unet.named_parameters()}
+    unet.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for name, p in unet.named_parameters():
+            p.requires_grad_(flags[name])
