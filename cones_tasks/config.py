@@ -1,0 +1,198 @@
+"""Typed, frozen configuration: one model per flow, composed of small parts (issue #6, item 1).
+
+Every model is frozen with `extra="forbid"`, so a misspelt key or a wrong type is refused
+with the field named (issue #6, item 7), and Prefect renders each flow's config as a form.
+Presets (deployments/prefect.yaml, `cones run customize --config`) hold only non-default values.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cones_tasks.combinations import check_template
+from cones_tasks.ingest import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, validate_subject_id
+from cones_tasks.neurons.discovery import DiscoveryParams
+
+__all__ = [
+    "ClipRef",
+    "CustomizeConfig",
+    "DiscoverConfig",
+    "DiscoveryParams",
+    "GenerateConfig",
+    "GenerationGrid",
+    "IngestConfig",
+    "IngestParams",
+    "ModelRef",
+    "RunnerConfig",
+    "ScoreConfig",
+    "ScoringParams",
+    "SubjectSource",
+]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelRef(_Frozen):
+    """A diffusion model in diffusers folder layout (cones_tasks.loading.load_diffusion_model)."""
+
+    path: str = Field(description="folder holding model_index.json, unet/, text_encoder/, tokenizer/, scheduler/")
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    trust_pickle: bool = Field(False, description="allow .bin/.ckpt pickle weights (they can run code)")
+
+
+class ClipRef(_Frozen):
+    """An open_clip model and its local weights (no hub access)."""
+
+    model_name: str
+    weights_path: str
+    device: str = "cpu"
+
+
+class SubjectSource(_Frozen):
+    """One subject to ingest: its id, its class word (Cones §3: the prompt names the class), and where its photos are."""
+
+    subject_id: str
+    class_word: str = Field(min_length=1, description='e.g. "dog"; the toy world uses the shape: "circle"')
+    uri: str = Field(description="a folder or any fsspec URI (file://, memory://, s3://) holding the images")
+
+    @field_validator("subject_id")
+    @classmethod
+    def _safe_id(cls, value: str) -> str:
+        return validate_subject_id(value)
+
+
+class IngestParams(_Frozen):
+    min_side: int = Field(DEFAULT_MIN_SIDE, ge=1, description="reject images whose shorter side is below this (px)")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse headers claiming more pixels (decompression bombs)")
+
+
+class GenerationGrid(_Frozen):
+    """Which images to generate: every k-subset (k ≤ max_k) × template × seed, and how to batch them."""
+
+    max_k: int = Field(3, ge=1, description="largest number of subjects in one combination")
+    templates: tuple[str, ...] = Field(("{subjects}",), min_length=1, description="prompts with one {subjects} slot")
+    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    steps: int = Field(25, ge=1, description="denoising steps")
+    guidance_scale: float = Field(7.5, ge=0.0)
+    sample_batch: int = Field(8, ge=1, description="images per UNet forward (per-sample masks)")
+    task_batch: int = Field(64, ge=1, description="combinations per Prefect task: bigger batches, less orchestration overhead")
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_slot(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for template in value:
+            check_template(template)
+        return value
+
+    def sampler_settings(self) -> dict[str, float | int]:
+        """What changes the pixels (part of every generation id); batching does not."""
+        return {"steps": self.steps, "guidance_scale": self.guidance_scale}
+
+
+class ScoringParams(_Frozen):
+    clip: ClipRef | None = Field(None, description="open_clip scorer for image and text alignment; None: skip CLIP metrics")
+    judge: bool = Field(False, description="toy world only: the judge's per-subject presence")
+    batch_size: int = Field(64, ge=1)
+    task_batch: int = Field(256, ge=1, description="generations per Prefect task")
+
+    @model_validator(mode="after")
+    def _something_to_score(self) -> ScoringParams:
+        if self.clip is None and not self.judge:
+            raise ValueError("scoring has nothing to do: set `clip` (an open_clip model and weights) or `judge: true`")
+        return self
+
+
+class RunnerConfig(_Frozen):
+    """Where tasks run: threads in this process (default), a Dask cluster, or Ray (issue #6, item 3)."""
+
+    kind: Literal["threads", "dask", "ray"] = "threads"
+    address: str | None = Field(None, description="dask scheduler (tcp://host:8786) or ray address; None: start a local one")
+    workers: int | None = Field(None, ge=1, description="threads, or LocalCluster workers when no address is given")
+
+    @model_validator(mode="after")
+    def _address_needs_cluster(self) -> RunnerConfig:
+        if self.kind == "threads" and self.address is not None:
+            raise ValueError("runner.address is for kind 'dask' or 'ray'; threads run in this process")
+        return self
+
+
+class _FlowConfig(_Frozen):
+    catalog: str = Field(description="catalog URI: a local path, file://, memory:// or s3://")
+    runner: RunnerConfig = RunnerConfig()
+
+
+def _unique_ids(value: tuple[SubjectSource, ...]) -> tuple[SubjectSource, ...]:
+    ids = [s.subject_id for s in value]
+    if len(ids) != len(set(ids)):
+        raise ValueError(f"subject ids must be unique, got duplicates: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return value
+
+
+class IngestConfig(_FlowConfig):
+    subjects: tuple[SubjectSource, ...] = Field(min_length=1)
+    ingest: IngestParams = IngestParams()
+
+    _subjects_unique = field_validator("subjects")(_unique_ids)
+
+
+class DiscoverConfig(_FlowConfig):
+    model: ModelRef
+    subjects: tuple[str, ...] = Field(min_length=1, description="subject ids already in the catalog")
+    discovery: DiscoveryParams = DiscoveryParams()
+    seed: int = 0
+
+
+class GenerateConfig(_FlowConfig):
+    model: ModelRef
+    subjects: tuple[str, ...] = Field(min_length=1)
+    discovery: DiscoveryParams = Field(DiscoveryParams(), description="which masks to use: those found with these params")
+    grid: GenerationGrid = GenerationGrid()
+
+
+class ScoreConfig(_FlowConfig):
+    model: ModelRef = Field(description="scores the generations made with this model")
+    scoring: ScoringParams
+
+
+class CustomizeConfig(_FlowConfig):
+    """The whole run: ingest → discover → generate → score → report."""
+
+    model: ModelRef
+    subjects: tuple[SubjectSource, ...] = Field(min_length=1)
+    ingest: IngestParams = IngestParams()
+    discovery: DiscoveryParams = DiscoveryParams()
+    seed: int = 0
+    grid: GenerationGrid = GenerationGrid()
+    scoring: ScoringParams | None = None
+    report: bool = True
+
+    _subjects_unique = field_validator("subjects")(_unique_ids)
+
+    def ingest_config(self) -> IngestConfig:
+        return IngestConfig(catalog=self.catalog, runner=self.runner, subjects=self.subjects, ingest=self.ingest)
+
+    def discover_config(self) -> DiscoverConfig:
+        return DiscoverConfig(
+            catalog=self.catalog, runner=self.runner, model=self.model, subjects=self.subject_ids,
+            discovery=self.discovery, seed=self.seed,
+        )
+
+    def generate_config(self) -> GenerateConfig:
+        return GenerateConfig(
+            catalog=self.catalog, runner=self.runner, model=self.model, subjects=self.subject_ids,
+            discovery=self.discovery, grid=self.grid,
+        )
+
+    def score_config(self) -> ScoreConfig | None:
+        if self.scoring is None:
+            return None
+        return ScoreConfig(catalog=self.catalog, runner=self.runner, model=self.model, scoring=self.scoring)
+
+    @property
+    def subject_ids(self) -> tuple[str, ...]:
+        return tuple(s.subject_id for s in self.subjects)

@@ -1,0 +1,54 @@
+"""Configs refuse bad input with the field named (issue #6, item 7)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from cones_tasks.config import CustomizeConfig, GenerationGrid, RunnerConfig, ScoringParams
+
+MINIMAL = {
+    "catalog": "/tmp/cat",
+    "model": {"path": "/models/toy"},
+    "subjects": [{"subject_id": "striped-yellow-triangle", "class_word": "triangle", "uri": "/data/tri"}],
+}
+
+
+def test_minimal_config_fills_typed_defaults_and_round_trips_json():
+    config = CustomizeConfig.model_validate(MINIMAL)
+    assert config.grid.max_k == 3 and config.runner.kind == "threads" and config.discovery.attention == "cross"
+    assert CustomizeConfig.model_validate_json(config.model_dump_json()) == config
+    assert config.discover_config().subjects == ("striped-yellow-triangle",)
+    assert config.score_config() is None
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"grid": {"max_k": "three"}}, "grid.max_k"),
+        ({"grid": {"seeds": [0, "x"]}}, "grid.seeds.1"),
+        ({"grid": {"templates": ["a photo"]}}, "grid.templates"),
+        ({"runner": {"kind": "kubernetes"}}, "runner.kind"),
+        ({"discovery": {"steps": 0}}, "discovery.steps"),
+        ({"subjects": [{"subject_id": "../etc", "class_word": "dog", "uri": "/x"}]}, "subjects.0.subject_id"),
+        ({"modle": {"path": "/x"}}, "modle"),
+    ],
+)
+def test_wrong_input_is_refused_with_the_field_named(patch, field):
+    with pytest.raises(ValidationError) as info:
+        CustomizeConfig.model_validate({**MINIMAL, **patch})
+    locs = [".".join(map(str, e["loc"])) for e in info.value.errors()]
+    assert field in locs, locs
+
+
+def test_configs_are_frozen_and_parts_validate():
+    grid = GenerationGrid(templates=("{subjects} on snow",), seeds=(1, 2))
+    with pytest.raises(ValidationError):
+        grid.max_k = 2  # type: ignore[misc]
+    assert grid.sampler_settings() == {"steps": 25, "guidance_scale": 7.5}
+    with pytest.raises(ValidationError, match="threads run in this process"):
+        RunnerConfig(kind="threads", address="tcp://x:8786")
+    with pytest.raises(ValidationError, match="nothing to do"):
+        ScoringParams()
+    with pytest.raises(ValidationError, match="unique"):
+        CustomizeConfig.model_validate({**MINIMAL, "subjects": MINIMAL["subjects"] * 2})
