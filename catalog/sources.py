@@ -1,0 +1,41 @@
+"""Read a subject's input folder from any fsspec URI (issue #6, item 1: "a folder or URI per subject").
+
+The catalog is the only package that touches fsspec; ingest validation itself
+(cones_tasks/ingest.py) takes plain `(name, bytes)` pairs.
+"""
+
+from __future__ import annotations
+
+import fsspec
+
+from catalog.errors import CatalogURIError
+
+# Files every OS drops into folders; never a user's image, so not worth a rejection line.
+_IGNORED = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+class SourceNotFoundError(CatalogURIError, FileNotFoundError):
+    """A subject folder or URI that does not exist."""
+
+
+def list_image_files(uri: str, *, max_files: int = 1000, **storage_options: object) -> list[tuple[str, bytes]]:
+    """Every file directly in the folder `uri`, as (file name, bytes), sorted by name.
+
+    Non-image files are returned too: ingest rejects each with its reason, so a user learns
+    why `notes.txt` was skipped. Sub-folders and OS metadata files are skipped.
+    """
+    try:
+        fs, root = fsspec.core.url_to_fs(str(uri), **storage_options)
+    except (ImportError, ValueError) as exc:
+        raise CatalogURIError(f"cannot open subject source {uri!r}: {exc}") from exc
+    if not fs.exists(root):
+        raise SourceNotFoundError(f"subject folder {uri!r} does not exist; check the path in the config")
+    if not fs.isdir(root):
+        raise SourceNotFoundError(f"subject source {uri!r} is a file; point at the folder that holds the images")
+    entries = [e for e in fs.ls(root, detail=True) if e.get("type") == "file"]
+    files = sorted(
+        (e["name"] for e in entries if e["name"].rsplit("/", 1)[-1] not in _IGNORED and not e["name"].rsplit("/", 1)[-1].startswith("._")),
+    )
+    if len(files) > max_files:
+        raise ValueError(f"subject folder {uri!r} holds {len(files)} files, over the limit of {max_files}; a subject needs 3–20 photos")
+    return [(path.rsplit("/", 1)[-1], fs.cat_file(path)) for path in files]
