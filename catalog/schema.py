@@ -1,0 +1,95 @@
+"""Table schemas and primary keys (issue #5, "Build" 1). Documented in docs/catalog.md.
+
+Every table has a content-derived primary key: a repeated commit of the same
+rows is a no-op, and readers drop duplicates by key (`catalog/views.py`).
+JSON columns are stored as strings; query them with DuckDB's `->>` operator.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+TS = pa.timestamp("us", tz="UTC")
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "models": pa.schema(
+        [
+            ("fingerprint", pa.string()),  # NeuronSpace.fingerprint: names + shapes + weight hash
+            ("source", pa.string()),  # where the weights came from (path or URI)
+            ("layout_hash", pa.string()),  # names + shapes only
+            ("attention", pa.string()),  # "cross" | "self" | "both"
+            ("neuron_count", pa.int64()),  # NeuronSpace.size, the universe of every mask on it
+            ("created", TS),
+        ]
+    ),
+    "model_layers": pa.schema(
+        [
+            ("model_fingerprint", pa.string()),
+            ("name", pa.string()),  # fully qualified named_parameters() name
+            ("shape", pa.list_(pa.int64())),
+            ("offset", pa.int64()),  # first global neuron index of this parameter
+            ("numel", pa.int64()),
+        ]
+    ),
+    "subjects": pa.schema([("id", pa.string()), ("class_word", pa.string()), ("created", TS)]),
+    "subject_images": pa.schema(
+        [
+            ("subject", pa.string()),
+            ("content_hash", pa.string()),  # sha256 of the encoded image bytes
+            ("uri", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("created", TS),
+        ]
+    ),
+    "concept_masks": pa.schema(
+        [
+            ("mask_id", pa.string()),  # hash(subject, model_fingerprint, params_hash)
+            ("subject", pa.string()),
+            ("model_fingerprint", pa.string()),
+            ("params", pa.string()),  # JSON of the discovery parameters
+            ("params_hash", pa.string()),
+            ("mask", pa.binary()),  # cones_tasks.codec blob
+            ("universe", pa.int64()),
+            ("neuron_count", pa.int64()),
+            ("fraction", pa.float64()),
+            ("stats", pa.string()),  # JSON discovery report summary
+            ("created", TS),
+        ]
+    ),
+    "generations": pa.schema(
+        [
+            ("id", pa.string()),  # hash of everything below except image_uri
+            ("subjects", pa.list_(pa.string())),
+            ("prompt", pa.string()),
+            ("seed", pa.int64()),
+            ("image_uri", pa.string()),
+            ("model_fingerprint", pa.string()),
+            ("mask_ids", pa.list_(pa.string())),
+            ("params", pa.string()),  # JSON sampling parameters (steps, guidance, …)
+            ("created", TS),
+        ]
+    ),
+    "clip_scores": pa.schema(
+        [
+            ("generation", pa.string()),
+            ("metric", pa.string()),  # e.g. "image_image", "image_text"
+            ("target", pa.string()),  # subject id or text the image was compared with
+            ("value", pa.float64()),
+            ("scorer", pa.string()),  # scoring model identity
+            ("created", TS),
+        ]
+    ),
+}
+
+PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
+    "models": ("fingerprint",),
+    "model_layers": ("model_fingerprint", "name"),
+    "subjects": ("id",),
+    "subject_images": ("subject", "content_hash"),
+    "concept_masks": ("mask_id",),
+    "generations": ("id",),
+    "clip_scores": ("generation", "metric", "target", "scorer"),
+}
+
+TABLES: tuple[str, ...] = tuple(SCHEMAS)
