@@ -1,0 +1,141 @@
+"""What every flow shares: the task runner chosen by config, the `gpu` slot, fan-out with progress.
+
+Issue #6, items 2–3. Measured on this machine (Prefect 3.9): `concurrency()` on a limit that
+does not exist costs ~1–2 s per call (it warns and retries), so flows create the `gpu` limit
+up front; a blocked acquisition backs off for seconds, so tasks take *batches* and the wait
+is amortised over many images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.tasks import exponential_backoff
+
+from cones_tasks.config import ModelRef, RunnerConfig
+
+GPU_LIMIT = "gpu"
+# Retries with exponential backoff and jitter (issue #6, item 2): 2 s, 4 s, 8 s ± 50 %.
+RETRY = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
+
+
+def build_task_runner(runner: RunnerConfig):
+    """ThreadPoolTaskRunner (default), DaskTaskRunner (LocalCluster or an address), or RayTaskRunner."""
+    if runner.kind == "threads":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=runner.workers)
+    if runner.kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError as exc:
+            raise RuntimeError("runner.kind 'dask' needs the dask extra: pip install 'cones[dask]'") from exc
+        if runner.address:
+            return DaskTaskRunner(address=runner.address)
+        api_url = _api_url()
+        # Worker *processes* must report task runs to the same Prefect API as this flow; an
+        # ephemeral in-process API (no PREFECT_API_URL) cannot be reached from them, so then the
+        # LocalCluster runs its workers as threads of this process instead.
+        cluster_kwargs: dict[str, Any] = {
+            "n_workers": runner.workers or 2,
+            "threads_per_worker": 1,
+            "dashboard_address": None,
+            "processes": api_url is not None,
+        }
+        if api_url is not None:
+            cluster_kwargs["env"] = {"PREFECT_API_URL": api_url}
+        return DaskTaskRunner(cluster_kwargs=cluster_kwargs)
+    try:
+        from prefect_ray import RayTaskRunner
+    except ImportError as exc:
+        raise RuntimeError("runner.kind 'ray' needs the ray extra: pip install 'cones[ray]'") from exc
+    return RayTaskRunner(address=runner.address) if runner.address else RayTaskRunner()
+
+
+def _api_url() -> str | None:
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+def ensure_concurrency_limit(name: str = GPU_LIMIT, *, slots: int = 1) -> None:
+    """Create the global concurrency limit if it is missing; never change one an operator set."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            return
+        except ObjectNotFound:
+            pass
+        with contextlib.suppress(ObjectAlreadyExists):  # another flow created it in between
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
+
+
+@contextlib.contextmanager
+def gpu_slot() -> Iterator[None]:
+    """Hold one slot of the `gpu` limit around model work (strict=False: a missing limit never fails a run)."""
+    from prefect.concurrency.sync import concurrency
+
+    with concurrency(GPU_LIMIT, occupy=1, strict=False):
+        yield
+
+
+def fan_out(task, calls: Sequence[dict[str, Any]], *, runner: RunnerConfig, label: str) -> list[Any]:
+    """Submit `task(**call)` for every call on the configured runner; results in call order.
+
+    A progress artifact shows how many batches are done while the flow fans out (issue #6, item 5).
+    """
+    if not calls:
+        return []
+    logger = get_run_logger()
+    progress_id = create_progress_artifact(progress=0.0, key=_artifact_key(label), description=f"{label}: batches done (%)")
+    results: list[Any] = [None] * len(calls)
+    with build_task_runner(runner) as task_runner:
+        futures = [task_runner.submit(task, call) for call in calls]
+        step = max(1, len(futures) // 20)
+        for i, future in enumerate(futures):
+            results[i] = future.result()
+            if (i + 1) % step == 0 or i + 1 == len(futures):
+                update_progress_artifact(progress_id, progress=100.0 * (i + 1) / len(futures))
+    logger.info("%s: %d batches done", label, len(calls))
+    return results
+
+
+def _artifact_key(label: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in label.lower()).strip("-") + "-progress"
+
+
+_cache_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _load_model(ref: ModelRef, pid: int):
+    import torch
+
+    from cones_tasks.loading import load_diffusion_model
+
+    model = load_diffusion_model(ref.path, device=ref.device, dtype=getattr(torch, ref.dtype), trust_pickle=ref.trust_pickle)
+    return model, threading.Lock()
+
+
+@contextlib.contextmanager
+def model_session(ref: ModelRef) -> Iterator[Any]:
+    """The model for `ref`, loaded once per process, held exclusively inside one `gpu` slot.
+
+    Exclusive because mask hooks (cones_tasks.neurons.masks) are installed on the shared UNet:
+    two threads masking the same module at once would see each other's masks.
+    """
+    with _cache_lock:
+        model, lock = _load_model(ref, os.getpid())
+    with gpu_slot(), lock:
+        yield model
