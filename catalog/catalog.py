@@ -9,11 +9,12 @@ live files (catalog/views.py) and the mask_* SQL functions (catalog/sqlfuncs.py)
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -235,15 +236,14 @@ class Catalog:
         return con
 
     def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pa.Table:
-        """Run read-only SQL over the catalog views; returns the last statement's result."""
-        con = self.connect()
-        try:
-            # Every statement is checked; only the last produces the result (the
-            # others are read-only, so skipping them changes nothing).
+        """Run read-only SQL over the catalog views; returns the last statement's result.
+
+        Every statement is checked (ReadOnlyViolationError otherwise); only the
+        last one runs, the others being read-only cannot change its result.
+        """
+        with self._lookup(TABLES) as con:
             last = read_only_statements(con, sql)[-1]
             return con.sql(last, params=params).to_arrow_table()
-        finally:
-            con.close()
 
     def read_table(self, table: str) -> pa.Table:
         con = self.connect([table])
@@ -293,7 +293,9 @@ class Catalog:
 
     # ================================================================ helpers
 
-    def _select(self, table: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    @contextlib.contextmanager
+    def _lookup(self, tables: Sequence[str]) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The shared lookup connection, its views of `tables` refreshed to the live files."""
         with self._lookup_lock:
             if self._lookup_con is None or self._lookup_pid != os.getpid():  # never reuse across fork
                 self._lookup_con = self.connect([])
@@ -302,10 +304,15 @@ class Catalog:
                 self._lookup_pid = os.getpid()
                 self._lookup_files = {}
             con = self._lookup_con
-            files = self.store.snapshot(table)
-            if self._lookup_files.get(table) != files:
-                con.execute(f"CREATE OR REPLACE VIEW {table} AS {view_sql(con, self.store, table, files)}")
-                self._lookup_files[table] = files
+            for table in tables:
+                files = self.store.snapshot(table)
+                if self._lookup_files.get(table) != files:
+                    con.execute(f"CREATE OR REPLACE VIEW {table} AS {view_sql(con, self.store, table, files)}")
+                    self._lookup_files[table] = files
+            yield con
+
+    def _select(self, table: str, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        with self._lookup([table]) as con:
             return con.sql(sql, params=list(params)).to_arrow_table().to_pylist()
 
     def _masks_where(self, where: str, params: Sequence[Any]) -> list[StoredMask]:
