@@ -1,3 +1,4 @@
 """Top-level commands registered on `cones` (catalog, sql, export, demo)."""
 
 from cones_cli.app import app  # noqa: F401
+from cones_cli import catalog_cmds  # noqa: E402,F401  (cones sql, cones catalog compact)
