@@ -57,7 +57,7 @@ def build_text_encoder(*, seed: int) -> CLIPTextModel:
     # unit scale, positions at half scale (they let cross-attention bind "red" to the
     # "circle" next to it in two-object prompts), the layer's own weights left small so
     # each token's state stays mostly its own word.
-    embeddings = model.text_model.embeddings
+    embeddings = getattr(model, "text_model", model).embeddings  # transformers 4 nests, 5 does not
     with torch.no_grad():
         embeddings.token_embedding.weight.normal_(0.0, 1.0)
         embeddings.position_embedding.weight.normal_(0.0, 0.5)

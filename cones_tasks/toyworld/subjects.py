@@ -1,0 +1,74 @@
+"""The named toy subjects (issue #2): what a user would hand over — a few photos of one thing.
+
+A subject is one shape × colour × pattern instance; its class word is the shape. Reference
+renders vary position, size and background, as a user's photos vary the scene.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cones_tasks.toyworld.render import place_objects, render
+from cones_tasks.toyworld.world import BACKGROUNDS, ObjectSpec, Scene
+
+
+@dataclass(frozen=True)
+class ToySubject:
+    shape: str
+    color: str
+    pattern: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.pattern}-{self.color}-{self.shape}"
+
+    @property
+    def class_word(self) -> str:
+        return self.shape
+
+    @classmethod
+    def parse(cls, subject_id: str) -> "ToySubject":
+        try:
+            pattern, color, shape = subject_id.split("-")
+            ObjectSpec(shape, color, pattern, 0, 0, 1)  # validates the three names
+        except ValueError as e:
+            raise ValueError(f"{subject_id!r} is not a toy subject id ('<pattern>-<colour>-<shape>', e.g. 'striped-yellow-triangle'): {e}") from None
+        return cls(shape, color, pattern)
+
+
+# Distinct shapes and colours, all three patterns: unions of up to four can be told apart.
+TOY_SUBJECTS: tuple[ToySubject, ...] = (
+    ToySubject("triangle", "yellow", "striped"),
+    ToySubject("circle", "blue", "dotted"),
+    ToySubject("square", "red", "striped"),
+    ToySubject("circle", "green", "plain"),
+    ToySubject("square", "yellow", "dotted"),
+    ToySubject("triangle", "red", "plain"),
+)
+
+
+def reference_renders(subject: ToySubject, *, n: int = 6, seed: int = 0) -> np.ndarray:
+    """uint8 [n, H, W, 3]: the subject alone, varied position, size and background."""
+    rng = np.random.default_rng([seed, *map(ord, subject.id)])
+    backgrounds = list(BACKGROUNDS)
+    images = []
+    for i in range(n):
+        objects = place_objects(rng, [(subject.shape, subject.color, subject.pattern)])
+        images.append(render(Scene(backgrounds[i % len(backgrounds)], objects)))
+    return np.stack(images)
+
+
+def write_subject_folders(root: str | Path, subjects=TOY_SUBJECTS, *, n: int = 6, seed: int = 0) -> dict[str, Path]:
+    """One folder of PNGs per subject under `root`; returns {subject id: folder}."""
+    folders = {}
+    for subject in subjects:
+        folder = Path(root) / subject.id
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, image in enumerate(reference_renders(subject, n=n, seed=seed)):
+            Image.fromarray(image).save(folder / f"{i:02d}.png")
+        folders[subject.id] = folder
+    return folders
