@@ -10,6 +10,7 @@ live files (catalog/views.py) and the mask_* SQL functions (catalog/sqlfuncs.py)
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from catalog import maskmath
@@ -205,17 +207,9 @@ class Catalog:
         table_ = self._to_arrow(table, rows)
         if table_.num_rows == 0:
             return 0
-        keys = _key_strings(table_, PRIMARY_KEYS[table])
-        order = np.argsort(np.array(keys, dtype=object), kind="stable")
-        seen: set[str] = set()
-        keep = []
-        for i in order:
-            if keys[i] not in seen:
-                seen.add(keys[i])
-                keep.append(int(i))
-        table_ = table_.take(pa.array(keep, type=pa.int64()))
-        file_key = content_key(table, *sorted(seen))
-        self.store.publish_part(table, file_key, _parquet_bytes(table_))
+        pk = PRIMARY_KEYS[table]
+        table_ = _sorted_unique(table_, pk)
+        self.store.publish_part(table, content_key(table, _keys_digest(table_, pk)), _parquet_bytes(table_))
         return table_.num_rows
 
     # ================================================================ reads
@@ -401,11 +395,33 @@ def _entry(e: Any) -> tuple[str, tuple[int, ...], int, int]:
     return str(name), tuple(int(s) for s in shape), int(offset), int(numel)
 
 
-def _key_strings(table: pa.Table, columns: tuple[str, ...]) -> list[str]:
-    cols = [table.column(c).to_pylist() for c in columns]
-    if any(v is None for col in cols for v in col):
-        raise SchemaError(f"primary key columns {columns} must not be null")
-    return ["\x1e".join(str(v) for v in vals) for vals in zip(*cols)]
+def _sorted_unique(table: pa.Table, pk: tuple[str, ...]) -> pa.Table:
+    """Rows sorted by primary key, the first of each key kept (vectorised: batches hold millions)."""
+    for c in pk:
+        if table.column(c).null_count:
+            raise SchemaError(f"primary key column {c!r} must not be null")
+    table = table.sort_by([(c, "ascending") for c in pk])
+    if table.num_rows < 2:
+        return table
+    differs = None
+    for c in pk:
+        col = table.column(c)
+        step = pc.not_equal(col.slice(1), col.slice(0, table.num_rows - 1))
+        differs = step if differs is None else pc.or_(differs, step)
+    keep = pa.concat_arrays([pa.array([True]), differs.combine_chunks()])
+    return table.filter(keep)
+
+
+def _keys_digest(table: pa.Table, pk: tuple[str, ...]) -> str:
+    """sha256 of the sorted primary keys: the file name of a commit (same keys, same file)."""
+    cols = [pc.cast(table.column(c), pa.string()) for c in pk]
+    joined = (pc.binary_join_element_wise(*cols, "\x1e") if len(cols) > 1 else cols[0]).combine_chunks()
+    # Hash exactly the logical bytes (lengths, then characters), whatever the buffer layout.
+    _, offsets_buf, data_buf = joined.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int32)[joined.offset : joined.offset + len(joined) + 1]
+    h = hashlib.sha256(np.diff(offsets).astype("<i4").tobytes())
+    h.update(memoryview(data_buf)[offsets[0] : offsets[-1]] if data_buf is not None else b"")
+    return h.hexdigest()
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

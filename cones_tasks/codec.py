@@ -77,10 +77,13 @@ def encode_indices(indices: np.ndarray, universe: int) -> bytes:
     flag = COMPLEMENT if complement else 0
     if idx.size == 0:
         return _header(EMPTY | flag, universe, n)
-    candidates = [
-        _header(RICE | flag, universe, n) + _rice_encode(idx),
-        _header(SHUFFLE_ZSTD | flag, universe, n) + _shuffle_encode(idx, universe),
-    ]
+    rice = _header(RICE | flag, universe, n) + _rice_encode(idx)
+    # Rice is within ~1% of log2 C(N, n) for random-looking sets; the zstd schemes
+    # can only win on structure (runs), which shows as Rice beating the bound.
+    # Skipping them otherwise keeps encoding ~5x faster (1,000 SD masks in the bench).
+    if len(rice) >= 0.98 * entropy_bytes(int(idx.size), universe):
+        return rice
+    candidates = [rice, _header(SHUFFLE_ZSTD | flag, universe, n) + _shuffle_encode(idx, universe)]
     # The bitmap costs N/8 bytes before compression; only worth trying when the
     # set is dense enough that a sparse coding is not obviously smaller.
     if universe <= 64 * 8 * len(min(candidates, key=len)):
