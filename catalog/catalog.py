@@ -220,7 +220,7 @@ class Catalog:
         unknown = set(wanted) - set(TABLES)
         if unknown:
             raise SchemaError(f"unknown tables {sorted(unknown)}; the catalog has {list(TABLES)}")
-        con = duckdb.connect(":memory:")
+        con = duckdb.connect(":memory:", config={"enable_progress_bar": False})
         if not self.store.local:
             con.register_filesystem(self.store.fs)
         register_mask_functions(con)
