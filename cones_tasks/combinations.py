@@ -11,9 +11,7 @@ a rerun sees the same order (the catalog decides what is still missing).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import math
 import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -34,23 +32,6 @@ class Combination:
     template: str
     prompt: str
     seed: int
-
-    def generation_id(self, *, model_fingerprint: str, sampler: Mapping[str, object]) -> str:
-        """Content key of the image this combination produces on one model with one sampler setting.
-
-        The same key on a rerun means the same image, so writing it again is a no-op (issue #6, item 2).
-        """
-        payload = json.dumps(
-            {
-                "model": model_fingerprint,
-                "subjects": list(self.subjects),
-                "prompt": self.prompt,
-                "seed": self.seed,
-                "sampler": dict(sorted(sampler.items())),
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
 def check_template(template: str) -> str:

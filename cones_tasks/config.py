@@ -7,6 +7,7 @@ Presets (deployments/prefect.yaml, `cones run customize --config`) hold only non
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,6 +30,7 @@ __all__ = [
     "ScoreConfig",
     "ScoringParams",
     "SubjectSource",
+    "mask_params",
 ]
 
 
@@ -151,12 +153,20 @@ class GenerateConfig(_FlowConfig):
     model: ModelRef
     subjects: tuple[str, ...] = Field(min_length=1)
     discovery: DiscoveryParams = Field(DiscoveryParams(), description="which masks to use: those found with these params")
+    discovery_seed: int = Field(0, description="… and this discovery seed")
     grid: GenerationGrid = GenerationGrid()
 
 
 class ScoreConfig(_FlowConfig):
-    model: ModelRef = Field(description="scores the generations made with this model")
+    """Scores every generation (or only `generations`) that this scorer has not scored yet."""
+
     scoring: ScoringParams
+    generations: tuple[str, ...] | None = Field(None, description="generation ids; None: all unscored")
+
+
+def mask_params(discovery: DiscoveryParams, *, seed: int) -> dict[str, object]:
+    """What names a discovered mask in the catalog, besides subject and model (its params hash)."""
+    return {"discovery": discovery.model_dump(mode="json"), "seed": seed}
 
 
 class CustomizeConfig(_FlowConfig):
@@ -176,22 +186,26 @@ class CustomizeConfig(_FlowConfig):
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(catalog=self.catalog, runner=self.runner, subjects=self.subjects, ingest=self.ingest)
 
-    def discover_config(self) -> DiscoverConfig:
+    def discover_config(self, subjects: Sequence[str] | None = None) -> DiscoverConfig:
+        """The discovery step, for `subjects` (default: all; the parent passes those that ingested)."""
         return DiscoverConfig(
-            catalog=self.catalog, runner=self.runner, model=self.model, subjects=self.subject_ids,
+            catalog=self.catalog, runner=self.runner, model=self.model, subjects=tuple(subjects or self.subject_ids),
             discovery=self.discovery, seed=self.seed,
         )
 
-    def generate_config(self) -> GenerateConfig:
+    def generate_config(self, subjects: Sequence[str] | None = None) -> GenerateConfig:
         return GenerateConfig(
-            catalog=self.catalog, runner=self.runner, model=self.model, subjects=self.subject_ids,
-            discovery=self.discovery, grid=self.grid,
+            catalog=self.catalog, runner=self.runner, model=self.model, subjects=tuple(subjects or self.subject_ids),
+            discovery=self.discovery, discovery_seed=self.seed, grid=self.grid,
         )
 
-    def score_config(self) -> ScoreConfig | None:
+    def score_config(self, generations: Sequence[str] | None = None) -> ScoreConfig | None:
         if self.scoring is None:
             return None
-        return ScoreConfig(catalog=self.catalog, runner=self.runner, model=self.model, scoring=self.scoring)
+        return ScoreConfig(
+            catalog=self.catalog, runner=self.runner, scoring=self.scoring,
+            generations=None if generations is None else tuple(generations),
+        )
 
     @property
     def subject_ids(self) -> tuple[str, ...]:

@@ -60,9 +60,7 @@ class NormalizedImage:
         return int(self.pixels.shape[1])
 
     def to_png(self) -> bytes:
-        buffer = io.BytesIO()
-        Image.fromarray(self.pixels, mode="RGB").save(buffer, format="PNG")
-        return buffer.getvalue()
+        return encode_png(self.pixels)
 
 
 @dataclass(frozen=True)
@@ -242,3 +240,16 @@ def fit_to_resolution(pixels: np.ndarray, resolution: int) -> np.ndarray:
     if side != resolution:
         square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
     return np.asarray(square, dtype=np.uint8).copy()
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """RGB uint8 `[H, W, 3]` → PNG bytes (lossless: what the catalog stores)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    """Image bytes written by this pipeline → RGB uint8 `[H, W, 3]`."""
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()

@@ -22,8 +22,26 @@ from prefect.tasks import exponential_backoff
 from cones_tasks.config import ModelRef, RunnerConfig
 
 GPU_LIMIT = "gpu"
+
+
+def _transient(task, task_run, state) -> bool:
+    """Retry what a retry can fix (I/O, a worker lost); bad input fails at once with its message."""
+    try:
+        state.result()
+    except (ValueError, LookupError, TypeError):  # config, subject, mask, schema errors
+        return False
+    except Exception:  # noqa: BLE001 — anything else may be transient
+        return True
+    return True
+
+
 # Retries with exponential backoff and jitter (issue #6, item 2): 2 s, 4 s, 8 s ± 50 %.
-RETRY = {"retries": 3, "retry_delay_seconds": exponential_backoff(backoff_factor=2), "retry_jitter_factor": 0.5}
+RETRY = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _transient,
+}
 
 
 def build_task_runner(runner: RunnerConfig):
@@ -90,10 +108,14 @@ def gpu_slot() -> Iterator[None]:
         yield
 
 
-def fan_out(task, calls: Sequence[dict[str, Any]], *, runner: RunnerConfig, label: str) -> list[Any]:
+def fan_out(
+    task, calls: Sequence[dict[str, Any]], *, runner: RunnerConfig, label: str, keep_failures: bool = False
+) -> list[Any]:
     """Submit `task(**call)` for every call on the configured runner; results in call order.
 
-    A progress artifact shows how many batches are done while the flow fans out (issue #6, item 5).
+    keep_failures: a failed call's exception takes its place in the list instead of failing the
+    flow, so one bad subject never loses the others (issue #6, item 7). A progress artifact shows
+    how many batches are done while the flow fans out (issue #6, item 5).
     """
     if not calls:
         return []
@@ -104,7 +126,7 @@ def fan_out(task, calls: Sequence[dict[str, Any]], *, runner: RunnerConfig, labe
         futures = [task_runner.submit(task, call) for call in calls]
         step = max(1, len(futures) // 20)
         for i, future in enumerate(futures):
-            results[i] = future.result()
+            results[i] = future.result(raise_on_failure=not keep_failures)
             if (i + 1) % step == 0 or i + 1 == len(futures):
                 update_progress_artifact(progress_id, progress=100.0 * (i + 1) / len(futures))
     logger.info("%s: %d batches done", label, len(calls))

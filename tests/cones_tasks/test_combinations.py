@@ -48,14 +48,6 @@ def test_templates_need_exactly_one_subjects_slot(bad):
         check_template(bad)
 
 
-def test_generation_id_is_a_content_key():
-    combo = next(enumerate_combinations(CLASS_WORDS, max_k=1, templates=["{subjects}"], seeds=[0]))
-    key = combo.generation_id(model_fingerprint="abc", sampler={"steps": 10, "guidance_scale": 3.0})
-    assert key == combo.generation_id(model_fingerprint="abc", sampler={"guidance_scale": 3.0, "steps": 10})
-    assert key != combo.generation_id(model_fingerprint="abd", sampler={"steps": 10, "guidance_scale": 3.0})
-    assert key != combo.generation_id(model_fingerprint="abc", sampler={"steps": 11, "guidance_scale": 3.0})
-
-
 def test_batched_and_phrase():
     assert [len(b) for b in batched(range(10), 4)] == [4, 4, 2]
     assert list(batched([], 3)) == []

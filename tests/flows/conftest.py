@@ -10,6 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def prefect_api():
     """A Prefect test harness; PREFECT_API_URL is also exported so Dask worker processes report to it."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry calls offline
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 

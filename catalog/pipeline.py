@@ -1,0 +1,91 @@
+"""The queries the pipeline's flows ask of the catalog (issue #6): what is done, what is missing.
+
+The catalog is the source of truth for a rerun (issue #6, item 2): each flow asks here which
+work already has rows and does only the rest. Flows stay free of SQL; this is the only place
+these questions are phrased.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from catalog.catalog import Catalog
+
+
+@dataclass(frozen=True)
+class GenerationRow:
+    id: str
+    subjects: tuple[str, ...]
+    prompt: str
+    seed: int
+    image_uri: str
+
+
+def subject_image_uris(catalog: Catalog, subject: str) -> list[str]:
+    """URIs of a subject's reference images, in content-hash order (stable across runs)."""
+    rows = catalog.query(
+        "SELECT uri FROM subject_images WHERE subject = ? ORDER BY content_hash", [subject]
+    ).to_pylist()
+    return [r["uri"] for r in rows]
+
+
+def existing_generation_ids(catalog: Catalog, ids: Sequence[str]) -> set[str]:
+    """The subset of `ids` already in `generations` (one query for a whole grid)."""
+    if not ids:
+        return set()
+    rows = catalog.query("SELECT id FROM generations WHERE list_contains(?, id)", [list(ids)]).to_pylist()
+    return {r["id"] for r in rows}
+
+
+def generations_without_scores(catalog: Catalog, *, scorer: str, ids: Sequence[str] | None = None) -> list[GenerationRow]:
+    """Generations (optionally only `ids`) with no `clip_scores` row from `scorer` yet."""
+    where, params = "", [scorer]
+    if ids is not None:
+        where, params = "AND list_contains(?, g.id)", [scorer, list(ids)]
+    rows = catalog.query(
+        "SELECT g.id, g.subjects, g.prompt, g.seed, g.image_uri FROM generations g "
+        "WHERE NOT EXISTS (SELECT 1 FROM clip_scores s WHERE s.generation = g.id AND s.scorer = ?) "
+        f"{where} ORDER BY g.id",
+        params,
+    ).to_pylist()
+    return [_generation(r) for r in rows]
+
+
+def list_generations(catalog: Catalog, ids: Sequence[str] | None = None) -> list[GenerationRow]:
+    """Generations with these ids (all of them when `ids` is None), ordered by id."""
+    if ids is None:
+        rows = catalog.query("SELECT id, subjects, prompt, seed, image_uri FROM generations ORDER BY id").to_pylist()
+    else:
+        rows = catalog.query(
+            "SELECT id, subjects, prompt, seed, image_uri FROM generations WHERE list_contains(?, id) ORDER BY id", [list(ids)]
+        ).to_pylist()
+    return [_generation(r) for r in rows]
+
+
+def mean_scores(catalog: Catalog, ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    """generation id → metric → mean value over targets (and scorers) of that metric."""
+    rows = catalog.query(
+        "SELECT generation, metric, avg(value) AS value FROM clip_scores WHERE list_contains(?, generation) "
+        "GROUP BY generation, metric",
+        [list(ids)],
+    ).to_pylist()
+    out: dict[str, dict[str, float]] = {}
+    for r in rows:
+        out.setdefault(r["generation"], {})[r["metric"]] = float(r["value"])
+    return out
+
+
+def mask_stats(catalog: Catalog, mask_ids: Sequence[str]) -> list[dict[str, Any]]:
+    rows = catalog.query(
+        "SELECT mask_id, subject, neuron_count, fraction, stats FROM concept_masks WHERE list_contains(?, mask_id) "
+        "ORDER BY subject",
+        [list(mask_ids)],
+    ).to_pylist()
+    return [{**r, "stats": json.loads(r["stats"])} for r in rows]
+
+
+def _generation(r: dict[str, Any]) -> GenerationRow:
+    return GenerationRow(id=r["id"], subjects=tuple(r["subjects"]), prompt=r["prompt"], seed=int(r["seed"]), image_uri=r["image_uri"])

@@ -1,0 +1,98 @@
+"""Scores of generated images (issue #6, item 1: "score-generations"), as plain functions.
+
+- image alignment: mean cosine similarity of a generation's CLIP embedding to the embeddings
+  of one subject's reference images (Cones §4, "image alignment", as in DreamBooth/Custom
+  Diffusion);
+- text alignment: cosine similarity to the prompt's CLIP embedding;
+- presence (toy world only): 1.0 if the rule-based judge finds an object with exactly the
+  subject's shape, colour and pattern, else 0.0.
+
+Embeddings come L2-normalised from the scorer (`.embed_images` / `.embed_texts`), so cosine
+similarity is a dot product.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+IMAGE_ALIGNMENT = "image_alignment"
+TEXT_ALIGNMENT = "text_alignment"
+PRESENCE = "presence"
+
+
+def image_alignment(generated: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """`[N, D]` generated × `[M, D]` one subject's references (both normalised) → `[N]` mean cosine."""
+    if references.shape[0] == 0:
+        raise ValueError("image alignment needs at least one reference embedding for the subject")
+    return (np.asarray(generated, np.float64) @ np.asarray(references, np.float64).T).mean(axis=1)
+
+
+def text_alignment(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
+    """Row-wise cosine `[N, D]` · `[N, D]` → `[N]`: image i against its own prompt i."""
+    return np.einsum("nd,nd->n", np.asarray(generated, np.float64), np.asarray(texts, np.float64))
+
+
+def toy_presence(images: np.ndarray, subjects: Sequence[Sequence[str]]) -> list[dict[str, float]]:
+    """For each image `[H, W, 3]` and its subject ids: subject id → 1.0 if the judge sees it, else 0.0."""
+    from cones_tasks.toyworld.judge import judge
+    from cones_tasks.toyworld.subjects import ToySubject
+
+    out = []
+    for image, ids in zip(images, subjects, strict=True):
+        seen = {(o.shape, o.color, o.pattern) for o in judge(np.asarray(image)).objects}
+        out.append({s: float(_attributes(ToySubject.parse(s)) in seen) for s in ids})
+    return out
+
+
+def _attributes(subject) -> tuple[str, str, str]:
+    return (subject.shape, subject.color, subject.pattern)
+
+
+@dataclass(frozen=True)
+class CombinationScores:
+    """One subject combination and prompt over all its seeds."""
+
+    subjects: tuple[str, ...]
+    prompt: str
+    generations: tuple[tuple[int, str, str], ...]  # (seed, generation id, image uri), by seed
+    scores: dict[str, float]  # metric → mean over seeds (and over subjects for per-subject metrics)
+
+    @property
+    def key(self) -> str:
+        return f"{'+'.join(self.subjects)}|{self.prompt}"
+
+
+def combination_scores(rows: Sequence, scores: Mapping[str, Mapping[str, float]]) -> list[CombinationScores]:
+    """Group generations (anything with .id .subjects .prompt .seed .image_uri) by (subjects, prompt), best first.
+
+    `scores`: generation id → metric → value. Ranked by presence (toy world), then image alignment.
+    """
+    groups: dict[tuple[tuple[str, ...], str], list] = {}
+    for row in rows:
+        groups.setdefault((tuple(row.subjects), row.prompt), []).append(row)
+    out = []
+    for (subjects, prompt), members in groups.items():
+        members.sort(key=lambda r: r.seed)
+        per_seed = [scores.get(r.id, {}) for r in members]
+        metrics = sorted({m for s in per_seed for m in s})
+        out.append(
+            CombinationScores(
+                subjects=subjects,
+                prompt=prompt,
+                generations=tuple((int(r.seed), r.id, r.image_uri) for r in members),
+                scores={m: float(np.mean([s[m] for s in per_seed if m in s])) for m in metrics},
+            )
+        )
+    out.sort(key=lambda c: (-c.scores.get(PRESENCE, 0.0), -c.scores.get(IMAGE_ALIGNMENT, 0.0), c.subjects, c.prompt))
+    return out
+
+
+def leaderboard_rows(combinations: Sequence[CombinationScores]) -> list[dict[str, object]]:
+    """Flat rows for a table: subjects, prompt, seeds, then one column per metric."""
+    return [
+        {"subjects": " + ".join(c.subjects), "prompt": c.prompt, "seeds": len(c.generations), **{m: round(v, 4) for m, v in c.scores.items()}}
+        for c in combinations
+    ]

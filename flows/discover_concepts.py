@@ -1,0 +1,67 @@
+"""`discover-concepts`: one task per subject → a concept mask in the catalog (issue #6; Cones §3).
+
+A subject whose mask for this model (weight fingerprint) and these parameters is already in
+the catalog is skipped, so a rerun after a crash does only the subjects that are missing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from catalog import load_catalog, params_hash
+from catalog.pipeline import subject_image_uris
+from cones_tasks.combinations import class_phrase
+from cones_tasks.config import DiscoverConfig, DiscoveryParams, ModelRef, mask_params
+from cones_tasks.ingest import decode_rgb, fit_to_resolution
+from cones_tasks.neurons.discovery import discover_concept_neurons
+from cones_tasks.neurons.space import NeuronSpace
+from flows._runtime import RETRY, ensure_concurrency_limit, fan_out, model_session
+
+# The discovery report minus its per-step loss curve: what `concept_masks.stats` keeps.
+_STATS_KEYS = ("images", "neurons", "fraction", "neurons_per_layer", "eval_loss_unmasked", "eval_loss_masked", "time_s", "rounds")
+
+
+@task(name="discover-concept", **RETRY)
+def discover_subject(
+    catalog_uri: str, model_ref: ModelRef, subject: str, params: DiscoveryParams, seed: int
+) -> dict[str, Any]:
+    catalog = load_catalog(catalog_uri)
+    class_word = catalog.get_subject(subject).class_word  # UnknownSubjectError names the fix
+    identity = mask_params(params, seed=seed)
+    with model_session(model_ref) as model:
+        space = NeuronSpace.from_unet(model.unet, attention=params.attention)
+        found = catalog.find_mask(subject=subject, model_fingerprint=space.fingerprint, params_hash=params_hash(identity))
+        if found is not None:
+            return {"subject": subject, "mask_id": found.mask_id, "neurons": found.neuron_count, "skipped": True}
+        uris = subject_image_uris(catalog, subject)
+        if not uris:
+            raise ValueError(f"subject {subject!r} has no images in the catalog; run ingest-subjects for it first")
+        images = np.stack([fit_to_resolution(decode_rgb(catalog.get_bytes(u)), model.resolution) for u in uris])
+        result = discover_concept_neurons(model, images, class_phrase(class_word), params, seed=seed, progress=False)
+    catalog.write_model(space, source=model.source, attention=params.attention)
+    stats = {k: result.report[k] for k in _STATS_KEYS if k in result.report}
+    mask_id = catalog.write_mask(subject=subject, mask=result.mask, params=identity, stats=stats)
+    return {"subject": subject, "mask_id": mask_id, "neurons": result.mask.count, "skipped": False}
+
+
+@flow(name="discover-concepts")
+def discover_concepts(config: DiscoverConfig) -> dict[str, str]:
+    """Returns subject id → mask id for every subject."""
+    ensure_concurrency_limit()
+    results = fan_out(
+        discover_subject,
+        [
+            {"catalog_uri": config.catalog, "model_ref": config.model, "subject": s, "params": config.discovery, "seed": config.seed}
+            for s in config.subjects
+        ],
+        runner=config.runner,
+        label="discover-concepts",
+    )
+    lines = ["# Concept neurons", "", "| subject | neurons | mask | |", "|---|---|---|---|"]
+    lines += [f"| {r['subject']} | {r['neurons']} | `{r['mask_id'][:12]}` | {'cached' if r['skipped'] else 'new'} |" for r in results]
+    create_markdown_artifact(key="discovery-summary", markdown="\n".join(lines), description="discover-concepts")
+    return {r["subject"]: r["mask_id"] for r in results}

@@ -1,0 +1,75 @@
+"""`ingest-subjects`: a folder or URI per subject → validated, content-hashed images in the catalog (issue #6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+
+from catalog import SubjectImage, load_catalog
+from catalog.sources import list_image_files
+from cones_tasks.config import IngestConfig, IngestParams, SubjectSource
+from cones_tasks.ingest import ingest_images
+from flows._runtime import RETRY, fan_out
+
+
+class NoUsableImagesError(ValueError):
+    """Every file of a subject was rejected."""
+
+
+@task(name="ingest-subject", **RETRY)
+def ingest_subject(catalog_uri: str, source: SubjectSource, params: IngestParams) -> dict[str, Any]:
+    """Validate one subject's files and store the accepted ones; re-ingesting the same files is a no-op."""
+    report = ingest_images(
+        source.subject_id, list_image_files(source.uri), min_side=params.min_side, max_pixels=params.max_pixels
+    )
+    if not report.accepted:
+        raise NoUsableImagesError(f"no usable image for subject {source.subject_id!r}:\n{report.summary()}")
+    catalog = load_catalog(catalog_uri)
+    catalog.write_subject(source.subject_id, class_word=source.class_word)
+    images = [
+        SubjectImage(
+            subject=source.subject_id,
+            content_hash=image.content_hash,
+            uri=catalog.put_bytes(image.to_png(), suffix=".png"),
+            width=image.width,
+            height=image.height,
+        )
+        for image in report.accepted
+    ]
+    catalog.write_subject_images(source.subject_id, images)
+    return {
+        "subject": source.subject_id,
+        "accepted": len(report.accepted),
+        "rejected": [(r.name, r.reason) for r in report.rejected],
+        "duplicates": [(d.name, d.duplicate_of) for d in report.duplicates],
+    }
+
+
+@flow(name="ingest-subjects")
+def ingest_subjects(config: IngestConfig) -> dict[str, Any]:
+    """One task per subject. A subject that fails is reported and the others are still ingested."""
+    results = fan_out(
+        ingest_subject,
+        [{"catalog_uri": config.catalog, "source": s, "params": config.ingest} for s in config.subjects],
+        runner=config.runner,
+        label="ingest-subjects",
+        keep_failures=True,
+    )
+    ingested = [r for r in results if isinstance(r, dict)]
+    failed = {s.subject_id: str(r) for s, r in zip(config.subjects, results) if isinstance(r, BaseException)}
+    create_markdown_artifact(key="ingest-summary", markdown=_summary(ingested, failed), description="ingest-subjects")
+    if not ingested:
+        raise NoUsableImagesError("no subject could be ingested:\n" + "\n".join(f"- {k}: {v}" for k, v in failed.items()))
+    return {"ingested": [r["subject"] for r in ingested], "failed": failed, "reports": ingested}
+
+
+def _summary(ingested: list[dict[str, Any]], failed: dict[str, str]) -> str:
+    lines = ["# Ingest", "", "| subject | accepted | rejected | duplicates |", "|---|---|---|---|"]
+    lines += [f"| {r['subject']} | {r['accepted']} | {len(r['rejected'])} | {len(r['duplicates'])} |" for r in ingested]
+    for r in ingested:
+        lines += [f"- `{r['subject']}/{name}` rejected: {reason}" for name, reason in r["rejected"]]
+        lines += [f"- `{r['subject']}/{name}` duplicates `{first}`" for name, first in r["duplicates"]]
+    lines += [f"- **{subject} failed**: {reason}" for subject, reason in failed.items()]
+    return "\n".join(lines)

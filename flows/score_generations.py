@@ -1,0 +1,106 @@
+"""`score-generations`: open_clip image/text alignment and, on the toy world, the judge's presence (issue #6).
+
+Each scorer scores only generations it has not scored yet (the catalog says which), in batches.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from typing import Any
+
+import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from catalog import ClipScore, load_catalog
+from catalog.pipeline import GenerationRow, generations_without_scores, list_generations, mean_scores, subject_image_uris
+from cones_tasks import generation_scores as gs
+from cones_tasks.combinations import batched
+from cones_tasks.config import ClipRef, ScoreConfig
+from cones_tasks.ingest import decode_rgb
+from flows._runtime import RETRY, ensure_concurrency_limit, fan_out, gpu_slot
+
+JUDGE = "toy-judge"
+
+
+def clip_scorer_name(clip: ClipRef) -> str:
+    return f"open_clip/{clip.model_name}/{os.path.basename(clip.weights_path)}"
+
+
+_clip_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _clip(clip: ClipRef, pid: int):
+    from cones_tasks.loading import load_clip_scorer
+
+    return load_clip_scorer(clip.model_name, clip.weights_path, device=clip.device)
+
+
+@task(name="score-batch", **RETRY)
+def score_batch(catalog_uri: str, rows: list[GenerationRow], scorer: str, clip: ClipRef | None, batch_size: int) -> int:
+    catalog = load_catalog(catalog_uri)
+    images = np.stack([decode_rgb(catalog.get_bytes(r.image_uri)) for r in rows])  # [N, H, W, 3]
+    scores: list[ClipScore] = []
+    if scorer == JUDGE:
+        for row, present in zip(rows, gs.toy_presence(images, [r.subjects for r in rows])):
+            scores += [ClipScore(row.id, gs.PRESENCE, s, v, JUDGE) for s, v in present.items()]
+    else:
+        assert clip is not None
+        with _clip_lock:
+            model = _clip(clip, os.getpid())
+        with gpu_slot():
+            embedded = np.concatenate([np.asarray(model.embed_images(b)) for b in _chunks(images, batch_size)])
+            texts = np.asarray(model.embed_texts([r.prompt for r in rows]))
+            refs = {
+                s: np.asarray(model.embed_images(np.stack([decode_rgb(catalog.get_bytes(u)) for u in subject_image_uris(catalog, s)])))
+                for s in sorted({s for r in rows for s in r.subjects})
+            }
+        text = gs.text_alignment(embedded, texts)
+        for i, row in enumerate(rows):
+            scores.append(ClipScore(row.id, gs.TEXT_ALIGNMENT, row.prompt, float(text[i]), scorer))
+            for s in row.subjects:
+                value = float(gs.image_alignment(embedded[i : i + 1], refs[s])[0])
+                scores.append(ClipScore(row.id, gs.IMAGE_ALIGNMENT, s, value, scorer))
+    catalog.write_clip_scores(scores)
+    return len(rows)
+
+
+def _chunks(images: np.ndarray, size: int):
+    return [images[i : i + size] for i in range(0, len(images), size)]
+
+
+@flow(name="score-generations")
+def score_generations(config: ScoreConfig) -> dict[str, Any]:
+    ensure_concurrency_limit()
+    catalog = load_catalog(config.catalog)
+    scoring = config.scoring
+    scorers = ([clip_scorer_name(scoring.clip)] if scoring.clip else []) + ([JUDGE] if scoring.judge else [])
+    calls = []
+    for scorer in scorers:
+        todo = generations_without_scores(catalog, scorer=scorer, ids=config.generations)
+        calls += [
+            {"catalog_uri": config.catalog, "rows": batch, "scorer": scorer, "clip": scoring.clip, "batch_size": scoring.batch_size}
+            for batch in batched(todo, scoring.task_batch)
+        ]
+    scored = fan_out(score_batch, calls, runner=config.runner, label="score-generations")
+    leaderboard = publish_leaderboard(catalog, config.generations)
+    return {"scored": sum(scored), "leaderboard": leaderboard}
+
+
+def publish_leaderboard(catalog, ids: tuple[str, ...] | None, *, top: int = 50) -> list[dict[str, Any]]:
+    """A table artifact of combinations (subjects + prompt, mean over seeds) ranked by score, and a summary."""
+    rows = list_generations(catalog, ids)
+    board = gs.leaderboard_rows(gs.combination_scores(rows, mean_scores(catalog, [r.id for r in rows])))
+    if board:
+        create_table_artifact(key="leaderboard", table=board[:top], description="combinations ranked by score (mean over seeds)")
+        best = board[0]
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in best.items() if isinstance(v, float))
+        create_markdown_artifact(
+            key="score-summary",
+            markdown=f"# Scores\n\n{len(rows)} generations in {len(board)} combinations. "
+            f"Best: **{best['subjects']}**, “{best['prompt']}” ({metrics}).",
+        )
+    return board
