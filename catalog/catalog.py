@@ -220,7 +220,8 @@ class Catalog:
         unknown = set(wanted) - set(TABLES)
         if unknown:
             raise SchemaError(f"unknown tables {sorted(unknown)}; the catalog has {list(TABLES)}")
-        con = duckdb.connect(":memory:", config={"enable_progress_bar": False})
+        con = duckdb.connect(":memory:")
+        con.execute("SET enable_progress_bar = false")  # library output must not draw on the caller's terminal
         if not self.store.local:
             con.register_filesystem(self.store.fs)
         register_mask_functions(con)
