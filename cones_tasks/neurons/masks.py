@@ -2,10 +2,10 @@
 
 A `ConceptMask` is a sorted set of global neuron indices of one `NeuronSpace`
 (never a dense float tensor: the public notebook's defect). Applying a mask
-never writes the model's weights: `shut` and `per_sample` install removable
-forward hooks on the K/V `nn.Linear`s that compute the layer with the shut
-weights zeroed, and remove them on exit, so the weights come back bit for bit
-(the notebook overwrote them and never restored).
+never writes the model's weights: `shut` and `per_sample` temporarily replace
+the forward of the K/V `nn.Linear`s with one that computes the layer with the
+shut weights zeroed, and restore it on exit (even on error), so the weights are
+bit for bit what they were (the notebook overwrote them and never restored).
 
 `per_sample` is what makes fan-out over many subject combinations cheap: one
 UNet forward over a batch in which element i uses masks[i % G]. K/V of
@@ -28,7 +28,7 @@ from torch import nn
 
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 
-__all__ = ["ConceptMask", "MaskModelMismatchError", "per_sample", "shut"]
+__all__ = ["ConceptMask", "MaskModelMismatchError", "is_masked", "per_sample", "shut"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -198,7 +198,7 @@ def per_sample(unet: nn.Module, space: NeuronSpace, masks: Sequence[ConceptMask 
         yield  # nothing shut: leave the UNet's fast path alone
         return
     located = [space.locate(m.indices) if m is not None else None for m in masks]
-    handles = []
+    installed: list[nn.Linear] = []
     try:
         for e in space.entries:
             if all(loc is None or loc[e.name].size == 0 for loc in located):
@@ -208,24 +208,53 @@ def per_sample(unet: nn.Module, space: NeuronSpace, masks: Sequence[ConceptMask 
             for g, loc in enumerate(located):
                 if loc is not None and loc[e.name].size:
                     shut_flat[g, torch.from_numpy(loc[e.name])] = True
-            shut_mask = shut_flat.reshape(len(masks), *e.shape).to(module.weight.device)
-            handles.append(module.register_forward_hook(_MaskedLinear(shut_mask)))
+            _install(module, _MaskedLinear(module, shut_flat.reshape(len(masks), *e.shape).to(module.weight.device)))
+            installed.append(module)
         yield
     finally:
-        for h in handles:
-            h.remove()
+        for module in installed:
+            _uninstall(module)
+
+
+_MARK = "_cones_masked_forward"
+
+
+def _install(module: nn.Linear, masked: _MaskedLinear) -> None:
+    # An instance-level `forward` shadows nn.Linear.forward for this module only: module(x) still runs
+    # through nn.Module.__call__ (other libraries' hooks keep working) but the unmasked matmul is never
+    # computed and thrown away, as a forward hook would. Deleting the attribute restores the class's.
+    if _MARK in module.__dict__:
+        raise RuntimeError(
+            "a concept mask is already applied to this UNet: nested shut/per_sample blocks would not combine; "
+            "apply one block with the union of the masks (ConceptMask.union)"
+        )
+    if "forward" in module.__dict__:
+        raise RuntimeError(f"{type(module).__name__}.forward is already patched by another library; cannot apply a mask")
+    module.__dict__[_MARK] = True
+    module.forward = masked
+
+
+def _uninstall(module: nn.Linear) -> None:
+    module.__dict__.pop("forward", None)
+    module.__dict__.pop(_MARK, None)
+
+
+def is_masked(module: nn.Module) -> bool:
+    """True while a shut/per_sample block has replaced this linear's forward."""
+    return _MARK in module.__dict__
 
 
 class _MaskedLinear:
-    """Forward hook: recompute an nn.Linear with per-group shut weights zeroed.
+    """forward of a K/V nn.Linear with per-group shut weights zeroed: y_i = x_i·(W ⊙ ¬M_{i mod G})ᵀ + b.
 
-    Recomputing (rather than subtracting x·(W⊙M)ᵀ) makes `shut` bit-identical
-    to a hand-zeroed model; gradients still flow to W (used by discovery-time
-    evaluation). The masked weights are cached while W is unchanged and no
-    gradient is needed (sampling), so each forward costs one einsum.
+    Computing with the zeroed weights (rather than subtracting x·(W⊙M)ᵀ) makes
+    `shut` bit-identical to a hand-zeroed model; gradients still flow to W. The
+    masked weights are cached while W is unchanged and no gradient is needed
+    (sampling), so each forward costs one einsum, no more than the plain linear.
     """
 
-    def __init__(self, shut_mask: torch.Tensor) -> None:
+    def __init__(self, module: nn.Linear, shut_mask: torch.Tensor) -> None:
+        self.module = module
         self.shut_mask = shut_mask  # bool [G, out, in]
         self._cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
 
@@ -238,8 +267,8 @@ class _MaskedLinear:
                 self._cache = (key, weight.unsqueeze(0).masked_fill(self.shut_mask, 0))
         return self._cache[1]
 
-    def __call__(self, module: nn.Linear, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        x = args[0]  # [B, N, in] (or [B, in])
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        module = self.module  # x: [B, N, in] (or [B, in])
         w = self._weights(module.weight)  # [G, out, in]
         groups = w.shape[0]
         if groups == 1:

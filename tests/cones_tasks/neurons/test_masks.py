@@ -9,7 +9,7 @@ import pytest
 import torch
 from neuron_fixtures import TEXT_DIM, TOKENS
 
-from cones_tasks.neurons.masks import ConceptMask, per_sample, shut
+from cones_tasks.neurons.masks import ConceptMask, is_masked, per_sample, shut
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 
 
@@ -87,7 +87,7 @@ def test_shut_equals_hand_zeroed_weights_and_restores_bit_for_bit(unet):
     assert not torch.allclose(masked, plain)
     assert torch.equal(after, plain)
     assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
-    assert not any(m._forward_hooks for m in unet.modules())
+    assert not any(is_masked(m) or "forward" in m.__dict__ for m in unet.modules())
 
 
 def test_shut_removes_hooks_on_error(unet):
@@ -95,7 +95,7 @@ def test_shut_removes_hooks_on_error(unet):
     with pytest.raises(RuntimeError, match="boom"):
         with shut(unet, space, _random_mask(space, 0.1, 0)):
             raise RuntimeError("boom")
-    assert not any(m._forward_hooks for m in unet.modules())
+    assert not any(is_masked(m) or "forward" in m.__dict__ for m in unet.modules())
 
 
 @pytest.mark.parametrize("attention", ["cross", "both"])
@@ -133,3 +133,14 @@ def test_fused_projections_are_refused(unet):
     with pytest.raises(RuntimeError, match="unfuse_qkv_projections"):
         with shut(unet, space, _random_mask(space, 0.1, 0)):
             pass
+
+
+def test_nested_masks_are_refused_not_silently_overridden(unet):
+    space = NeuronSpace.from_unet(unet)
+    a, b = _random_mask(space, 0.1, 0), _random_mask(space, 0.1, 1)
+    with shut(unet, space, a):
+        with pytest.raises(RuntimeError, match="union"):
+            with shut(unet, space, b):
+                pass
+        assert any(is_masked(m) for m in unet.modules())  # the outer block is still in force
+    assert not any(is_masked(m) for m in unet.modules())

@@ -1,0 +1,189 @@
+"""Cost of discovery and of per-sample masked generation (issue #4, "Must show").
+
+- `bench_discovery`: one Cones score step (forward, backward w.r.t. K/V only,
+  θ·∂L/∂θ accumulation) vs one plain fine-tuning step of the same K/V weights
+  (forward, backward, AdamW), interleaved on the same UNet and batch.
+- `bench_generate`: images/s for B subject combinations denoised as one batch
+  with per-sample masks, the same batch unmasked, and the B combinations one
+  at a time with `shut` applied and removed between.
+
+Random weights and random text embeddings: cost depends on shapes, not values.
+Timings are the minimum over interleaved repeats (timeit's convention): on a
+shared machine other processes only ever add time, and interleaving exposes
+every mode to the same load.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cones_tasks.neurons.discovery import _frozen, _Problem
+from cones_tasks.neurons.masks import ConceptMask, per_sample, shut
+from cones_tasks.neurons.noising import noised_batch
+from cones_tasks.neurons.space import NeuronSpace
+
+__all__ = ["Preset", "bench_discovery", "bench_generate", "preset_unet"]
+
+Preset = Literal["tiny", "toy", "sd15"]
+
+
+def preset_unet(preset: Preset, *, seed: int = 0) -> tuple[nn.Module, int]:
+    """A randomly initialised UNet of a known shape and its text length T.
+
+    tiny: the tests' UNet (8 px). toy: the shipped toy model's architecture (16 px,
+    cones_tasks.toyworld). sd15: Stable Diffusion 1.5's published UNet config
+    (64×64×4 latents, channels 320/640/1280/1280, cross_attention_dim 768) — GPU-sized.
+    """
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    if preset == "tiny":
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            cross_attention_dim=16, attention_head_dim=4, norm_num_groups=4,
+        )
+        return unet, 4
+    if preset == "toy":
+        from cones_tasks.toyworld.architecture import build_unet
+        from cones_tasks.toyworld.tokenizer import MAX_LENGTH
+
+        return build_unet(seed=seed), MAX_LENGTH
+    if preset == "sd15":
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
+        )
+        return unet, 77
+    raise ValueError(f"unknown preset {preset!r}; choose tiny, toy or sd15")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _inputs(unet: nn.Module, batch: int, tokens: int, gen: torch.Generator):
+    cfg = unet.config
+    size = cfg.sample_size[0] if isinstance(cfg.sample_size, (tuple, list)) else cfg.sample_size
+    x0 = torch.randn(batch, cfg.in_channels, size, size, generator=gen)
+    text = torch.randn(batch, tokens, cfg.cross_attention_dim, generator=gen)
+    return x0, text
+
+
+def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: int = 5, warmup: int = 1,
+                    seed: int = 0) -> dict:
+    """Seconds (min over repeats) of one Cones score step vs one K/V fine-tuning step, interleaved (same UNet, same batch)."""
+    from diffusers import DDPMScheduler
+
+    first = next(unet.parameters())
+    device, dtype = first.device, first.dtype
+    gen = torch.Generator().manual_seed(seed)
+    x0, text = _inputs(unet, batch, tokens, gen)
+    x0, cond = x0.to(device), text[:1].to(device, dtype)
+    space = NeuronSpace.from_unet(unet)
+    modules = space.modules(unet)
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    problem = _Problem(unet, space, scheduler, x0, None, 0.0, cond,
+                       {e.name: modules[e.name].weight.detach().float() for e in space.entries}, dtype, device, batch)
+    sums = {e.name: torch.zeros(e.shape, dtype=torch.float32, device=device) for e in space.entries}
+    kv = [modules[e.name].weight for e in space.entries]
+    optimizer = torch.optim.AdamW(kv, lr=1e-5)
+
+    def cones_step() -> None:
+        problem.score_step(None, None, sums, 0.0, gen)
+
+    def finetune_step() -> None:
+        b = noised_batch(scheduler, x0, generator=gen)
+        pred = unet(b.noisy.to(dtype), b.timesteps, encoder_hidden_states=cond.expand(batch, -1, -1)).sample
+        F.mse_loss(pred.float(), b.target.float()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    cones, tune = [], []
+    with _frozen(unet):
+        for i in range(warmup + repeats):
+            tc = _timed(cones_step, device)
+            for p in kv:  # the fine-tuning baseline trains exactly the K/V weights Cones scores
+                p.requires_grad_(True)
+            tf = _timed(finetune_step, device)
+            for p in kv:
+                p.requires_grad_(False)
+            if i >= warmup:
+                cones.append(tc)
+                tune.append(tf)
+    c, f = min(cones), min(tune)
+    return {"cones_step_s": c, "finetune_step_s": f, "ratio": c / f, "batch": batch, "repeats": repeats,
+            "neurons": space.size, "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+
+
+def _random_masks(space: NeuronSpace, count: int, density: float, seed: int) -> list[ConceptMask]:
+    rng = np.random.default_rng(seed)
+    n = max(1, int(density * space.size))
+    return [ConceptMask.from_indices(space, rng.choice(space.size, n, replace=False)) for _ in range(count)]
+
+
+def bench_generate(unet: nn.Module, *, tokens: int, combinations: int = 8, steps: int = 2, density: float = 0.01,
+                   guidance_scale: float = 7.5, repeats: int = 5, seed: int = 0) -> dict:
+    """Images/s: B combinations with per-sample masks in one batch vs unmasked vs one at a time with `shut`.
+
+    Each image is a classifier-free-guided DDIM denoise of `steps` steps (batch doubled to
+    [uncond..., cond...], so per_sample's i % B mapping gives both halves of prompt j mask j).
+    """
+    from diffusers import DDIMScheduler
+
+    first = next(unet.parameters())
+    device, dtype = first.device, first.dtype
+    gen = torch.Generator().manual_seed(seed)
+    x_t, text = _inputs(unet, combinations, tokens, gen)
+    x_t, text = x_t.to(device, dtype), text.to(device, dtype)
+    uncond = torch.zeros_like(text)
+    space = NeuronSpace.from_unet(unet)
+    masks = _random_masks(space, combinations, density, seed)
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(steps)
+
+    @torch.inference_mode()
+    def denoise(latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        both = torch.cat([uncond[: len(cond)], cond])
+        for t in scheduler.timesteps:
+            eps_u, eps_c = unet(torch.cat([latents, latents]), t, encoder_hidden_states=both).sample.chunk(2)
+            latents = scheduler.step(eps_u + guidance_scale * (eps_c - eps_u), t, latents).prev_sample
+        return latents
+
+    def masked() -> None:
+        with per_sample(unet, space, masks):
+            denoise(x_t, text)
+
+    def unmasked() -> None:
+        denoise(x_t, text)
+
+    def sequential() -> None:
+        for i, mask in enumerate(masks):
+            with shut(unet, space, mask):
+                denoise(x_t[i : i + 1], text[i : i + 1])
+
+    runs: dict[str, list[float]] = {"masked": [], "unmasked": [], "sequential": []}
+    masked(), unmasked()  # warm-up (allocator, kernels)
+    for _ in range(repeats):  # interleaved: load on a shared machine hits all three alike
+        for name, fn in (("masked", masked), ("unmasked", unmasked), ("sequential", sequential)):
+            runs[name].append(_timed(fn, device))
+    ips = {name: combinations / min(ts) for name, ts in runs.items()}
+    return {"masked_batch_ips": ips["masked"], "unmasked_batch_ips": ips["unmasked"], "sequential_ips": ips["sequential"],
+            "masked_over_unmasked": ips["masked"] / ips["unmasked"], "combinations": combinations, "steps": steps,
+            "density": density, "neurons": space.size, "device": str(device), "dtype": str(dtype).removeprefix("torch.")}

@@ -1,0 +1,43 @@
+"""The discovery and generation benchmarks run end to end on a tiny UNet and report consistent numbers."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from typer.testing import CliRunner
+
+from cones_tasks.neurons.benchmarks import bench_discovery, bench_generate, preset_unet
+from cones_tasks.neurons.space import NeuronSpace
+
+
+def test_bench_discovery_times_both_steps_and_leaves_flags_alone():
+    unet, tokens = preset_unet("tiny")
+    flags = [p.requires_grad for p in unet.parameters()]
+    out = bench_discovery(unet, tokens=tokens, batch=2, repeats=2, warmup=0)
+    assert out["cones_step_s"] > 0 and out["finetune_step_s"] > 0
+    assert out["ratio"] == out["cones_step_s"] / out["finetune_step_s"]
+    assert out["neurons"] == NeuronSpace.from_unet(unet).size
+    assert [p.requires_grad for p in unet.parameters()] == flags
+    assert all(p.grad is None for p in unet.parameters())
+
+
+def test_bench_generate_reports_three_rates():
+    unet, tokens = preset_unet("tiny")
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    out = bench_generate(unet, tokens=tokens, combinations=3, steps=1, repeats=1)
+    for key in ("masked_batch_ips", "unmasked_batch_ips", "sequential_ips"):
+        assert out[key] > 0
+    assert out["masked_over_unmasked"] == out["masked_batch_ips"] / out["unmasked_batch_ips"]
+    assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
+
+
+def test_cli_prints_json():
+    from cones_cli.bench import app
+
+    result = CliRunner().invoke(app, ["discovery", "--preset", "tiny", "--batch", "2", "--repeats", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert {"cones_step_s", "finetune_step_s", "ratio"} <= set(data)
+    bad = CliRunner().invoke(app, ["generate", "--preset", "tiny", "--dtype", "float7", "--json"])
+    assert bad.exit_code != 0 and "float7" in bad.output
