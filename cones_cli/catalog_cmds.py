@@ -26,9 +26,12 @@ def sql(
     format: Annotated[str, typer.Option("--format", "-f", help="table | csv | json | parquet")] = "table",
     out: Annotated[str | None, typer.Option("--out", "-o", help="Write the result to this path or URI.")] = None,
 ) -> None:
-    """Query the catalog with SQL (read-only). Tables: models, model_layers, subjects, subject_images,
-    concept_masks, generations, clip_scores. Mask functions: mask_size, mask_intersection_size, mask_jaccard,
-    mask_range_size."""
+    """Query the catalog with read-only SQL.
+
+    Tables: models, model_layers, subjects, subject_images, concept_masks, generations, clip_scores.
+    Mask functions: mask_size, mask_intersection_size, mask_jaccard, mask_range_size.
+    Examples: docs/catalog.md.
+    """
     from catalog import CatalogError
     from catalog.export import FORMATS, cell_text, render, write_uri
 

@@ -1,0 +1,94 @@
+"""`cones sql`, `cones catalog compact`, `cones bench storage|catalog` through the real CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import fsspec
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from catalog import ClipScore, load_catalog
+from cones_cli.app import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cat_uri(tmp_path):
+    uri = f"file://{tmp_path}/catalog"
+    cat = load_catalog(uri)
+    cat.write_subject("dog", class_word="dog")
+    cat.write_subject("cat", class_word="cat")
+    cat.write_clip_scores([ClipScore("g1", "image_text", "a dog", 0.25, "toy"), ClipScore("g2", "image_text", "a cat", 0.5, "toy")])
+    return uri
+
+
+def test_sql_prints_a_table(cat_uri):
+    res = runner.invoke(app, ["sql", "SELECT id, class_word FROM subjects ORDER BY id", "--catalog", cat_uri])
+    assert res.exit_code == 0, res.output
+    assert "dog" in res.output and "cat" in res.output and "2 row(s)" in res.output
+
+
+def test_sql_csv_and_json_to_stdout(cat_uri, monkeypatch):
+    monkeypatch.setenv("CONES_CATALOG", cat_uri)
+    res = runner.invoke(app, ["sql", "SELECT id FROM subjects ORDER BY id", "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == ['"id"', '"cat"', '"dog"']
+    res = runner.invoke(app, ["sql", "SELECT generation, value FROM clip_scores ORDER BY generation", "-f", "json"])
+    assert json.loads(res.stdout) == [{"generation": "g1", "value": 0.25}, {"generation": "g2", "value": 0.5}]
+
+
+def test_sql_parquet_out_to_any_uri(cat_uri, tmp_path):
+    local = tmp_path / "out" / "scores.parquet"
+    res = runner.invoke(app, ["sql", "SELECT * FROM clip_scores", "-c", cat_uri, "-f", "parquet", "--out", str(local)])
+    assert res.exit_code == 0, res.output
+    assert pq.read_table(local).num_rows == 2
+    res = runner.invoke(app, ["sql", "SELECT * FROM subjects", "-c", cat_uri, "-f", "csv", "--out", "memory://cli-out/s.csv"])
+    assert res.exit_code == 0, res.output
+    assert fsspec.filesystem("memory").cat_file("/cli-out/s.csv").decode().count("\n") == 3
+
+
+def test_sql_refuses_writes_with_a_clear_error(cat_uri):
+    res = runner.invoke(app, ["sql", "DELETE FROM subjects", "-c", cat_uri])
+    assert res.exit_code == 2
+    assert "DELETE" in res.output and "read-only" in res.output
+    res = runner.invoke(app, ["sql", "SELECT nope FROM subjects", "-c", cat_uri])
+    assert res.exit_code == 2 and "SQL error" in res.output
+
+
+def test_sql_needs_an_existing_catalog(tmp_path, monkeypatch):
+    monkeypatch.delenv("CONES_CATALOG", raising=False)
+    res = runner.invoke(app, ["sql", "SELECT 1"])
+    assert res.exit_code != 0 and "CONES_CATALOG" in res.output
+    res = runner.invoke(app, ["sql", "SELECT 1", "-c", str(tmp_path / "missing")])
+    assert res.exit_code != 0 and "no catalog" in res.output
+
+
+def test_compact_command(cat_uri):
+    res = runner.invoke(app, ["catalog", "compact", cat_uri, "--json", "--grace-s", "0"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["subjects"] == {"files_before": 2, "files_after": 1, "rows": 2, "deleted": 2}
+    assert load_catalog(cat_uri).query("SELECT count(*) AS n FROM subjects").to_pylist() == [{"n": 2}]
+
+
+def test_bench_storage_is_within_ten_percent_of_entropy():
+    res = runner.invoke(app, ["bench", "storage", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [r["density"] for r in rows] == [0.001, 0.01, 0.1]
+    for r in rows:
+        assert r["bytes"] <= 1.10 * r["entropy_bytes"]
+        assert r["dense_fp32_bytes"] == 4 * 19_169_280
+
+
+def test_bench_catalog_quick_reports_every_key():
+    res = runner.invoke(app, ["bench", "catalog", "--json", "--quick"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {"jaccard_matrix_1000_s", "agg_10m_rows_s", "point_lookup_ms"} <= set(out)
+    assert out["scale"] == 0.1
+    assert out["point_lookup_ms"] < 500  # generous: a shared 2-core machine; the real target is checked by the bench
