@@ -2,3 +2,4 @@
 
 from cones_cli.app import app  # noqa: F401
 from cones_cli import catalog_cmds  # noqa: E402,F401  (cones sql, cones catalog compact)
+from cones_cli import flow_cmds  # noqa: E402,F401  (cones run, cones export, cones demo)

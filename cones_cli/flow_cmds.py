@@ -1,0 +1,164 @@
+"""`cones run <flow> --config file.json`, `cones export`, `cones demo` (issue #6). Heavy imports inside commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cones_cli.app import app
+from cones_cli.output import console, emit
+
+run_app = typer.Typer(no_args_is_help=True, add_completion=False)
+app.add_typer(run_app, name="run", help="Run a pipeline flow with a JSON (or YAML) config file.")
+
+# flow command → (module, flow function, config class)
+FLOWS = {
+    "customize": ("flows.customize", "customize", "CustomizeConfig"),
+    "ingest": ("flows.ingest_subjects", "ingest_subjects", "IngestConfig"),
+    "discover": ("flows.discover_concepts", "discover_concepts", "DiscoverConfig"),
+    "generate": ("flows.generate_combinations", "generate_combinations", "GenerateConfig"),
+    "score": ("flows.score_generations", "score_generations", "ScoreConfig"),
+}
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="JSON or YAML file with the flow's config.", exists=True, dir_okay=False)]
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def load_config(path: Path, config_class: str):
+    """Parse and validate a config file; a bad field is named with its location and the run refused."""
+    from pydantic import ValidationError
+
+    import cones_tasks.config as configs
+
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else _yaml(text)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {path} is not valid JSON/YAML: {exc}")
+        raise typer.Exit(2) from exc
+    try:
+        return getattr(configs, config_class).model_validate(data)
+    except ValidationError as exc:
+        console.print(f"[red]error:[/red] {path} does not fit {config_class}:")
+        for err in exc.errors():
+            console.print(f"  {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}")
+        raise typer.Exit(2) from exc
+
+
+def _yaml(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _register(command: str) -> None:
+    module, function, config_class = FLOWS[command]
+
+    def run(config: ConfigOpt, as_json: bool = JSON) -> None:
+        import importlib
+
+        cfg = load_config(config, config_class)
+        flow_fn = getattr(importlib.import_module(module), function)
+        emit(flow_fn(cfg), as_json=as_json, title=command)
+
+    run.__doc__ = f"Run the `{function.replace('_', '-')}` flow with the {config_class} in --config."
+    run_app.command(command)(run)
+
+
+for _command in FLOWS:
+    _register(_command)
+
+
+@app.command("export")
+def export(
+    where: Annotated[str, typer.Option("--where", help="SQL predicate over generations and score columns, e.g. \"presence = 1\".")],
+    to: Annotated[str, typer.Option("--to", help="Target folder or fsspec URI for generations.parquet and images/.")],
+    catalog: Annotated[str, typer.Option("--catalog", envvar="CONES_CATALOG", help="Catalog URI.")] = "",
+    include_bytes: Annotated[bool, typer.Option("--include-bytes", help="Also put the PNG bytes in the Parquet file.")] = False,
+    as_json: bool = JSON,
+) -> None:
+    """Export generated images, prompts, subjects and scores as a Parquet dataset plus the images."""
+    from catalog import CatalogError, load_catalog
+    from catalog.dataset import export_dataset
+
+    if not catalog:
+        raise typer.BadParameter("pass --catalog or set CONES_CATALOG", param_hint="--catalog")
+    try:
+        result = export_dataset(load_catalog(catalog), where=where, to=to, include_bytes=include_bytes)
+    except (CatalogError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    except Exception as exc:  # DuckDB parser/binder errors in the predicate: show them plainly
+        console.print(f"[red]error in --where:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    emit(result, as_json=as_json, title="export")
+
+
+@app.command("demo")
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where subjects, catalog and report go.")] = Path("demo-output"),
+    subjects: Annotated[int, typer.Option(min=4, max=6, help="How many toy subjects (4–6).")] = 4,
+    as_json: bool = JSON,
+) -> None:
+    """Run `customize` end to end on toy subjects: ingest PNG folders, discover, generate every 1–3-subject
+    combination × 2 prompts × 2 seeds, score, write the HTML report."""
+    started = time.perf_counter()
+    result = _run_demo(workdir.resolve(), n_subjects=subjects)
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    if as_json:
+        emit(result, as_json=True)
+        return
+    console.print(f"\n[bold]Report:[/bold] {result['report_path']}")
+    console.print(f"Generated {result['generations']} images for {len(result['subjects'])} subjects in {result['wall_s']} s.")
+    console.print("Try:")
+    console.print(f"  cones sql --catalog {result['catalog']} \"{result['query']}\"")
+
+
+DEMO_QUERY = (
+    "SELECT array_to_string(g.subjects, ' + ') AS subjects, g.prompt, round(avg(s.value), 3) AS presence "
+    "FROM generations g JOIN clip_scores s ON s.generation = g.id WHERE s.metric = 'presence' "
+    "GROUP BY ALL ORDER BY presence DESC, subjects LIMIT 10"
+)
+
+
+def _run_demo(workdir: Path, *, n_subjects: int) -> dict:
+    """The demo's `customize` config over the shipped toy model (and toy CLIP when it is there)."""
+    from cones_tasks.config import CustomizeConfig
+    from cones_tasks.toyworld.assets import TOY_MODEL_DIR, toy_clip_weights
+    from cones_tasks.toyworld.subjects import TOY_SUBJECTS, write_subject_folders
+    from cones_tasks.toyworld.train_clip import TOY_CLIP_NAME
+    from flows.customize import customize
+
+    if not (TOY_MODEL_DIR / "unet").is_dir():
+        console.print(f"[red]error:[/red] the toy model is missing from {TOY_MODEL_DIR}; train it with `cones toy train-model`")
+        raise typer.Exit(2)
+    clip = toy_clip_weights()
+    if not clip.is_file():
+        console.print(f"[yellow]note:[/yellow] no toy CLIP at {clip} (`cones toy train-clip`); scoring with the judge only")
+    chosen = TOY_SUBJECTS[:n_subjects]
+    folders = write_subject_folders(workdir / "subjects", chosen)
+    config = CustomizeConfig.model_validate(
+        {
+            "catalog": str(workdir / "catalog"),
+            "model": {"path": str(TOY_MODEL_DIR)},
+            "subjects": [{"subject_id": s.id, "class_word": s.class_word, "uri": str(folders[s.id])} for s in chosen],
+            "ingest": {"min_side": 16},  # toy renders are 16 px
+            "grid": {"max_k": 3, "templates": ["{subjects}", "{subjects} on night"], "seeds": [0, 1], "sample_batch": 32},
+            "scoring": {
+                "judge": True,
+                "clip": {"model_name": TOY_CLIP_NAME, "weights_path": str(clip)} if clip.is_file() else None,
+            },
+        }
+    )
+    result = customize(config)
+    report_uri = result["report_uri"]
+    return {
+        "subjects": result["subjects"],
+        "generations": result["generations"],
+        "catalog": config.catalog,
+        "report_path": report_uri.removeprefix("file://"),
+        "query": DEMO_QUERY,
+    }

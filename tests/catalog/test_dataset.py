@@ -1,0 +1,76 @@
+"""`cones export` (issue #6, item 6): a Parquet dataset plus the images it points to."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from catalog import ClipScore, Generation, load_catalog
+from catalog.dataset import export_dataset
+from cones_tasks.ingest import encode_png
+
+
+@pytest.fixture()
+def catalog(tmp_path):
+    from cones_tasks.neurons.masks import ConceptMask
+    from cones_tasks.neurons.space import NeuronSpace
+    from cones_tasks.toyworld.architecture import build_unet
+
+    cat = load_catalog(str(tmp_path / "catalog"))
+    space = NeuronSpace.from_unet(build_unet(seed=0))
+    cat.write_model(space, source="test")
+    masks = {}
+    for i, subject in enumerate(["a-dog", "b-cat"]):
+        cat.write_subject(subject, class_word=subject[2:])
+        masks[subject] = cat.write_mask(subject=subject, mask=ConceptMask.from_indices(space, [i, 10 + i]), params={"p": 1})
+    gens, scores = [], []
+    for k, subjects in enumerate([("a-dog",), ("b-cat",), ("a-dog", "b-cat")]):
+        for seed in (0, 1):
+            uri = cat.put_bytes(encode_png(np.full((16, 16, 3), 40 * k + seed, np.uint8)), suffix=".png")
+            g = Generation(subjects=subjects, prompt=" and ".join(subjects), seed=seed, image_uri=uri,
+                           model_fingerprint=space.fingerprint, mask_ids=tuple(masks[s] for s in subjects))
+            gens.append(g)
+            for s in subjects:
+                scores.append(ClipScore(g.key(), "presence", s, float(seed == 1 or k == 0), "toy-judge"))
+            scores.append(ClipScore(g.key(), "text_alignment", g.prompt, 0.1 * k, "clip"))
+    cat.write_generations(gens)
+    cat.write_clip_scores(scores)
+    return cat
+
+
+def test_export_filters_on_score_columns_and_copies_images(catalog, tmp_path):
+    out = tmp_path / "dataset"
+    result = export_dataset(catalog, where="presence = 1 AND len(subjects) = 2", to=str(out), include_bytes=True)
+    assert result["rows"] == 1 and result["metrics"] == ["presence", "text_alignment"]
+    table = pq.read_table(out / "generations.parquet").to_pylist()
+    (row,) = table
+    assert row["subjects"] == ["a-dog", "b-cat"] and row["seed"] == 1 and row["presence"] == 1.0
+    assert row["text_alignment"] == pytest.approx(0.2)
+    image = np.asarray(Image.open(out / row["image_path"]))
+    assert (image == 81).all()
+    assert row["image"] == (out / row["image_path"]).read_bytes()
+
+    every = export_dataset(catalog, where="true", to=f"memory://export-test", include_bytes=False)
+    assert every["rows"] == 6 and every["images"] == 6
+
+
+def test_export_refuses_writes_and_reports_bad_predicates(catalog, tmp_path):
+    from cones_cli.app import app
+
+    runner = CliRunner()
+    base = ["export", "--catalog", catalog.uri, "--to", str(tmp_path / "x")]
+    bad = runner.invoke(app, [*base, "--where", "true; DROP VIEW generations"])
+    assert bad.exit_code == 2 and "syntax error" in bad.output.lower(), bad.output
+    sneaky = runner.invoke(app, [*base, "--where", "true) ORDER BY id; DROP VIEW generations; SELECT 1 WHERE (true"])
+    assert sneaky.exit_code == 2 and "read-only" in sneaky.output.lower(), sneaky.output
+    assert catalog.query("SELECT count(*) AS n FROM generations").to_pylist() == [{"n": 6}]
+    typo = runner.invoke(app, [*base, "--where", "presense = 1"])
+    assert typo.exit_code == 2 and "presense" in typo.output
+    ok = runner.invoke(app, [*base, "--where", "seed = 0", "--json"])
+    assert ok.exit_code == 0, ok.output
+    assert '"rows": 3' in ok.output
