@@ -1,3 +1,133 @@
-"""Benchmarks registered on `cones bench` (see cones_cli/bench.py)."""
+"""`cones bench fanout`: Prefect's orchestration overhead at ≥ 10,000 combinations (issue #6, "Must show").
 
-from cones_cli.bench import app  # noqa: F401
+The same generation work is run twice, side by side, on the toy architecture (random weights,
+16 px) with random 1 % concept masks:
+
+- compute_s: the `generate-combinations` steps called as plain functions (`task.fn`), in order,
+  no Prefect at all;
+- wall_s: the `generate-combinations` flow on a Prefect API (threads runner), batches fanned out
+  as tasks, gpu limit, progress artifact, catalog commits.
+
+overhead_fraction = (wall_s − compute_s) / wall_s. Each run writes its own fresh catalog, and the
+two must end with the same images (content hashes), so the comparison is of identical work.
+The API server's start-up is not timed: it runs once per deployment, not once per fan-out.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cones_cli.bench import app
+from cones_cli.output import emit
+
+TEMPLATES = ("{subjects}", "{subjects} on night")
+SEEDS = (0, 1, 2, 3)
+
+
+def _subjects_for(target: int, *, max_k: int) -> int:
+    n = max_k
+    while sum(math.comb(n, k) for k in range(1, max_k + 1)) * len(TEMPLATES) * len(SEEDS) < target:
+        n += 1
+    return n
+
+
+def _prepare(root: Path, model_dir: Path, n_subjects: int, name: str):
+    """A catalog with n subjects, the model and one random 1 % mask per subject; returns its GenerateConfig."""
+    import numpy as np
+
+    from catalog import load_catalog
+    from cones_tasks.config import DiscoveryParams, GenerateConfig, mask_params
+    from cones_tasks.loading import load_diffusion_model
+    from cones_tasks.neurons.masks import ConceptMask
+    from cones_tasks.neurons.space import NeuronSpace
+
+    catalog = load_catalog(str(root / name))
+    space = NeuronSpace.from_unet(load_diffusion_model(model_dir).unet)
+    catalog.write_model(space, source=str(model_dir))
+    rng = np.random.default_rng(0)
+    shapes = ("circle", "square", "triangle")
+    ids = [f"bench-{i:03d}" for i in range(n_subjects)]
+    for i, subject in enumerate(ids):
+        catalog.write_subject(subject, class_word=shapes[i % 3])
+        indices = rng.choice(space.size, size=max(1, space.size // 100), replace=False)
+        catalog.write_mask(subject=subject, mask=ConceptMask.from_indices(space, indices), params=mask_params(DiscoveryParams(), seed=0))
+    return GenerateConfig.model_validate(
+        {
+            "catalog": str(root / name),
+            "model": {"path": str(model_dir)},
+            "subjects": ids,
+            "grid": {"max_k": 3, "templates": list(TEMPLATES), "seeds": list(SEEDS), "steps": 2,
+                     "sample_batch": 256, "task_batch": 1024},
+            "runner": {"kind": "threads", "workers": 2},
+        }
+    )
+
+
+def _image_names(uri: str) -> set[str]:
+    from catalog import load_catalog
+
+    return {r["image_uri"].rsplit("/", 1)[-1] for r in load_catalog(uri).query("SELECT image_uri FROM generations").to_pylist()}
+
+
+def run_fanout_bench(*, combinations: int, workdir: Path) -> dict:
+    from cones_tasks.toyworld.architecture import build_scheduler, build_text_encoder, build_unet
+    from cones_tasks.toyworld.train_model import write_pipeline
+    from flows._runtime import model_session
+    from flows.generate_combinations import batch_calls, generate_batch, generate_combinations, plan_generations, resolve_masks
+
+    model_dir = workdir / "model"
+    write_pipeline(model_dir, build_unet(seed=0), build_text_encoder(seed=0), build_scheduler())
+    n_subjects = _subjects_for(combinations, max_k=3)
+    plain = _prepare(workdir, model_dir, n_subjects, "catalog-plain")
+    orchestrated = _prepare(workdir, model_dir, n_subjects, "catalog-prefect")
+    with model_session(plain.model):  # load once: both runs reuse the process's model cache
+        pass
+
+    started = time.perf_counter()
+    resolved = resolve_masks.fn(plain.catalog, plain.model, plain.subjects, plain.discovery, plain.discovery_seed)
+    items, done = plan_generations(plain, resolved)
+    written = sum(generate_batch.fn(**call) for call in batch_calls(plain, [it for it in items if it["id"] not in done]))
+    compute_s = time.perf_counter() - started
+
+    started = time.perf_counter()
+    result = generate_combinations(orchestrated)
+    wall_s = time.perf_counter() - started
+
+    same = _image_names(plain.catalog) == _image_names(orchestrated.catalog)
+    if written != len(items) or result["new"] != len(items) or not same:
+        raise RuntimeError(f"the two runs differ: plain wrote {written}, flow wrote {result['new']} of {len(items)}; same images: {same}")
+    return {
+        "combinations": len(items),
+        "subjects": n_subjects,
+        "task_batch": orchestrated.grid.task_batch,
+        "tasks": math.ceil(len(items) / orchestrated.grid.task_batch),
+        "wall_s": round(wall_s, 2),
+        "compute_s": round(compute_s, 2),
+        "overhead_fraction": round((wall_s - compute_s) / wall_s, 4),
+    }
+
+
+@app.command("fanout")
+def fanout(
+    combinations: Annotated[int, typer.Option(min=1, help="At least this many combinations (subject subsets × prompts × seeds).")] = 10_000,
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Orchestration overhead of generate-combinations: the flow vs the same work as plain calls."""
+    import os
+
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with tempfile.TemporaryDirectory(prefix="cones-fanout-") as tmp:
+        if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
+            result = run_fanout_bench(combinations=combinations, workdir=Path(tmp))
+        else:
+            with prefect_test_harness(server_startup_timeout=120):  # a throwaway local API, started before timing
+                result = run_fanout_bench(combinations=combinations, workdir=Path(tmp))
+    emit(result, as_json=as_json, title="bench fanout")

@@ -19,7 +19,7 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.tasks import exponential_backoff
 
-from cones_tasks.config import ModelRef, RunnerConfig
+from cones_tasks.config import ClipRef, ModelRef, RunnerConfig
 
 GPU_LIMIT = "gpu"
 
@@ -101,9 +101,17 @@ def ensure_concurrency_limit(name: str = GPU_LIMIT, *, slots: int = 1) -> None:
 
 @contextlib.contextmanager
 def gpu_slot() -> Iterator[None]:
-    """Hold one slot of the `gpu` limit around model work (strict=False: a missing limit never fails a run)."""
-    from prefect.concurrency.sync import concurrency
+    """Hold one slot of the `gpu` limit around model work (strict=False: a missing limit never fails a run).
 
+    Outside a Prefect task run (a task's `.fn` called directly: tests, the fan-out benchmark's
+    baseline) there is no run to account for and nothing is acquired.
+    """
+    from prefect.concurrency.sync import concurrency
+    from prefect.context import TaskRunContext
+
+    if TaskRunContext.get() is None:
+        yield
+        return
     with concurrency(GPU_LIMIT, occupy=1, strict=False):
         yield
 
@@ -150,14 +158,36 @@ def _load_model(ref: ModelRef, pid: int):
     return model, threading.Lock()
 
 
+@functools.lru_cache(maxsize=2)
+def _load_clip(ref: ClipRef, pid: int):
+    from cones_tasks.loading import load_clip_scorer
+
+    return load_clip_scorer(ref.model_name, ref.weights_path, device=ref.device), threading.Lock()
+
+
 @contextlib.contextmanager
-def model_session(ref: ModelRef) -> Iterator[Any]:
-    """The model for `ref`, loaded once per process, held exclusively inside one `gpu` slot.
+def _exclusive(loaded) -> Iterator[Any]:
+    model, lock = loaded
+    # Process lock first, then the Prefect slot: threads of one process queue on the lock (woken
+    # at once on release) instead of polling the API limit, whose Retry-After back-off would leave
+    # the model idle between batches. The `gpu` slot then arbitrates between processes and machines.
+    with lock, gpu_slot():
+        yield model
+
+
+def model_session(ref: ModelRef):
+    """The diffusion model for `ref`, loaded once per process, held exclusively inside one `gpu` slot.
 
     Exclusive because mask hooks (cones_tasks.neurons.masks) are installed on the shared UNet:
     two threads masking the same module at once would see each other's masks.
     """
     with _cache_lock:
-        model, lock = _load_model(ref, os.getpid())
-    with gpu_slot(), lock:
-        yield model
+        loaded = _load_model(ref, os.getpid())
+    return _exclusive(loaded)
+
+
+def clip_session(ref: ClipRef):
+    """The open_clip scorer for `ref`, loaded once per process, inside one `gpu` slot."""
+    with _cache_lock:
+        loaded = _load_clip(ref, os.getpid())
+    return _exclusive(loaded)

@@ -92,11 +92,8 @@ def _union(masks: list[ConceptMask]) -> ConceptMask:
     return masks[0].union(*masks[1:])
 
 
-@flow(name="generate-combinations")
-def generate_combinations(config: GenerateConfig) -> dict[str, Any]:
-    """Returns the ids of every generation in the grid (new and already present)."""
-    ensure_concurrency_limit()
-    resolved = resolve_masks(config.catalog, config.model, config.subjects, config.discovery, config.discovery_seed)
+def plan_generations(config: GenerateConfig, resolved: dict[str, Any]) -> tuple[list[dict[str, Any]], set[str]]:
+    """Every grid item with its content-keyed generation id, and the ids the catalog already holds."""
     items = []
     for combo in enumerate_combinations(
         resolved["class_words"], max_k=config.grid.max_k, templates=config.grid.templates, seeds=config.grid.seeds
@@ -107,18 +104,26 @@ def generate_combinations(config: GenerateConfig) -> dict[str, Any]:
             mask_ids=mask_ids, params=config.grid.sampler_settings(),
         )
         items.append({"id": gid, "subjects": list(combo.subjects), "prompt": combo.prompt, "seed": combo.seed, "mask_ids": mask_ids})
-    done = existing_generation_ids(load_catalog(config.catalog), [it["id"] for it in items])
+    return items, existing_generation_ids(load_catalog(config.catalog), [it["id"] for it in items])
+
+
+def batch_calls(config: GenerateConfig, todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keyword arguments of one `generate-batch` task per `grid.task_batch` items."""
+    return [
+        {"catalog_uri": config.catalog, "model_ref": config.model, "items": batch, "grid": config.grid,
+         "attention": config.discovery.attention}
+        for batch in batched(todo, config.grid.task_batch)
+    ]
+
+
+@flow(name="generate-combinations")
+def generate_combinations(config: GenerateConfig) -> dict[str, Any]:
+    """Returns the ids of every generation in the grid (new and already present)."""
+    ensure_concurrency_limit()
+    resolved = resolve_masks(config.catalog, config.model, config.subjects, config.discovery, config.discovery_seed)
+    items, done = plan_generations(config, resolved)
     todo = [it for it in items if it["id"] not in done]
-    written = fan_out(
-        generate_batch,
-        [
-            {"catalog_uri": config.catalog, "model_ref": config.model, "items": batch, "grid": config.grid,
-             "attention": config.discovery.attention}
-            for batch in batched(todo, config.grid.task_batch)
-        ],
-        runner=config.runner,
-        label="generate-combinations",
-    )
+    written = fan_out(generate_batch, batch_calls(config, todo), runner=config.runner, label="generate-combinations")
     summary = (
         f"# Generation\n\n{len(items)} combinations × seeds in the grid; {len(done)} already in the catalog, "
         f"{sum(written)} generated now in {len(written)} batches of ≤ {config.grid.task_batch}."

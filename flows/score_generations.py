@@ -5,9 +5,7 @@ Each scorer scores only generations it has not scored yet (the catalog says whic
 
 from __future__ import annotations
 
-import functools
 import os
-import threading
 from typing import Any
 
 import numpy as np
@@ -20,23 +18,13 @@ from cones_tasks import generation_scores as gs
 from cones_tasks.combinations import batched
 from cones_tasks.config import ClipRef, ScoreConfig
 from cones_tasks.ingest import decode_rgb
-from flows._runtime import RETRY, ensure_concurrency_limit, fan_out, gpu_slot
+from flows._runtime import RETRY, clip_session, ensure_concurrency_limit, fan_out
 
 JUDGE = "toy-judge"
 
 
 def clip_scorer_name(clip: ClipRef) -> str:
     return f"open_clip/{clip.model_name}/{os.path.basename(clip.weights_path)}"
-
-
-_clip_lock = threading.Lock()
-
-
-@functools.lru_cache(maxsize=2)
-def _clip(clip: ClipRef, pid: int):
-    from cones_tasks.loading import load_clip_scorer
-
-    return load_clip_scorer(clip.model_name, clip.weights_path, device=clip.device)
 
 
 @task(name="score-batch", **RETRY)
@@ -49,15 +37,14 @@ def score_batch(catalog_uri: str, rows: list[GenerationRow], scorer: str, clip: 
             scores += [ClipScore(row.id, gs.PRESENCE, s, v, JUDGE) for s, v in present.items()]
     else:
         assert clip is not None
-        with _clip_lock:
-            model = _clip(clip, os.getpid())
-        with gpu_slot():
-            embedded = np.concatenate([np.asarray(model.embed_images(b)) for b in _chunks(images, batch_size)])
+        references = {  # subject → its reference images [M, H, W, 3]
+            s: np.stack([decode_rgb(catalog.get_bytes(u)) for u in subject_image_uris(catalog, s)])
+            for s in sorted({s for r in rows for s in r.subjects})
+        }
+        with clip_session(clip) as model:
+            embedded = np.asarray(model.embed_images(images, batch_size=batch_size))  # [N, D], normalised
             texts = np.asarray(model.embed_texts([r.prompt for r in rows]))
-            refs = {
-                s: np.asarray(model.embed_images(np.stack([decode_rgb(catalog.get_bytes(u)) for u in subject_image_uris(catalog, s)])))
-                for s in sorted({s for r in rows for s in r.subjects})
-            }
+            refs = {s: np.asarray(model.embed_images(im, batch_size=batch_size)) for s, im in references.items()}
         text = gs.text_alignment(embedded, texts)
         for i, row in enumerate(rows):
             scores.append(ClipScore(row.id, gs.TEXT_ALIGNMENT, row.prompt, float(text[i]), scorer))
@@ -66,10 +53,6 @@ def score_batch(catalog_uri: str, rows: list[GenerationRow], scorer: str, clip: 
                 scores.append(ClipScore(row.id, gs.IMAGE_ALIGNMENT, s, value, scorer))
     catalog.write_clip_scores(scores)
     return len(rows)
-
-
-def _chunks(images: np.ndarray, size: int):
-    return [images[i : i + size] for i in range(0, len(images), size)]
 
 
 @flow(name="score-generations")
