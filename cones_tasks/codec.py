@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 import zstandard
+from numba import njit
 
 __all__ = [
     "CodecError",
@@ -249,12 +250,7 @@ def _rice_encode(idx: np.ndarray) -> bytes:
     gaps = _gaps(idx)
     k = _rice_k(gaps)
     q = (gaps >> np.uint64(k)).astype(np.int64)
-    if k:
-        shifts = np.arange(k - 1, -1, -1, dtype=np.uint64)
-        rem_bits = ((gaps[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
-        rem = np.packbits(rem_bits.ravel()).tobytes()
-    else:
-        rem = b""
+    rem = _pack_fixed_width(gaps & np.uint64((1 << k) - 1), k) if k else b""
     ones = np.cumsum(q + 1) - 1
     unary = np.zeros(int(ones[-1]) + 1, dtype=np.uint8)
     unary[ones] = 1
@@ -269,17 +265,46 @@ def _rice_decode(payload: memoryview, n: int) -> np.ndarray:
     raw = np.frombuffer(payload, dtype=np.uint8, offset=1)
     if raw.size < rem_len:
         raise CodecError("corrupt mask blob: truncated Rice remainders")
-    ones = np.flatnonzero(np.unpackbits(raw[rem_len:]))
-    if ones.size < n:
+    gaps = np.empty(n, dtype=np.int64)
+    if _rice_decode_kernel(raw, rem_len, n, k, gaps) < n:
         raise CodecError("corrupt mask blob: truncated Rice quotients")
-    ones = ones[:n]
-    q = np.diff(ones, prepend=-1) - 1
-    gaps = q.astype(np.uint64) << np.uint64(k)
-    if k:
-        bits = np.unpackbits(raw[:rem_len])[: n * k].reshape(n, k).astype(np.uint64)
-        shifts = np.arange(k - 1, -1, -1, dtype=np.uint64)
-        gaps |= np.bitwise_or.reduce(bits << shifts, axis=1)
-    return _ungap(gaps)
+    return np.cumsum(gaps + 1) - 1
+
+
+@njit(nogil=True, cache=True)
+def _rice_decode_kernel(raw, rem_len, n, k, gaps):  # pragma: no cover - compiled
+    # One pass, bit by bit: decoding is the hot path of the all-pairs Jaccard
+    # bench (1,000 SD-scale masks per run); numpy bit-plane tricks were ~30x slower.
+    rem_bit = 0
+    pos = rem_len * 8
+    end = raw.size * 8
+    for i in range(n):
+        q = 0
+        while True:
+            if pos >= end:
+                return i
+            bit = (raw[pos >> 3] >> (7 - (pos & 7))) & 1
+            pos += 1
+            if bit:
+                break
+            q += 1
+        r = 0
+        for _ in range(k):
+            r = (r << 1) | ((raw[rem_bit >> 3] >> (7 - (rem_bit & 7))) & 1)
+            rem_bit += 1
+        gaps[i] = (q << k) | r
+    return n
+
+
+# Fixed-width k-bit fields, MSB first, through big-endian bytes and unpackbits
+# on uint8 rows: ~5x faster than shifting uint64 bit planes.
+
+
+def _pack_fixed_width(values: np.ndarray, k: int) -> bytes:
+    width = (k + 7) // 8
+    be = values.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - width :]
+    bits = np.unpackbits(be, axis=1)[:, 8 * width - k :]
+    return np.packbits(bits.ravel()).tobytes()
 
 
 # ---------------------------------------------------------------- zstd schemes
