@@ -196,3 +196,10 @@ def test_compaction_output_and_inputs_visible_together_do_not_duplicate(catalog)
     catalog.store.publish_base("subjects", "crashed", _parquet_bytes(merged))
     assert catalog.store.snapshot("subjects").all == tuple(sorted(catalog.store.snapshot("subjects").base)) + files.tail
     assert catalog.query("SELECT count(*) AS n FROM subjects").to_pylist() == [{"n": 3}]
+
+
+def test_unknown_scheme_is_a_clear_error():
+    from catalog import CatalogURIError, load_catalog
+
+    with pytest.raises(CatalogURIError, match="nosuchfs"):
+        load_catalog("nosuchfs://bucket/catalog")
