@@ -1,0 +1,44 @@
+"""validate_toy end to end on the shipped toy model (tiny sizes: structure and bookkeeping, not the claims)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cones_tasks.neurons.discovery import DiscoveryParams
+from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.neurons.validate import ValidateParams, _spread, validate_toy
+
+TOY_MODEL = Path(__file__).resolve().parents[3] / "assets" / "toy-model"
+
+
+def test_spread_cycles_evenly():
+    assert _spread(["a", "b", "c"], 7) == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="toy model not built (cones toy train)")
+def test_validate_toy_reports_every_line():
+    from cones_tasks.loading import load_diffusion_model
+    from cones_tasks.toyworld.judge import judge
+    from cones_tasks.toyworld.subjects import TOY_SUBJECTS
+
+    model = load_diffusion_model(TOY_MODEL)
+    candidates = [
+        DiscoveryParams(steps=2, batch_size=2, threshold_value=0.01, eval_draws=0),
+        DiscoveryParams(steps=2, batch_size=2, threshold="top_k", threshold_value=5, eval_draws=0),
+    ]
+    params = ValidateParams(images_per_line=4, select_images_per_line=2, sample_steps=2, reference_images=2, multi_sizes=(2, 3))
+    subjects = TOY_SUBJECTS[:2]
+    out = validate_toy(model, subjects, judge, candidates=candidates, params=params, progress=False)
+    assert [s["params"] for s in out["selection"]] == [c.model_dump() for c in candidates]
+    assert out["chosen_params"] in [c.model_dump() for c in candidates]
+    assert set(out["multi"]) == {"2"}  # 3 > number of subjects: no line
+    rates = [out["single"]["hit_masked"], out["single"]["hit_unmasked"], out["context"], out["crosstalk"], out["multi"]["2"]]
+    assert all(0.0 <= r <= 1.0 for r in rates)
+    size = NeuronSpace.from_unet(model.unet).size
+    expected = {"fraction": round(0.01 * size) / size, "top_k": 5 / size}[out["chosen_params"]["threshold"]]
+    assert out["neuron_fraction"] == pytest.approx(expected)
+    assert 0 < out["bytes_per_concept"] < 4 * size * out["neuron_fraction"] + 16  # sparse indices, not a dense tensor
+    with pytest.raises(ValueError, match="must differ"):
+        validate_toy(model, subjects, judge, params=params.model_copy(update={"report_seed": params.select_seed}))
