@@ -1,0 +1,166 @@
+"""deployments/prefect.yaml for real: a `prefect server` on loopback, `prefect deploy --all`, two
+process workers, runs triggered through the API (issue #6, item 4). Slow: ~3–5 min on 2 cores."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cones_tasks.toyworld.subjects import TOY_SUBJECTS, write_subject_folders
+
+REPO = Path(__file__).resolve().parents[2]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"prefect server at {url} not healthy after {timeout} s")
+
+
+@pytest.fixture()
+def server(tmp_path):
+    """`prefect server start` on a random loopback port with its own PREFECT_HOME; yields the env to use."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+    }
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(
+        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_healthy(env["PREFECT_API_URL"], proc)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _trigger(name: str, parameters: dict) -> str:
+    from prefect.deployments import run_deployment
+
+    return str(run_deployment(name, parameters=parameters, timeout=0).id)
+
+
+def _wait_runs(run_ids: list[str], timeout: float = 600) -> None:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            states = [client.read_flow_run(r).state for r in run_ids]
+            if all(s.is_final() for s in states):
+                bad = [(r, s.name, s.message) for r, s in zip(run_ids, states) if not s.is_completed()]
+                assert not bad, f"flow runs did not complete: {bad}"
+                return
+            time.sleep(2)
+    raise TimeoutError(f"flow runs {run_ids} not finished after {timeout} s")
+
+
+def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(server, tmp_path, monkeypatch, tiny_model_dir):
+    from catalog import load_catalog
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    subjects = TOY_SUBJECTS[:4]  # the subject set named in deployments/prefect.yaml
+    write_subject_folders(tmp_path / "subjects", subjects, n=4)
+    env = {**server, "CONES_CATALOG": str(tmp_path / "catalog"), "CONES_MODEL": str(tiny_model_dir),
+           "CONES_SUBJECTS": str(tmp_path / "subjects")}
+
+    _run([PREFECT, "work-pool", "create", "cones-process", "--type", "process"], env)
+    out = _run([PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"], env)
+    for name in ("customize/nightly", "discover-concepts/on-demand", "generate-combinations/on-demand"):
+        assert name in out, out
+
+    workers, logs = [], []
+    try:
+        for name in ("worker-a", "worker-b"):
+            log = open(tmp_path / f"{name}.log", "wb")
+            logs.append(log)
+            workers.append(subprocess.Popen(
+                [PREFECT, "worker", "start", "--pool", "cones-process", "--name", name, "--limit", "1"],
+                env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            ))
+        with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
+            catalog_uri, model = env["CONES_CATALOG"], {"path": env["CONES_MODEL"]}
+            ids = [s.id for s in subjects]
+            fast = {"steps": 2, "batch_size": 2, "eval_draws": 1}
+            grid = {"max_k": 2, "templates": ["{subjects}"], "seeds": [0], "steps": 2}
+
+            # Ingest with the deployment's own preset (no parameter override).
+            _wait_runs([_trigger("ingest-subjects/on-demand", {})])
+            # Two discovery runs at once: with --limit 1 each, both workers must take one.
+            halves = [ids[:2], ids[2:]]
+            _wait_runs([
+                _trigger("discover-concepts/on-demand",
+                         {"config": {"catalog": catalog_uri, "model": model, "subjects": half, "discovery": fast}})
+                for half in halves
+            ])
+            _wait_runs([_trigger("generate-combinations/on-demand",
+                                 {"config": {"catalog": catalog_uri, "model": model, "subjects": ids, "discovery": fast, "grid": grid}})])
+            _wait_runs([_trigger("score-generations/on-demand", {})])
+    finally:
+        for proc in workers:
+            proc.terminate()
+        for proc in workers:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        for log in logs:
+            log.close()
+
+    taken = {
+        name: re.findall(r"submitting flow run '([0-9a-f-]+)'", (tmp_path / f"{name}.log").read_text())
+        for name in ("worker-a", "worker-b")
+    }
+    assert all(taken.values()), f"both workers should take work: {taken}"
+    assert sum(len(v) for v in taken.values()) == 5
+
+    catalog = load_catalog(catalog_uri)
+    assert catalog.query("SELECT count(*) AS n FROM subjects").to_pylist() == [{"n": 4}]
+    assert catalog.query("SELECT count(*) AS n FROM concept_masks").to_pylist() == [{"n": 4}]
+    # C(4,1) + C(4,2) = 10 combinations × 1 template × 1 seed
+    assert catalog.query("SELECT count(*) AS n FROM generations").to_pylist() == [{"n": 10}]
+    scored = catalog.query(
+        "SELECT count(DISTINCT generation) AS n FROM clip_scores WHERE metric = 'presence'"
+    ).to_pylist()
+    assert scored == [{"n": 10}]
