@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from cones_cli.bench import app
 from cones_cli.output import emit
 
-_PRESET_HELP = "UNet shape: tiny (tests), toy (the toy model's), sd15 (SD-1.5's published config; GPU-sized)."
-_DEVICE_HELP = "torch device, e.g. cpu or cuda."
+# Options both benchmarks share.
+Preset = Annotated[str, typer.Option(help="UNet shape: tiny (tests), toy (the toy model's), sd15 (SD-1.5's published config; GPU-sized).")]
+Device = Annotated[str, typer.Option(help="torch device, e.g. cpu or cuda.")]
+Dtype = Annotated[str, typer.Option(help="UNet dtype (float32, float16, bfloat16).")]
+Threads = Annotated[int, typer.Option(min=0, help="torch CPU threads (0: torch's default).")]
+Repeats = Annotated[int, typer.Option(min=1, help="timed runs of each kind (minimum reported).")]
+AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
 def _unet(preset: str, device: str, dtype: str, threads: int):
@@ -19,11 +26,10 @@ def _unet(preset: str, device: str, dtype: str, threads: int):
     if threads:
         # On a shared CPU, one thread per op is far steadier: a parallel region waits for its slowest thread.
         torch.set_num_threads(threads)
-
-    unet, tokens = preset_unet(preset)  # type: ignore[arg-type]
     target = getattr(torch, dtype, None)
     if not isinstance(target, torch.dtype):
         raise typer.BadParameter(f"unknown dtype {dtype!r}; use float32, float16 or bfloat16", param_hint="--dtype")
+    unet, tokens = preset_unet(preset)  # type: ignore[arg-type]
     if target != torch.float32 or device != "cpu":
         unet = unet.to(device=device, dtype=target)
     return unet.eval(), tokens
@@ -31,20 +37,17 @@ def _unet(preset: str, device: str, dtype: str, threads: int):
 
 @app.command("discovery")
 def discovery(
-    preset: str = typer.Option("toy", help=_PRESET_HELP),
-    batch: int = typer.Option(4, min=1, help="images per step"),
-    repeats: int = typer.Option(5, min=1, help="timed steps of each kind (minimum reported)"),
-    device: str = typer.Option("cpu", help=_DEVICE_HELP),
-    dtype: str = typer.Option("float32", help="UNet dtype (float32, float16, bfloat16)"),
-    threads: int = typer.Option(1, min=0, help="torch CPU threads (0: torch's default)"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    preset: Preset = "toy",
+    batch: Annotated[int, typer.Option(min=1, help="images per step")] = 4,
+    repeats: Repeats = 5,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    threads: Threads = 1,
+    as_json: AsJson = False,
 ) -> None:
     """One Cones score step vs one K/V fine-tuning step (AdamW), same UNet and batch; target ratio ≤ 1.10."""
-    import torch
-
     from cones_tasks.neurons.benchmarks import bench_discovery
 
-    torch.manual_seed(0)
     unet, tokens = _unet(preset, device, dtype, threads)
     result = bench_discovery(unet, tokens=tokens, batch=batch, repeats=repeats)
     emit({"preset": preset, "threads": threads, **result}, as_json=as_json, title="cones bench discovery")
@@ -52,15 +55,15 @@ def discovery(
 
 @app.command("generate")
 def generate(
-    preset: str = typer.Option("toy", help=_PRESET_HELP),
-    combinations: int = typer.Option(8, min=1, help="B: subject combinations in the batch"),
-    steps: int = typer.Option(2, min=1, help="denoising steps per image"),
-    density: float = typer.Option(0.01, min=0.0, max=1.0, help="fraction of neurons each random mask shuts"),
-    repeats: int = typer.Option(5, min=1, help="timed runs of each mode (minimum reported)"),
-    device: str = typer.Option("cpu", help=_DEVICE_HELP),
-    dtype: str = typer.Option("float32", help="UNet dtype (float32, float16, bfloat16)"),
-    threads: int = typer.Option(1, min=0, help="torch CPU threads (0: torch's default)"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    preset: Preset = "toy",
+    combinations: Annotated[int, typer.Option(min=1, help="B: subject combinations in the batch")] = 8,
+    steps: Annotated[int, typer.Option(min=1, help="denoising steps per image")] = 2,
+    density: Annotated[float, typer.Option(min=0.0, max=1.0, help="fraction of neurons each random mask shuts")] = 0.01,
+    repeats: Repeats = 5,
+    device: Device = "cpu",
+    dtype: Dtype = "float32",
+    threads: Threads = 1,
+    as_json: AsJson = False,
 ) -> None:
     """Images/s: per-sample masked batch vs unmasked batch vs one at a time with shut; target masked ≥ 0.9 × unmasked."""
     from cones_tasks.neurons.benchmarks import bench_generate

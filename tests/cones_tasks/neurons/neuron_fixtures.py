@@ -8,25 +8,17 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
+from cones_tasks.neurons.benchmarks import preset_unet
+
 TEXT_DIM = 16
 TOKENS = 4
 
 
-def tiny_unet(seed: int = 0, *, in_channels: int = 3, sample_size: int = 8) -> UNet2DConditionModel:
-    """The diffusers-test-sized conditional UNet: 4 cross- and 4 self-attention modules."""
-    torch.manual_seed(seed)
-    return UNet2DConditionModel(
-        sample_size=sample_size,
-        in_channels=in_channels,
-        out_channels=in_channels,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=TEXT_DIM,
-        attention_head_dim=4,
-        norm_num_groups=4,
-    ).eval()
+def tiny_unet(seed: int = 0) -> UNet2DConditionModel:
+    """The diffusers-test-sized conditional UNet (4 cross- and 4 self-attention modules): the benches' "tiny" preset."""
+    unet, tokens = preset_unet("tiny", seed=seed)
+    assert tokens == TOKENS and unet.config.cross_attention_dim == TEXT_DIM
+    return unet.eval()
 
 
 @dataclass
