@@ -135,3 +135,29 @@ def test_images_of_another_size_are_fitted_to_the_model(model):
     big = np.random.default_rng(0).integers(0, 256, (2, 20, 12, 3), dtype=np.uint8)
     x0 = images_to_model_inputs(model, big, generator=torch.Generator().manual_seed(0))
     assert x0.shape == (2, 3, 8, 8) and -1.0 <= float(x0.min()) and float(x0.max()) <= 1.0
+
+
+def test_latent_models_go_through_the_vae(subject):
+    """The SD path: images -> vae.encode -> scaled latents; same code as pixel space."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from neuron_fixtures import TEXT_DIM, TinyModel
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        scaling_factor=0.18215).eval()
+    unet = UNet2DConditionModel(sample_size=4, in_channels=4, out_channels=4, block_out_channels=(8, 16), layers_per_block=1,
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=TEXT_DIM, attention_head_dim=4, norm_num_groups=4).eval()
+    model = TinyModel(unet, DDPMScheduler(num_train_timesteps=100), vae=vae)
+    x0 = images_to_model_inputs(model, subject, generator=torch.Generator().manual_seed(0))
+    assert x0.shape == (4, 4, 4, 4)  # 8 px images, VAE downsamples by 2
+    with torch.no_grad():
+        dist = vae.encode(torch.from_numpy(subject).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist
+    eps = torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(x0, (dist.mean + dist.std * eps) * 0.18215)  # a posterior sample, scaled
+    params = DiscoveryParams(steps=2, batch_size=2, threshold="top_k", threshold_value=8, eval_draws=1)
+    first = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
+    again = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
+    assert first.mask.count == 8 and first.mask == again.mask
