@@ -189,6 +189,7 @@ class _Problem:
     device: torch.device
     batch_size: int
     _order: list[int] = field(default_factory=list)
+    loss_scale: float = 1.0  # set to 2**16 for fp16 UNets in build (see _grads)
 
     @classmethod
     def build(cls, model, space, images, class_prompt, prior_images, prior_weight, batch_size, gen) -> _Problem:
@@ -201,7 +202,7 @@ class _Problem:
         modules = space.modules(unet)
         base = {e.name: modules[e.name].weight.detach().float() for e in space.entries}
         return cls(unet, space, training_scheduler(model.scheduler), x0, prior, prior_weight, cond, base,
-                   first.dtype, first.device, batch_size)
+                   first.dtype, first.device, batch_size, loss_scale=2.0**16 if first.dtype == torch.float16 else 1.0)
 
     def _batch_indices(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
         # epoch-style: every image is seen once before any repeats (lower-variance scores than iid draws)
@@ -232,14 +233,31 @@ class _Problem:
             loss = loss + self.prior_weight * concept_loss(
                 self.unet, noised_batch(self.scheduler, self.prior[pidx], generator=gen), self.cond, overrides
             )
-        grads = torch.autograd.grad(loss, list(theta.values()))
+        grads = self._grads(loss, list(theta.values()))
         with torch.no_grad():
             for (name, w), g in zip(theta.items(), grads):
-                sums[name].add_(w * g.float())
+                sums[name].add_(w * g)
                 if multiplier is not None and rho:
                     # θ ← θ − ρ·θ²·g with θ = base·m  ⇔  m ← m − ρ·base·m²·g  (never the caller's weights)
-                    multiplier[name].sub_(rho * self.base[name] * multiplier[name].square() * g.float())
+                    multiplier[name].sub_(rho * self.base[name] * multiplier[name].square() * g)
         return float(loss.detach())
+
+    def _grads(self, loss: torch.Tensor, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+        """fp32 ∂loss/∂leaves. Under fp16 the backward runs with a loss scale (halved on overflow):
+        K/V gradients of a well-trained model are ~1e-6..1e-8, at or below fp16's smallest subnormal
+        (6e-8), so unscaled they would flush to zero — the notebook's fp16 defect in another place."""
+        while True:
+            scale = self.loss_scale
+            grads = torch.autograd.grad(loss * scale, leaves, retain_graph=scale > 1.0)
+            if scale == 1.0 or all(bool(torch.isfinite(g).all()) for g in grads):
+                break
+            self.loss_scale = max(scale / 2.0, 1.0)
+        if not all(bool(torch.isfinite(g).all()) for g in grads):
+            raise FloatingPointError(
+                "non-finite gradients in discovery even without loss scaling: the UNet overflows in "
+                f"{self.dtype}; run discovery in float32 or bfloat16"
+            )
+        return [g.float() / scale for g in grads]
 
     @torch.no_grad()
     def eval_loss(self, shut_layers, *, draws: int, seed: int) -> float | None:

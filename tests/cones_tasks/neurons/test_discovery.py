@@ -161,3 +161,23 @@ def test_latent_models_go_through_the_vae(subject):
     first = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
     again = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
     assert first.mask.count == 8 and first.mask == again.mask
+
+
+def test_fp16_unet_scores_like_fp32_even_when_gradients_are_below_fp16_range(subject):
+    """Text states scaled by 1e-6 make every K/V gradient ~1e-8: flushed to zero in fp16 without loss scaling."""
+    from neuron_fixtures import TinyModel
+
+    class QuietText(TinyModel):
+        def encode_prompts(self, prompts):
+            return super().encode_prompts(prompts) * 1e-6
+
+    params = DiscoveryParams(steps=4, batch_size=4, threshold_value=0.05, eval_draws=0)
+    fp32 = tiny_model(0)
+    fp16 = tiny_model(0)
+    fp16.unet.half()
+    r32 = discover_concept_neurons(QuietText(fp32.unet, fp32.scheduler), subject, PROMPT, params, seed=3, progress=False)
+    r16 = discover_concept_neurons(QuietText(fp16.unet, fp16.scheduler), subject, PROMPT, params, seed=3, progress=False)
+    assert np.abs(r32.scores).max() < 1e-6  # the regime where fp16 gradients underflow
+    assert r16.mask.count == r32.mask.count
+    assert len(np.intersect1d(r16.mask.indices, r32.mask.indices)) >= 0.9 * r32.mask.count
+    assert np.corrcoef(r16.scores, r32.scores)[0, 1] > 0.99
