@@ -204,11 +204,11 @@ def per_sample(unet: nn.Module, space: NeuronSpace, masks: Sequence[ConceptMask 
             if all(loc is None or loc[e.name].size == 0 for loc in located):
                 continue
             module = modules[e.name]
-            shut_flat = torch.zeros(len(masks), e.numel, dtype=torch.bool)
-            for g, loc in enumerate(located):
-                if loc is not None and loc[e.name].size:
-                    shut_flat[g, torch.from_numpy(loc[e.name])] = True
-            _install(module, _MaskedLinear(module, shut_flat.reshape(len(masks), *e.shape).to(module.weight.device)))
+            # shut positions in the flattened [G, out, in] stack: sparse, so G masks cost their indices, not G dense masks
+            flat = np.concatenate(
+                [loc[e.name] + g * e.numel for g, loc in enumerate(located) if loc is not None and loc[e.name].size]
+            )
+            _install(module, _MaskedLinear(module, len(masks), torch.from_numpy(flat).to(module.weight.device)))
             installed.append(module)
         yield
     finally:
@@ -248,23 +248,33 @@ class _MaskedLinear:
     """forward of a K/V nn.Linear with per-group shut weights zeroed: y_i = x_i·(W ⊙ ¬M_{i mod G})ᵀ + b.
 
     Computing with the zeroed weights (rather than subtracting x·(W⊙M)ᵀ) makes
-    `shut` bit-identical to a hand-zeroed model; gradients still flow to W. The
-    masked weights are cached while W is unchanged and no gradient is needed
-    (sampling), so each forward costs one einsum, no more than the plain linear.
+    `shut` bit-identical to a hand-zeroed model; gradients still flow to W.
+    The masked stack [G, out, in] is cached while W is unchanged and no gradient
+    is needed (sampling), if it is small (≤ CACHE_BYTES); otherwise it is rebuilt
+    per forward — transient, one layer at a time, so memory stays O(G × largest
+    layer) instead of O(G × all K/V weights) (SD-1.5 fp16: 38 MB per mask).
     """
 
-    def __init__(self, module: nn.Linear, shut_mask: torch.Tensor) -> None:
+    CACHE_BYTES = 64 << 20
+
+    def __init__(self, module: nn.Linear, groups: int, shut_flat: torch.Tensor) -> None:
         self.module = module
-        self.shut_mask = shut_mask  # bool [G, out, in]
+        self.groups = groups
+        self.shut_flat = shut_flat  # int64 indices into the flattened [G, out, in] stack
         self._cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
 
+    def _build(self, weight: torch.Tensor) -> torch.Tensor:
+        stack = weight.unsqueeze(0).expand(self.groups, *weight.shape).reshape(-1)  # a copy: expand + reshape
+        return stack.index_fill(0, self.shut_flat, 0).view(self.groups, *weight.shape)
+
     def _weights(self, weight: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and weight.requires_grad:
-            return weight.unsqueeze(0).masked_fill(self.shut_mask, 0)
+        small = self.groups * weight.numel() * weight.element_size() <= self.CACHE_BYTES
+        if (torch.is_grad_enabled() and weight.requires_grad) or not small:
+            return self._build(weight)
         key = (weight._version, weight.data_ptr(), weight.dtype)
         if self._cache is None or self._cache[0] != key:
             with torch.no_grad():
-                self._cache = (key, weight.unsqueeze(0).masked_fill(self.shut_mask, 0))
+                self._cache = (key, self._build(weight))
         return self._cache[1]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

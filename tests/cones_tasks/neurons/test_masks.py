@@ -144,3 +144,35 @@ def test_nested_masks_are_refused_not_silently_overridden(unet):
                 pass
         assert any(is_masked(m) for m in unet.modules())  # the outer block is still in force
     assert not any(is_masked(m) for m in unet.modules())
+
+
+def test_uncached_path_and_gradients_match_hand_zeroed(unet, monkeypatch):
+    from cones_tasks.neurons import masks as masks_module
+
+    monkeypatch.setattr(masks_module._MaskedLinear, "CACHE_BYTES", 0)  # rebuild the masked stack every forward
+    space = NeuronSpace.from_unet(unet)
+    mask = _random_mask(space, 0.2, 3)
+    x, t, text = _inputs(2)
+    zeroed = copy.deepcopy(unet)
+    zparams = dict(zeroed.named_parameters())
+    with torch.no_grad():
+        for name, local in space.locate(mask.indices).items():
+            zparams[name].view(-1)[torch.from_numpy(local)] = 0.0
+    with shut(unet, space, mask):
+        unet(x, t, encoder_hidden_states=text).sample.square().mean().backward()
+    zeroed(x, t, encoder_hidden_states=text).sample.square().mean().backward()
+    params = dict(unet.named_parameters())
+    for name, local in space.locate(mask.indices).items():
+        grad = params[name].grad.reshape(-1)
+        assert torch.all(grad[torch.from_numpy(local)] == 0)  # a shut weight does not affect the output
+        keep = torch.ones_like(grad, dtype=torch.bool)
+        keep[torch.from_numpy(local)] = False
+        torch.testing.assert_close(grad[keep], zparams[name].grad.reshape(-1)[keep])
+    with torch.no_grad():
+        masks = [mask, None]
+        x4, t4, text4 = _inputs(4, seed=1)
+        with per_sample(unet, space, masks):
+            batched = unet(x4, t4, encoder_hidden_states=text4).sample
+        with shut(unet, space, mask):
+            single = unet(x4[2:3], t4[2:3], encoder_hidden_states=text4[2:3]).sample
+    torch.testing.assert_close(batched[2:3], single, rtol=1e-5, atol=1e-5)
