@@ -1,7 +1,8 @@
 """`cones bench fanout`: Prefect's orchestration overhead at ≥ 10,000 combinations (issue #6, "Must show").
 
-The same generation work is run twice, side by side, on the toy architecture (random weights,
-16 px) with random 1 % concept masks:
+The same generation work is run twice, side by side, on a small random UNet (8 px, the toy
+world's text encoder) with random 1 % concept masks — small so that 10,000 images fit in
+minutes on 2 cores; the larger the per-image work, the smaller the overhead fraction:
 
 - compute_s: the `generate-combinations` steps called as plain functions (`task.fn`), in order,
   no Prefect at all;
@@ -37,7 +38,7 @@ def _subjects_for(target: int, *, max_k: int) -> int:
     return n
 
 
-def _prepare(root: Path, model_dir: Path, n_subjects: int, name: str):
+def _prepare(root: Path, model_dir: Path, n_subjects: int, name: str, *, steps: int):
     """A catalog with n subjects, the model and one random 1 % mask per subject; returns its GenerateConfig."""
     import numpy as np
 
@@ -62,7 +63,7 @@ def _prepare(root: Path, model_dir: Path, n_subjects: int, name: str):
             "catalog": str(root / name),
             "model": {"path": str(model_dir)},
             "subjects": ids,
-            "grid": {"max_k": 3, "templates": list(TEMPLATES), "seeds": list(SEEDS), "steps": 2,
+            "grid": {"max_k": 3, "templates": list(TEMPLATES), "seeds": list(SEEDS), "steps": steps,
                      "sample_batch": 256, "task_batch": 1024},
             "runner": {"kind": "threads", "workers": 2},
         }
@@ -75,17 +76,31 @@ def _image_names(uri: str) -> set[str]:
     return {r["image_uri"].rsplit("/", 1)[-1] for r in load_catalog(uri).query("SELECT image_uri FROM generations").to_pylist()}
 
 
-def run_fanout_bench(*, combinations: int, workdir: Path) -> dict:
-    from cones_tasks.toyworld.architecture import build_scheduler, build_text_encoder, build_unet
+def _write_bench_model(out: Path) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from cones_tasks.toyworld.architecture import TEXT_WIDTH, build_scheduler, build_text_encoder
     from cones_tasks.toyworld.train_model import write_pipeline
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_WIDTH, attention_head_dim=4, norm_num_groups=4,
+    )
+    write_pipeline(out, unet, build_text_encoder(seed=0), build_scheduler())
+
+
+def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 2) -> dict:
     from flows._runtime import model_session
     from flows.generate_combinations import batch_calls, generate_batch, generate_combinations, plan_generations, resolve_masks
 
     model_dir = workdir / "model"
-    write_pipeline(model_dir, build_unet(seed=0), build_text_encoder(seed=0), build_scheduler())
+    _write_bench_model(model_dir)
     n_subjects = _subjects_for(combinations, max_k=3)
-    plain = _prepare(workdir, model_dir, n_subjects, "catalog-plain")
-    orchestrated = _prepare(workdir, model_dir, n_subjects, "catalog-prefect")
+    plain = _prepare(workdir, model_dir, n_subjects, "catalog-plain", steps=steps)
+    orchestrated = _prepare(workdir, model_dir, n_subjects, "catalog-prefect", steps=steps)
     with model_session(plain.model):  # load once: both runs reuse the process's model cache
         pass
 
@@ -105,6 +120,7 @@ def run_fanout_bench(*, combinations: int, workdir: Path) -> dict:
     return {
         "combinations": len(items),
         "subjects": n_subjects,
+        "steps": steps,
         "task_batch": orchestrated.grid.task_batch,
         "tasks": math.ceil(len(items) / orchestrated.grid.task_batch),
         "wall_s": round(wall_s, 2),
@@ -116,6 +132,7 @@ def run_fanout_bench(*, combinations: int, workdir: Path) -> dict:
 @app.command("fanout")
 def fanout(
     combinations: Annotated[int, typer.Option(min=1, help="At least this many combinations (subject subsets × prompts × seeds).")] = 10_000,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image.")] = 2,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Orchestration overhead of generate-combinations: the flow vs the same work as plain calls."""
@@ -126,8 +143,8 @@ def fanout(
 
     with tempfile.TemporaryDirectory(prefix="cones-fanout-") as tmp:
         if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
-            result = run_fanout_bench(combinations=combinations, workdir=Path(tmp))
+            result = run_fanout_bench(combinations=combinations, workdir=Path(tmp), steps=steps)
         else:
             with prefect_test_harness(server_startup_timeout=120):  # a throwaway local API, started before timing
-                result = run_fanout_bench(combinations=combinations, workdir=Path(tmp))
+                result = run_fanout_bench(combinations=combinations, workdir=Path(tmp), steps=steps)
     emit(result, as_json=as_json, title="bench fanout")

@@ -33,25 +33,28 @@ def load_config(path: Path, config_class: str):
 
     import cones_tasks.config as configs
 
+    import yaml
+
     text = path.read_text()
     try:
-        data = json.loads(text) if path.suffix == ".json" else _yaml(text)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {path} is not valid JSON/YAML: {exc}")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        console.print(f"[red]error:[/red] {path} is not valid JSON/YAML: {exc}", soft_wrap=True)
         raise typer.Exit(2) from exc
     try:
         return getattr(configs, config_class).model_validate(data)
     except ValidationError as exc:
-        console.print(f"[red]error:[/red] {path} does not fit {config_class}:")
+        console.print(f"[red]error:[/red] {path} does not fit {config_class}:", soft_wrap=True)
         for err in exc.errors():
-            console.print(f"  {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}")
+            console.print(f"  {'.'.join(map(str, err['loc'])) or '(top level)'}: {err['msg']}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from exc
 
 
-def _yaml(text: str):
-    import yaml
+def _quiet_prefect() -> None:
+    """An offline machine: no telemetry calls from a temporary Prefect server (they only log errors)."""
+    import os
 
-    return yaml.safe_load(text)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _register(command: str) -> None:
@@ -60,6 +63,7 @@ def _register(command: str) -> None:
     def run(config: ConfigOpt, as_json: bool = JSON) -> None:
         import importlib
 
+        _quiet_prefect()
         cfg = load_config(config, config_class)
         flow_fn = getattr(importlib.import_module(module), function)
         emit(flow_fn(cfg), as_json=as_json, title=command)
@@ -89,10 +93,10 @@ def export(
     try:
         result = export_dataset(load_catalog(catalog), where=where, to=to, include_bytes=include_bytes)
     except (CatalogError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"error: {exc}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from exc
     except Exception as exc:  # DuckDB parser/binder errors in the predicate: show them plainly
-        console.print(f"[red]error in --where:[/red] {exc}")
+        console.print(f"error in --where: {exc}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from exc
     emit(result, as_json=as_json, title="export")
 
@@ -105,6 +109,7 @@ def demo(
 ) -> None:
     """Run `customize` end to end on toy subjects: ingest PNG folders, discover, generate every 1–3-subject
     combination × 2 prompts × 2 seeds, score, write the HTML report."""
+    _quiet_prefect()
     started = time.perf_counter()
     result = _run_demo(workdir.resolve(), n_subjects=subjects)
     result["wall_s"] = round(time.perf_counter() - started, 1)
@@ -146,7 +151,9 @@ def _run_demo(workdir: Path, *, n_subjects: int) -> dict:
             "model": {"path": str(TOY_MODEL_DIR)},
             "subjects": [{"subject_id": s.id, "class_word": s.class_word, "uri": str(folders[s.id])} for s in chosen],
             "ingest": {"min_side": 16},  # toy renders are 16 px
-            "grid": {"max_k": 3, "templates": ["{subjects}", "{subjects} on night"], "seeds": [0, 1], "sample_batch": 32},
+            # 15 DDIM steps: the toy model's images settle by then, and 56 images fit the 10-minute budget.
+            "grid": {"max_k": 3, "templates": ["{subjects}", "{subjects} on night"], "seeds": [0, 1], "steps": 15,
+                     "sample_batch": 56},
             "scoring": {
                 "judge": True,
                 "clip": {"model_name": TOY_CLIP_NAME, "weights_path": str(clip)} if clip.is_file() else None,
@@ -154,11 +161,14 @@ def _run_demo(workdir: Path, *, n_subjects: int) -> dict:
         }
     )
     result = customize(config)
-    report_uri = result["report_uri"]
+    # The catalog keeps the report content-addressed; a stable name next to it is easier to open.
+    report = workdir / "report.html"
+    report.write_bytes(Path(result["report_uri"].removeprefix("file://")).read_bytes())
     return {
         "subjects": result["subjects"],
         "generations": result["generations"],
         "catalog": config.catalog,
-        "report_path": report_uri.removeprefix("file://"),
+        "report_uri": result["report_uri"],
+        "report_path": str(report),
         "query": DEMO_QUERY,
     }

@@ -59,31 +59,30 @@ def generate_batch(
     """Generate and store one batch of combinations; returns how many images it wrote."""
     catalog = load_catalog(catalog_uri)
     stored = {m.mask_id: m for m in catalog.get_masks(sorted({i for it in items for i in it["mask_ids"]}))}
-    generations = []
-    with model_session(model_ref) as model:
+    subject_masks = {mid: ConceptMask.from_bytes(m.blob, space_fingerprint=m.model_fingerprint) for mid, m in stored.items()}
+    images = []
+    with model_session(model_ref) as model:  # hold the model (and a gpu slot) only while sampling
         space = NeuronSpace.from_unet(model.unet, attention=attention)
-        subject_masks = {
-            mid: ConceptMask.from_bytes(m.blob, space_fingerprint=m.model_fingerprint) for mid, m in stored.items()
-        }
         for chunk in batched(items, grid.sample_batch):
-            masks = [_union([subject_masks[mid] for mid in it["mask_ids"]]) for it in chunk]
-            images = sample(
-                model,
-                [it["prompt"] for it in chunk],
-                seeds=[it["seed"] for it in chunk],
-                steps=grid.steps,
-                guidance_scale=grid.guidance_scale,
-                masks=masks,
-                space=space,
-            )  # uint8 [B, H, W, 3]
-            for it, image in zip(chunk, images):
-                generations.append(
-                    Generation(
-                        id=it["id"], subjects=tuple(it["subjects"]), prompt=it["prompt"], seed=it["seed"],
-                        image_uri=catalog.put_bytes(encode_png(image), suffix=".png"),
-                        model_fingerprint=space.fingerprint, mask_ids=tuple(it["mask_ids"]), params=grid.sampler_settings(),
-                    )
-                )
+            images.extend(
+                sample(
+                    model,
+                    [it["prompt"] for it in chunk],
+                    seeds=[it["seed"] for it in chunk],
+                    steps=grid.steps,
+                    guidance_scale=grid.guidance_scale,
+                    masks=[_union([subject_masks[mid] for mid in it["mask_ids"]]) for it in chunk],
+                    space=space,
+                )  # uint8 [B, H, W, 3]
+            )
+    generations = [
+        Generation(
+            id=it["id"], subjects=tuple(it["subjects"]), prompt=it["prompt"], seed=it["seed"],
+            image_uri=catalog.put_bytes(encode_png(image), suffix=".png"),
+            model_fingerprint=space.fingerprint, mask_ids=tuple(it["mask_ids"]), params=grid.sampler_settings(),
+        )
+        for it, image in zip(items, images, strict=True)
+    ]
     catalog.write_generations(generations)  # one commit per batch: a crash loses at most this batch
     return len(generations)
 
