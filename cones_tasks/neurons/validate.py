@@ -32,7 +32,17 @@ from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neur
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
 
-__all__ = ["ValidateParams", "validate_toy"]
+__all__ = ["DEFAULT_CANDIDATES", "ValidateParams", "validate_toy"]
+
+# The sweep `cones toy validate` tries by default: budgets an order of magnitude apart, iterative
+# (the default, docs/discovery.md), one one-shot line for the table, self-attention neurons too.
+DEFAULT_CANDIDATES: tuple[DiscoveryParams, ...] = (
+    DiscoveryParams(threshold_value=0.001),
+    DiscoveryParams(threshold_value=0.002),
+    DiscoveryParams(threshold_value=0.01),
+    DiscoveryParams(threshold_value=0.002, rounds=1, steps=100),
+    DiscoveryParams(threshold_value=0.002, attention="both"),
+)
 
 
 class ValidateParams(BaseModel):
@@ -55,7 +65,7 @@ def validate_toy(
     subjects: Sequence,
     judge: Callable[[np.ndarray], Any],
     *,
-    candidates: Sequence[DiscoveryParams] = (DiscoveryParams(),),
+    candidates: Sequence[DiscoveryParams] = DEFAULT_CANDIDATES,
     params: ValidateParams = ValidateParams(),
     progress: bool = True,
 ) -> dict[str, Any]:

@@ -25,8 +25,8 @@ def test_validate_toy_reports_every_line():
 
     model = load_diffusion_model(TOY_MODEL)
     candidates = [
-        DiscoveryParams(steps=2, batch_size=2, threshold_value=0.01, eval_draws=0),
-        DiscoveryParams(steps=2, batch_size=2, threshold="top_k", threshold_value=5, eval_draws=0),
+        DiscoveryParams(steps=2, batch_size=2, rounds=1, threshold_value=0.01, eval_draws=0),
+        DiscoveryParams(steps=2, batch_size=2, rounds=1, threshold="top_k", threshold_value=5, eval_draws=0),
     ]
     params = ValidateParams(images_per_line=4, select_images_per_line=2, sample_steps=2, reference_images=2, multi_sizes=(2, 3))
     subjects = TOY_SUBJECTS[:2]
