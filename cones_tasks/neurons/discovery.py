@@ -35,7 +35,7 @@ from cones_tasks.neurons.noising import images_to_model_inputs, noised_batch, tr
 from cones_tasks.neurons.scores import round_budget, select_neurons
 from cones_tasks.neurons.space import NeuronSpace
 
-__all__ = ["DiscoveryParams", "DiscoveryResult", "concept_loss", "discover_concept_neurons"]
+__all__ = ["DiscoveryParams", "DiscoveryResult", "concept_loss", "discover_concept_neurons", "subject_loss"]
 
 
 class DiscoveryParams(BaseModel):
@@ -162,6 +162,31 @@ def discover_concept_neurons(
     return DiscoveryResult(mask=mask, report=report, scores=mean_scores.numpy())
 
 
+def subject_loss(
+    model, images: np.ndarray, class_prompt: str, *, mask: ConceptMask | None = None, draws: int = 16, seed: int = 0
+) -> float:
+    """The concept loss of `images` under `class_prompt` on fixed (t, ε) draws per image, optionally with `mask` shut.
+
+    Same draws for every mask at one seed, so differences between masks are not sampling noise.
+    """
+    attention = "cross"
+    if mask is not None:  # the mask says which space it lives in only through its fingerprint: try each kind
+        for kind in ("cross", "self", "both"):
+            if NeuronSpace.from_unet(model.unet, attention=kind).fingerprint == mask.space_fingerprint:
+                attention = kind
+                break
+    space = NeuronSpace.from_unet(model.unet, attention=attention)
+    if mask is not None:
+        mask.check(space)
+    problem = _Problem.build(model, space, images, class_prompt, None, 0.0, _EVAL_CHUNK, torch.Generator().manual_seed(seed))
+    shut_flat = torch.zeros(space.size, dtype=torch.bool)
+    if mask is not None:
+        shut_flat[torch.from_numpy(mask.indices.copy())] = True
+    loss = problem.eval_loss(_split(space, shut_flat, problem.device), draws=draws, seed=seed)
+    assert loss is not None
+    return loss
+
+
 def concept_loss(unet: nn.Module, batch, cond: torch.Tensor, overrides: dict[str, torch.Tensor]) -> torch.Tensor:
     """MSE (fp32) between the UNet's prediction and the batch target, K/V weights taken from `overrides`.
 
@@ -271,9 +296,12 @@ class _Problem:
         overrides = {k: v.to(self.dtype) for k, v in self._weights(shut_layers, None).items()}
         x0 = self.x0.repeat_interleave(draws, dim=0)
         total = 0.0
-        for chunk in x0.split(self.batch_size * 4):
+        for chunk in x0.split(_EVAL_CHUNK):  # fixed: the draws must not depend on batch_size
             total += concept_loss(self.unet, noised_batch(self.scheduler, chunk, generator=gen), self.cond, overrides).item() * len(chunk)
         return total / len(x0)
+
+
+_EVAL_CHUNK = 16
 
 
 def _split(space: NeuronSpace, shut_flat: torch.Tensor, device) -> dict[str, torch.Tensor | None]:

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from neuron_fixtures import tiny_model
 from pydantic import ValidationError
 
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons, subject_loss
 from cones_tasks.neurons.masks import ConceptMask, shut
 from cones_tasks.neurons.noising import images_to_model_inputs, noised_batch, training_scheduler
-from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 
 PROMPT = "a dog"
 QUICK = dict(steps=4, batch_size=4, eval_draws=2, rounds=1)
@@ -184,3 +184,13 @@ def test_fp16_unet_scores_like_fp32_even_when_gradients_are_below_fp16_range(sub
     assert r16.mask.count == r32.mask.count
     assert len(np.intersect1d(r16.mask.indices, r32.mask.indices)) >= 0.9 * r32.mask.count
     assert np.corrcoef(r16.scores, r32.scores)[0, 1] > 0.99
+
+
+def test_subject_loss_matches_the_report_and_refuses_foreign_masks(model, subject, one_shot):
+    params = DiscoveryParams(**QUICK, threshold_value=0.05)
+    assert subject_loss(model, subject, PROMPT, draws=params.eval_draws, seed=3) == one_shot.report["eval_loss_unmasked"]
+    masked = subject_loss(model, subject, PROMPT, mask=one_shot.mask, draws=params.eval_draws, seed=3)
+    assert masked == one_shot.report["eval_loss_masked"]
+    other = tiny_model(1)
+    with pytest.raises(MaskModelMismatchError):
+        subject_loss(other, subject, PROMPT, mask=one_shot.mask)
