@@ -191,6 +191,9 @@ def test_subject_loss_matches_the_report_and_refuses_foreign_masks(model, subjec
     assert subject_loss(model, subject, PROMPT, draws=params.eval_draws, seed=3) == one_shot.report["eval_loss_unmasked"]
     masked = subject_loss(model, subject, PROMPT, mask=one_shot.mask, draws=params.eval_draws, seed=3)
     assert masked == one_shot.report["eval_loss_masked"]
+    small_batches = DiscoveryParams(steps=1, batch_size=1, rounds=1, eval_draws=2)
+    again = discover_concept_neurons(model, subject, PROMPT, small_batches, seed=3, progress=False)
+    assert again.report["eval_loss_unmasked"] == one_shot.report["eval_loss_unmasked"]  # draws independent of batch_size
     other = tiny_model(1)
     with pytest.raises(MaskModelMismatchError):
         subject_loss(other, subject, PROMPT, mask=one_shot.mask)
