@@ -93,3 +93,14 @@ def test_unet_without_cross_attention_is_a_clear_error():
     with pytest.raises(ValueError, match="no cross-attention"):
         NeuronSpace.from_unet(plain)
     assert NeuronSpace.from_unet(plain, attention="self").size > 0
+
+
+@pytest.mark.slow
+def test_sd15_shaped_unet_has_the_papers_neuron_count():
+    """SD-1.5's published UNet config: 16 cross-attention modules, 19,169,280 K/V weights (issue #4)."""
+    from cones_tasks.neurons.benchmarks import preset_unet
+
+    unet, _ = preset_unet("sd15")
+    space = NeuronSpace.from_unet(unet)
+    assert len(space.entries) == 32 and space.size == 19_169_280
+    assert NeuronSpace.from_unet(unet, attention="both").size == 43_950_080
