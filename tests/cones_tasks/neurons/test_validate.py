@@ -42,3 +42,23 @@ def test_validate_toy_reports_every_line():
     assert 0 < out["bytes_per_concept"] < 4 * size * out["neuron_fraction"] + 16  # sparse indices, not a dense tensor
     with pytest.raises(ValueError, match="must differ"):
         validate_toy(model, subjects, judge, params=params.model_copy(update={"report_seed": params.select_seed}))
+
+
+@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="toy model not built (cones toy train)")
+def test_cli_validate_with_a_candidates_file(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cones_cli import toy_validate  # noqa: F401  (registers `validate` on the toy app)
+    from cones_cli.toy import app
+
+    (tmp_path / "c.json").write_text(json.dumps([{"steps": 1, "batch_size": 2, "rounds": 1, "threshold": "top_k",
+                                                  "threshold_value": 3, "eval_draws": 0}]))
+    args = ["validate", "--subjects", "2", "--n", "2", "--select-n", "2", "--steps", "1", "--candidates",
+            str(tmp_path / "c.json"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    assert {"single", "context", "crosstalk", "multi", "neuron_fraction", "bytes_per_concept"} <= set(data)
+    assert data["chosen_params"]["threshold_value"] == 3

@@ -1,0 +1,48 @@
+"""`cones toy validate`: the paper's claims measured on the toy world (issue #4 item 6).
+
+Registered on the `cones toy` app when imported (cones_cli/toy.py imports this module).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+
+from cones_cli.output import emit
+from cones_cli.toy import JSON, _default, app
+
+
+@app.command("validate")
+def validate(
+    model: Path = typer.Option(None, help="Diffusers folder (default: the shipped toy model)."),
+    subjects: int = typer.Option(4, min=2, help="How many of the named toy subjects (first N)."),
+    n: int = typer.Option(100, min=1, help="Images judged per reported line."),
+    select_n: int = typer.Option(48, min=1, help="Images per candidate when choosing hyper-parameters."),
+    steps: int = typer.Option(25, min=1, help="Sampling steps per image."),
+    guidance: float = 3.0,
+    candidates: Path = typer.Option(
+        None, help="JSON list of DiscoveryParams objects to choose from (default: the built-in sweep)."
+    ),
+    as_json: bool = JSON,
+) -> None:
+    """Discovery on ≥ 2 toy subjects, judged: single (masked vs not), context, cross-talk, unions, bytes."""
+    from cones_tasks.loading import load_diffusion_model
+    from cones_tasks.neurons.discovery import DiscoveryParams
+    from cones_tasks.neurons.validate import DEFAULT_CANDIDATES, ValidateParams, validate_toy
+    from cones_tasks.toyworld.judge import judge
+    from cones_tasks.toyworld.subjects import TOY_SUBJECTS
+
+    if subjects > len(TOY_SUBJECTS):
+        raise typer.BadParameter(f"there are {len(TOY_SUBJECTS)} toy subjects", param_hint="--subjects")
+    sweep = DEFAULT_CANDIDATES
+    if candidates is not None:
+        sweep = tuple(DiscoveryParams.model_validate(c) for c in json.loads(candidates.read_text()))
+    params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance)
+    start = time.perf_counter()
+    result = validate_toy(load_diffusion_model(_default(model, "TOY_MODEL_DIR")), TOY_SUBJECTS[:subjects], judge,
+                          candidates=sweep, params=params, progress=not as_json)
+    result["wall_s"] = time.perf_counter() - start
+    emit(result, as_json=as_json, title="toy validate")
