@@ -195,8 +195,9 @@ def load_clip_scorer(
         model, _, preprocess = open_clip.create_model_and_transforms(
             model_name, pretrained=str(weights), device=device, weights_only=not trust_pickle
         )
-    except RuntimeError as e:
-        if "size mismatch" in str(e) or "shape" in str(e):
-            raise ModelLoadError(f"CLIP weights {weights} do not fit the {model_name!r} architecture ({e}); check the model name.") from e
-        raise
+    except (RuntimeError, AssertionError, KeyError) as e:  # open_clip reports mismatches in all three ways
+        raise ModelLoadError(
+            f"CLIP weights {weights} do not fit the {model_name!r} architecture ({type(e).__name__}: {e}); "
+            "check that the model name matches the weights."
+        ) from e
     return ClipScorer(model, preprocess, open_clip.get_tokenizer(model_name), name=model_name, device=device)

@@ -27,7 +27,7 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 # so weights ship in fp16 to stay under 10 MB (they load into fp32 parameters).
 TOY_CLIP_CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": RESOLUTION, "patch_size": 4, "width": 96, "layers": 3, "head_width": 32},
+    "vision_cfg": {"image_size": RESOLUTION, "patch_size": 2, "width": 96, "layers": 3, "head_width": 32},
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 PREPROCESS_CFG = {"size": RESOLUTION, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "shortest"}
@@ -35,7 +35,7 @@ PREPROCESS_CFG = {"size": RESOLUTION, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5,
 
 @dataclass(frozen=True)
 class TrainClipParams:
-    steps: int = 600
+    steps: int = 900
     batch_size: int = 256
     lr: float = 2e-3
     seed: int = 0

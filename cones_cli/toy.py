@@ -1,0 +1,88 @@
+"""`cones toy …`: the embedded toy world (issues #2, #3, #4)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from cones_cli.output import console, emit
+
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _default(path: Path | None, attr: str) -> Path:
+    from cones_tasks.toyworld import assets
+
+    return path or getattr(assets, attr)
+
+
+@app.command("render-subjects")
+def render_subjects(out: Path = typer.Argument(..., help="Folder to write one PNG folder per toy subject into."),
+                    n: int = typer.Option(6, help="Reference renders per subject (5–8 is what a user hands over)."),
+                    seed: int = 0) -> None:
+    """Write the named toy subjects' reference renders as PNG folders."""
+    from cones_tasks.toyworld.subjects import write_subject_folders
+
+    for subject_id, folder in write_subject_folders(out, n=n, seed=seed).items():
+        console.print(f"{subject_id}: {folder}")
+
+
+@app.command("eval-judge")
+def eval_judge(n: int = typer.Option(1000, help="Scenes per line."), seed: int = 1, as_json: bool = JSON) -> None:
+    """Accuracy of the judge on fresh renders (single- and two-object scenes)."""
+    from cones_tasks.toyworld.evaluate import eval_judge as run
+
+    emit(run(n=n, seed=seed), as_json=as_json, title="judge")
+
+
+@app.command("train-clip")
+def train_clip(out: Path = typer.Option(None, help="Output folder (default: the shipped assets/toy-clip)."),
+               steps: int = 900, seed: int = 0, as_json: bool = JSON) -> None:
+    """Train the toy CLIP from scratch (seeded); records the wall time."""
+    from cones_tasks.toyworld.train_clip import TrainClipParams, train_toy_clip
+
+    log = train_toy_clip(_default(out, "TOY_CLIP_DIR"), TrainClipParams(steps=steps, seed=seed))
+    emit({"wall_s": log["wall_s"], "final_loss": log["final_loss"], "steps": steps}, as_json=as_json, title="toy clip")
+
+
+@app.command("eval-clip")
+def eval_clip(weights: Path = typer.Option(None, help="Toy CLIP weights (default: the shipped ones)."),
+              n: int = 500, seed: int = 1, as_json: bool = JSON) -> None:
+    """Zero-shot accuracy of the toy CLIP per attribute on fresh renders."""
+    from cones_tasks.loading import load_clip_scorer
+    from cones_tasks.toyworld.assets import toy_clip_weights
+    from cones_tasks.toyworld.evaluate import eval_clip as run
+    from cones_tasks.toyworld.train_clip import TOY_CLIP_NAME
+
+    scorer = load_clip_scorer(TOY_CLIP_NAME, weights or toy_clip_weights())
+    emit(run(scorer, n=n, seed=seed), as_json=as_json, title="toy clip zero-shot")
+
+
+@app.command("train-model")
+def train_model(out: Path = typer.Option(None, help="Output folder (default: the shipped assets/toy-model)."),
+                steps: int = 2000, seed: int = 0, max_minutes: float = typer.Option(None, help="Stop (and ship) after this long."),
+                as_json: bool = JSON) -> None:
+    """Train the toy text-to-image model from scratch (seeded); progress bar, loss-curve PNG, wall time."""
+    from cones_tasks.toyworld.train_model import TrainModelParams, train_toy_model
+
+    log = train_toy_model(_default(out, "TOY_MODEL_DIR"), TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes))
+    emit({k: log[k] for k in ("steps_done", "wall_s", "final_loss_ema50", "caption_gap")}, as_json=as_json, title="toy model")
+
+
+@app.command("eval-model")
+def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default: the shipped toy model)."),
+               n: int = typer.Option(200, help="Images per line."), seed: int = 1, steps: int = 25,
+               guidance: float = 3.0, as_json: bool = JSON) -> None:
+    """Judge the toy model's samples: full prompts, class-only prompts, two-object prompts."""
+    from cones_tasks.loading import load_diffusion_model
+    from cones_tasks.toyworld.evaluate import eval_model as run
+
+    start = time.perf_counter()
+    result = run(load_diffusion_model(_default(model, "TOY_MODEL_DIR")), n=n, seed=seed, steps=steps,
+                 guidance_scale=guidance, progress=not as_json)
+    result["wall_s"] = time.perf_counter() - start
+    emit(result, as_json=as_json, title="toy model")

@@ -1,0 +1,90 @@
+"""Renderer, captions, tokenizer and judge (issue #2)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from transformers import CLIPTokenizer
+
+from cones_tasks.toyworld.captions import full_caption, random_caption
+from cones_tasks.toyworld.evaluate import eval_judge
+from cones_tasks.toyworld.judge import judge
+from cones_tasks.toyworld.render import random_scene, render
+from cones_tasks.toyworld.subjects import TOY_SUBJECTS, ToySubject, write_subject_folders
+from cones_tasks.toyworld.tokenizer import MAX_LENGTH, write_tokenizer
+from cones_tasks.toyworld.world import RESOLUTION, ObjectSpec, vocabulary
+
+
+def _renders(seed: int, n: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([render(random_scene(rng, 1 + i % 4)) for i in range(n)])
+
+
+def test_renderer_is_deterministic_under_a_seed():
+    assert np.array_equal(_renders(7), _renders(7))
+    assert not np.array_equal(_renders(7), _renders(8))
+    assert _renders(7).shape == (20, RESOLUTION, RESOLUTION, 3)
+
+
+def test_objects_never_overlap_and_fill_a_third_of_a_single_scene():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 4):
+        for _ in range(50):
+            scene = random_scene(rng, n)
+            assert len(judge(render(scene)).objects) == n
+    single = random_scene(np.random.default_rng(1), 1).objects[0]
+    assert 2 * single.radius >= 0.35 * RESOLUTION
+
+
+def test_captions_range_from_full_to_class_word():
+    rng = np.random.default_rng(0)
+    scene = random_scene(rng, 2)
+    assert full_caption(scene).count(" and ") == 1 and full_caption(scene).endswith(f"on {scene.background}")
+    partial = {random_caption(rng, random_scene(rng, 1), p_full=0.0) for _ in range(300)}
+    assert {"a circle", "a square", "a triangle"} <= partial
+
+
+def test_tokenizer_keeps_every_toy_word_whole():
+    from tempfile import TemporaryDirectory
+
+    with TemporaryDirectory() as tmp:
+        tokenizer = CLIPTokenizer.from_pretrained(write_tokenizer(tmp))
+    for word in vocabulary():
+        assert len(tokenizer(word, add_special_tokens=False).input_ids) == 1, word
+    longest = " and ".join(["a striped yellow triangle"] * 4) + " on night"
+    assert len(tokenizer(longest).input_ids) <= MAX_LENGTH
+
+
+def test_judge_meets_issue_accuracy_on_fresh_renders():
+    result = eval_judge(n=400, seed=3)
+    assert min(result["single"].values()) >= 0.99
+    assert min(result["pair"].values()) >= 0.97
+    assert result["unreadable"] <= 4
+
+
+def test_judge_calls_noise_unreadable_instead_of_guessing():
+    noise = np.random.default_rng(0).integers(0, 256, size=(RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
+    assert judge(noise).unreadable
+    grey = np.full((RESOLUTION, RESOLUTION, 3), 128, np.uint8)
+    assert judge(grey).unreadable
+
+
+def test_subjects_write_png_folders(tmp_path):
+    from PIL import Image
+
+    folders = write_subject_folders(tmp_path, n=5)
+    assert set(folders) == {s.id for s in TOY_SUBJECTS}
+    for subject_id, folder in folders.items():
+        subject = ToySubject.parse(subject_id)
+        files = sorted(folder.glob("*.png"))
+        assert len(files) == 5
+        for f in files:
+            verdict = judge(np.asarray(Image.open(f).convert("RGB")))
+            assert verdict.has(shape=subject.shape, color=subject.color, pattern=subject.pattern)
+
+
+def test_bad_names_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match="choose one of"):
+        ObjectSpec("hexagon", "red", "plain", 8, 8, 4)
+    with pytest.raises(ValueError, match="striped-yellow-triangle"):
+        ToySubject.parse("yellow/triangle")
