@@ -86,3 +86,7 @@ def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default:
                  guidance_scale=guidance, progress=not as_json)
     result["wall_s"] = time.perf_counter() - start
     emit(result, as_json=as_json, title="toy model")
+
+
+# Registers `cones toy validate` (issue #4) on this app.
+from cones_cli import toy_validate  # noqa: E402,F401
