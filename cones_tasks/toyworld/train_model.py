@@ -34,6 +34,10 @@ class TrainModelParams:
     seed: int = 0
     max_minutes: float | None = None  # stop early (and still ship) past this wall time
     checkpoint_every: int = 250
+    # Continue a run cut short by `max_minutes` from its shipped (EMA) weights and log: the
+    # learning-rate schedule resumes where it stopped; data and noise streams are re-seeded
+    # from (seed, steps done), so a resumed run is as reproducible as an uninterrupted one.
+    resume: bool = False
 
 
 def write_pipeline(out: Path, unet, text_encoder, scheduler) -> None:
@@ -76,9 +80,21 @@ def caption_gap(unet, encode, scheduler, *, seed: int, n: int = 256) -> float:
 
 def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams(), *, progress: bool = True) -> dict:
     out = Path(out)
+    first_step, losses, gaps, elapsed = 0, [], [], 0.0
     torch.manual_seed(params.seed)
-    rng = np.random.default_rng(params.seed)
     unet, text_encoder, scheduler = build_unet(seed=params.seed), build_text_encoder(seed=params.seed + 1), build_scheduler()
+    if params.resume:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        previous = json.loads((out / "training_log.json").read_text())
+        first_step, losses, elapsed = previous["steps_done"], previous["losses"], previous["wall_s"]
+        if first_step >= params.steps:
+            raise ValueError(f"{out} already holds {first_step} steps; pass more --steps than that to resume")
+        gaps = [tuple(g) for g in previous["caption_gap"]]
+        unet = UNet2DConditionModel.from_pretrained(out / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder").requires_grad_(False).eval()
+    rng = np.random.default_rng([params.seed, first_step])
     tokenizer_dir = write_tokenizer(out / "tokenizer")
     from transformers import CLIPTokenizer
 
@@ -92,13 +108,13 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
     opt = torch.optim.AdamW(unet.parameters(), lr=params.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: min(1.0, (s + 1) / params.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, params.steps) / params.steps))),
+        lambda s: min(1.0, (s + 1 - first_step) / params.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, params.steps) / params.steps))),
     )
-    g = torch.Generator().manual_seed(params.seed)
-    losses: list[float] = []
-    gaps: list[tuple[int, float]] = []
-    start = time.perf_counter()
-    bar = tqdm(range(params.steps), desc="train toy model", disable=not progress)
+    for _ in range(first_step):
+        schedule.step()  # resume the learning-rate schedule where the previous run stopped
+    g = torch.Generator().manual_seed(params.seed * 1_000_003 + first_step)
+    start = time.perf_counter() - elapsed
+    bar = tqdm(range(first_step, params.steps), desc="train toy model", disable=not progress)
     for step in bar:
         images, captions = random_batch(rng, params.batch_size, p_empty=params.p_empty)
         x0 = to_model_range(images)
@@ -119,7 +135,7 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         done = step + 1 == params.steps
-        over_time = params.max_minutes is not None and time.perf_counter() - start > 60 * params.max_minutes
+        over_time = params.max_minutes is not None and time.perf_counter() - start - elapsed > 60 * params.max_minutes
         if (step + 1) % params.checkpoint_every == 0 or done or over_time:
             gaps.append((step + 1, caption_gap(ema, encode, scheduler, seed=10_000)))
             write_pipeline(out, ema, text_encoder, scheduler)
