@@ -4,8 +4,9 @@ The same generation work is run twice, side by side, on a small random UNet (8 p
 world's text encoder) with random 1 % concept masks — small so that 10,000 images fit in
 minutes on 2 cores; the larger the per-image work, the smaller the overhead fraction:
 
-- compute_s: the `generate-combinations` steps called as plain functions (`task.fn`), in order,
-  no Prefect at all;
+- compute_s: the `generate-combinations` steps called as plain functions (`task.fn`), no
+  Prefect at all, the batches on a plain thread pool as wide as the flow's (`runner.workers`),
+  so both sides overlap one batch's catalog writes with another's sampling alike.
 - wall_s: the `generate-combinations` flow on a Prefect API (threads runner), batches fanned out
   as tasks, gpu limit, progress artifact, catalog commits.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 import time
 from pathlib import Path
 from typing import Annotated
@@ -92,7 +94,7 @@ def _write_bench_model(out: Path) -> None:
     write_pipeline(out, unet, build_text_encoder(seed=0), build_scheduler())
 
 
-def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 2) -> dict:
+def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 4) -> dict:
     from flows._runtime import model_session
     from flows.generate_combinations import batch_calls, generate_batch, generate_combinations, plan_generations, resolve_masks
 
@@ -105,9 +107,11 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 2) -> dic
         pass
 
     started = time.perf_counter()
-    resolved = resolve_masks.fn(plain.catalog, plain.model, plain.subjects, plain.discovery, plain.discovery_seed)
-    items, done = plan_generations(plain, resolved)
-    written = sum(generate_batch.fn(**call) for call in batch_calls(plain, [it for it in items if it["id"] not in done]))
+    with ThreadPoolExecutor(max_workers=plain.runner.workers) as pool:
+        resolved = pool.submit(resolve_masks.fn, plain.catalog, plain.model, plain.subjects, plain.discovery, plain.discovery_seed).result()
+        items, done = plan_generations(plain, resolved)
+        calls = batch_calls(plain, [it for it in items if it["id"] not in done])
+        written = sum(pool.map(lambda call: generate_batch.fn(**call), calls))
     compute_s = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -132,7 +136,7 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 2) -> dic
 @app.command("fanout")
 def fanout(
     combinations: Annotated[int, typer.Option(min=1, help="At least this many combinations (subject subsets × prompts × seeds).")] = 10_000,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image.")] = 2,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image (the work per combination).")] = 4,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Orchestration overhead of generate-combinations: the flow vs the same work as plain calls."""
@@ -141,6 +145,11 @@ def fanout(
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline: no telemetry calls
+    # Set before torch loads OpenMP. On a shared 2-core machine, OpenMP's default spin-waiting
+    # tripled the CPU time of the same torch work from the main thread (measured); passive waits
+    # make the timings about the work, not about which thread happened to call it.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with tempfile.TemporaryDirectory(prefix="cones-fanout-") as tmp:
         if os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value():
             result = run_fanout_bench(combinations=combinations, workdir=Path(tmp), steps=steps)

@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from cones_tasks.config import ClipRef, ModelRef, RunnerConfig
@@ -35,12 +36,15 @@ def _transient(task, task_run, state) -> bool:
     return True
 
 
-# Retries with exponential backoff and jitter (issue #6, item 2): 2 s, 4 s, 8 s ± 50 %.
-RETRY = {
+# Every pipeline task: retries with exponential backoff and jitter (issue #6, item 2): 2 s, 4 s,
+# 8 s ± 50 %. No Prefect result caching: the catalog already makes reruns skip finished work,
+# and hashing a batch of a thousand combinations for a cache key is pure overhead.
+TASK_OPTIONS = {
     "retries": 3,
     "retry_delay_seconds": exponential_backoff(backoff_factor=2),
     "retry_jitter_factor": 0.5,
     "retry_condition_fn": _transient,
+    "cache_policy": NO_CACHE,
 }
 
 

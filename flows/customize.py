@@ -18,14 +18,14 @@ from catalog.pipeline import list_generations, mean_scores
 from cones_tasks import generation_scores as gs
 from cones_tasks.config import CustomizeConfig
 from cones_tasks.report import ReportEntry, render_report
-from flows._runtime import RETRY
+from flows._runtime import TASK_OPTIONS
 from flows.discover_concepts import discover_concepts
 from flows.generate_combinations import generate_combinations
 from flows.ingest_subjects import ingest_subjects
 from flows.score_generations import publish_leaderboard, score_generations
 
 
-@task(name="write-report", **RETRY)
+@task(name="write-report", **TASK_OPTIONS)
 def write_report(catalog_uri: str, generation_ids: list[str], summary: dict[str, Any]) -> str:
     """Render the HTML report of these generations and store it in the catalog; returns its URI."""
     catalog = load_catalog(catalog_uri)

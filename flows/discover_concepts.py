@@ -19,13 +19,13 @@ from cones_tasks.config import DiscoverConfig, DiscoveryParams, ModelRef, mask_p
 from cones_tasks.ingest import decode_rgb, fit_to_resolution
 from cones_tasks.neurons.discovery import discover_concept_neurons
 from cones_tasks.neurons.space import NeuronSpace
-from flows._runtime import RETRY, ensure_concurrency_limit, fan_out, model_session
+from flows._runtime import TASK_OPTIONS, ensure_concurrency_limit, fan_out, model_session
 
 # The discovery report minus its per-step loss curve: what `concept_masks.stats` keeps.
 _STATS_KEYS = ("images", "neurons", "fraction", "neurons_per_layer", "eval_loss_unmasked", "eval_loss_masked", "time_s", "rounds")
 
 
-@task(name="discover-concept", **RETRY)
+@task(name="discover-concept", **TASK_OPTIONS)
 def discover_subject(
     catalog_uri: str, model_ref: ModelRef, subject: str, params: DiscoveryParams, seed: int
 ) -> dict[str, Any]:

@@ -22,14 +22,14 @@ from cones_tasks.ingest import encode_png
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.sampling import sample
-from flows._runtime import RETRY, ensure_concurrency_limit, fan_out, model_session
+from flows._runtime import TASK_OPTIONS, ensure_concurrency_limit, fan_out, model_session
 
 
 class MissingMaskError(LookupError):
     """A subject without a concept mask for this model and these discovery parameters."""
 
 
-@task(name="resolve-masks", **RETRY)
+@task(name="resolve-masks", **TASK_OPTIONS)
 def resolve_masks(
     catalog_uri: str, model_ref: ModelRef, subjects: tuple[str, ...], discovery: DiscoveryParams, seed: int
 ) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def resolve_masks(
     }
 
 
-@task(name="generate-batch", **RETRY)
+@task(name="generate-batch", **TASK_OPTIONS)
 def generate_batch(
     catalog_uri: str, model_ref: ModelRef, items: list[dict[str, Any]], grid: GenerationGrid, attention: str
 ) -> int:

@@ -11,14 +11,14 @@ from catalog import SubjectImage, load_catalog
 from catalog.sources import list_image_files
 from cones_tasks.config import IngestConfig, IngestParams, SubjectSource
 from cones_tasks.ingest import ingest_images
-from flows._runtime import RETRY, fan_out
+from flows._runtime import TASK_OPTIONS, fan_out
 
 
 class NoUsableImagesError(ValueError):
     """Every file of a subject was rejected."""
 
 
-@task(name="ingest-subject", **RETRY)
+@task(name="ingest-subject", **TASK_OPTIONS)
 def ingest_subject(catalog_uri: str, source: SubjectSource, params: IngestParams) -> dict[str, Any]:
     """Validate one subject's files and store the accepted ones; re-ingesting the same files is a no-op."""
     report = ingest_images(

@@ -18,7 +18,7 @@ from cones_tasks import generation_scores as gs
 from cones_tasks.combinations import batched
 from cones_tasks.config import ClipRef, ScoreConfig
 from cones_tasks.ingest import decode_rgb
-from flows._runtime import RETRY, clip_session, ensure_concurrency_limit, fan_out
+from flows._runtime import TASK_OPTIONS, clip_session, ensure_concurrency_limit, fan_out
 
 JUDGE = "toy-judge"
 
@@ -27,7 +27,7 @@ def clip_scorer_name(clip: ClipRef) -> str:
     return f"open_clip/{clip.model_name}/{os.path.basename(clip.weights_path)}"
 
 
-@task(name="score-batch", **RETRY)
+@task(name="score-batch", **TASK_OPTIONS)
 def score_batch(catalog_uri: str, rows: list[GenerationRow], scorer: str, clip: ClipRef | None, batch_size: int) -> int:
     catalog = load_catalog(catalog_uri)
     images = np.stack([decode_rgb(catalog.get_bytes(r.image_uri)) for r in rows])  # [N, H, W, 3]

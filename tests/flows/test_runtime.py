@@ -8,7 +8,7 @@ import pytest
 from prefect import flow, task
 
 from cones_tasks.config import RunnerConfig
-from flows._runtime import GPU_LIMIT, ensure_concurrency_limit, fan_out, gpu_slot
+from flows._runtime import GPU_LIMIT, TASK_OPTIONS, ensure_concurrency_limit, fan_out, gpu_slot
 
 
 @task
@@ -58,3 +58,29 @@ def test_ray_without_the_extra_says_how_to_install():
             build_task_runner(RunnerConfig(kind="ray"))
     else:
         pytest.skip("prefect-ray is installed")
+
+
+_attempts: dict[str, int] = {}
+
+
+@task(name="flaky", **TASK_OPTIONS)
+def _flaky(kind: str) -> int:
+    _attempts[kind] = _attempts.get(kind, 0) + 1
+    if kind == "io" and _attempts[kind] == 1:
+        raise OSError("store briefly unreachable")
+    if kind == "bad-input":
+        raise ValueError("subject 'x' has no images")
+    return _attempts[kind]
+
+
+@flow(name="retry-probe")
+def _retry_probe() -> dict[str, object]:
+    io = _flaky.submit("io")
+    bad = _flaky.submit("bad-input")
+    return {"io": io.result(), "bad": bad.result(raise_on_failure=False)}
+
+
+def test_transient_errors_are_retried_and_bad_input_fails_at_once(prefect_api):
+    result = _retry_probe()
+    assert result["io"] == 2  # failed once with OSError, succeeded on the retry
+    assert isinstance(result["bad"], ValueError) and _attempts["bad-input"] == 1
