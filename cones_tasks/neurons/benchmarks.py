@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cones_tasks.neurons.discovery import _frozen, _Problem
+from cones_tasks.neurons.discovery import _frozen, _Problem, initial_loss_scale
 from cones_tasks.neurons.masks import ConceptMask, per_sample, shut
 from cones_tasks.neurons.noising import noised_batch
 from cones_tasks.neurons.space import NeuronSpace
@@ -100,7 +100,8 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
     modules = space.modules(unet)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     problem = _Problem(unet, space, scheduler, x0, None, 0.0, cond,
-                       {e.name: modules[e.name].weight.detach().float() for e in space.entries}, dtype, device, batch)
+                       {e.name: modules[e.name].weight.detach().float() for e in space.entries}, dtype, device, batch,
+                       loss_scale=initial_loss_scale(dtype))
     sums = {e.name: torch.zeros(e.shape, dtype=torch.float32, device=device) for e in space.entries}
     kv = [modules[e.name].weight for e in space.entries]
     optimizer = torch.optim.AdamW(kv, lr=1e-5)

@@ -230,7 +230,7 @@ class _Problem:
         modules = space.modules(unet)
         base = {e.name: modules[e.name].weight.detach().float() for e in space.entries}
         return cls(unet, space, training_scheduler(model.scheduler), x0, prior, prior_weight, cond, base,
-                   first.dtype, first.device, batch_size, loss_scale=2.0**16 if first.dtype == torch.float16 else 1.0)
+                   first.dtype, first.device, batch_size, loss_scale=initial_loss_scale(first.dtype))
 
     def _batch_indices(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
         # epoch-style: every image is seen once before any repeats (lower-variance scores than iid draws)
@@ -277,10 +277,11 @@ class _Problem:
         while True:
             scale = self.loss_scale
             grads = torch.autograd.grad(loss * scale, leaves, retain_graph=scale > 1.0)
-            if scale == 1.0 or all(bool(torch.isfinite(g).all()) for g in grads):
+            finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())  # one device sync
+            if finite or scale == 1.0:
                 break
             self.loss_scale = max(scale / 2.0, 1.0)
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
+        if not finite:
             raise FloatingPointError(
                 "non-finite gradients in discovery even without loss scaling: the UNet overflows in "
                 f"{self.dtype}; run discovery in float32 or bfloat16"
@@ -302,6 +303,11 @@ class _Problem:
 
 
 _EVAL_CHUNK = 16
+
+
+def initial_loss_scale(dtype: torch.dtype) -> float:
+    """2^16 for fp16 (K/V gradients sit below its range, see _Problem._grads); bf16/fp32 need none."""
+    return 2.0**16 if dtype == torch.float16 else 1.0
 
 
 def _split(space: NeuronSpace, shut_flat: torch.Tensor, device) -> dict[str, torch.Tensor | None]:
