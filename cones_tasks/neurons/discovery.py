@@ -93,7 +93,8 @@ def discover_concept_neurons(
     model: anything with `.unet`, `.scheduler`, `.encode_prompts(list[str]) -> [B, T, D]`
     and optionally `.vae` (cones_tasks.loading.DiffusionModel). prior_images: the base
     model's own images for `class_prompt`, required when params.prior_weight > 0.
-    Deterministic on CPU for a given seed (all randomness comes from one CPU generator).
+    Deterministic on CPU for a given seed (all randomness comes from one CPU generator;
+    `generator`, if given, replaces it for the steps, while `seed` still fixes the report's eval draws).
     """
     if params.prior_weight > 0 and prior_images is None:
         raise ValueError(
@@ -109,7 +110,9 @@ def discover_concept_neurons(
     )
 
     shut_flat = torch.zeros(space.size, dtype=torch.bool)
-    multiplier = {e.name: torch.ones(e.shape, dtype=torch.float32, device=problem.device) for e in space.entries} if params.rho else None
+    multiplier = None  # the soft step's per-weight multipliers m (θ = base·m), only when ρ > 0
+    if params.rho:
+        multiplier = {e.name: torch.ones(e.shape, dtype=torch.float32, device=problem.device) for e in space.entries}
     losses: list[float] = []
     rounds: list[dict[str, Any]] = []
     mean_scores = torch.zeros(space.size)
