@@ -41,7 +41,7 @@ def eval_judge(n: int = typer.Option(1000, help="Scenes per line."), seed: int =
 
 @app.command("train-clip")
 def train_clip(out: Path = typer.Option(None, help="Output folder (default: the shipped assets/toy-clip)."),
-               steps: int = 900, seed: int = 0, as_json: bool = JSON) -> None:
+               steps: int = 1500, seed: int = 0, as_json: bool = JSON) -> None:
     """Train the toy CLIP from scratch (seeded); records the wall time."""
     from cones_tasks.toyworld.train_clip import TrainClipParams, train_toy_clip
 

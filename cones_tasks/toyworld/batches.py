@@ -24,10 +24,15 @@ def from_model_range(samples: torch.Tensor) -> np.ndarray:
 
 
 def random_batch(
-    rng: np.random.Generator, batch_size: int, *, p_full: float = 0.5, p_empty: float = 0.0
+    rng: np.random.Generator,
+    batch_size: int,
+    *,
+    p_full: float = 0.5,
+    p_empty: float = 0.0,
+    object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS,
 ) -> tuple[np.ndarray, list[str]]:
     """uint8 images [B, H, W, 3] and captions; `p_empty` drops captions for classifier-free guidance."""
-    counts = rng.choice(list(OBJECT_COUNT_WEIGHTS), size=batch_size, p=list(OBJECT_COUNT_WEIGHTS.values()))
+    counts = rng.choice(list(object_counts), size=batch_size, p=list(object_counts.values()))
     scenes = [random_scene(rng, int(n)) for n in counts]
     images = np.stack([render(s) for s in scenes])
     captions = ["" if rng.random() < p_empty else random_caption(rng, s, p_full=p_full) for s in scenes]
