@@ -94,7 +94,7 @@ def _write_bench_model(out: Path) -> None:
     write_pipeline(out, unet, build_text_encoder(seed=0), build_scheduler())
 
 
-def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 4) -> dict:
+def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8) -> dict:
     from flows._runtime import model_session
     from flows.generate_combinations import batch_calls, generate_batch, generate_combinations, plan_generations, resolve_masks
 
@@ -136,7 +136,7 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 4) -> dic
 @app.command("fanout")
 def fanout(
     combinations: Annotated[int, typer.Option(min=1, help="At least this many combinations (subject subsets × prompts × seeds).")] = 10_000,
-    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image (the work per combination).")] = 4,
+    steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image (the work per combination).")] = 8,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Orchestration overhead of generate-combinations: the flow vs the same work as plain calls."""

@@ -103,7 +103,7 @@ def export(
 
 @app.command("demo")
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where subjects, catalog and report go.")] = Path("demo-output"),
+    workdir: Annotated[Path, typer.Option(help="Where subjects, catalog and report go.")] = Path("demo-out"),
     subjects: Annotated[int, typer.Option(min=4, max=6, help="How many toy subjects (4–6).")] = 4,
     as_json: bool = JSON,
 ) -> None:
