@@ -34,6 +34,7 @@ def test_gpu_limit_is_created_once_and_an_operator_setting_is_kept(prefect_api):
 
     ensure_concurrency_limit("gpu-test-limit", slots=3)
     ensure_concurrency_limit("gpu-test-limit", slots=5)  # an existing limit is never overwritten
+    ensure_concurrency_limit()
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name("gpu-test-limit").limit == 3
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit >= 1
