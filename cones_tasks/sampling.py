@@ -43,7 +43,7 @@ def sample(
     seeds: Sequence[int],
     steps: int = 25,
     guidance_scale: float = 3.0,
-    sampler: Literal["ddim", "dpm"] = "ddim",
+    sampler: Literal["ddim", "dpm"] = "dpm",
     masks: Sequence | None = None,
     space=None,
     batch_size: int = 256,
@@ -54,6 +54,9 @@ def sample(
     `masks[i]` (a ConceptMask or None) is shut for image i only — one UNet forward serves a
     batch of different subject combinations. Both halves of the guidance batch use it: the
     Cones-edited model is the model, conditional or not (Cones §3.2).
+
+    DPM-Solver++ is the default: on the toy model at 25 steps it leaves far less residual
+    noise than DDIM at 25 or 50 (fewer "unreadable" verdicts from the judge).
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
