@@ -1,5 +1,7 @@
 # Quick start: `make demo` and `make test` on a fresh clone (README).
 PYTHON ?= python3
+# torch on a busy 2-core box: spinning OpenMP threads cost ~3x CPU (measured in issue #6 bench)
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
