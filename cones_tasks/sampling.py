@@ -16,6 +16,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 from cones_tasks.loading import DiffusionModel
+from cones_tasks.pixels import from_model_range
 
 SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
 
@@ -32,7 +33,7 @@ def decode(model: DiffusionModel, latents: torch.Tensor) -> np.ndarray:
     """Model output → uint8 [B, H, W, 3] (through the VAE when the model has one)."""
     if model.vae is not None:
         latents = model.vae.decode(latents / model.vae.config.scaling_factor).sample
-    return latents.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    return from_model_range(latents)
 
 
 @torch.no_grad()

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
+from cones_tasks.pixels import to_model_range
+
 __all__ = ["NoisedBatch", "images_to_model_inputs", "model_resolution", "noised_batch", "training_scheduler"]
 
 
@@ -49,7 +51,7 @@ def images_to_model_inputs(model, images: np.ndarray, *, generator: torch.Genera
         raise ValueError("no images: discovery needs at least one image of the subject")
     unet = model.unet
     device = next(unet.parameters()).device
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # [N, 3, H, W] in [-1, 1]
+    x = to_model_range(arr)  # [N, 3, H, W] in [-1, 1]
     x = _fit(x, model_resolution(model))
     vae = getattr(model, "vae", None)
     if vae is None:

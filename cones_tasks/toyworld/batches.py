@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from cones_tasks.toyworld.captions import random_caption
 from cones_tasks.toyworld.render import random_scene, render
@@ -11,16 +10,6 @@ from cones_tasks.toyworld.render import random_scene, render
 # Mostly one or two objects (what the prompts ask for most), a few crowded scenes so
 # that unions of 3–4 subjects (issue #4) have something to draw on.
 OBJECT_COUNT_WEIGHTS = {1: 0.55, 2: 0.35, 3: 0.07, 4: 0.03}
-
-
-def to_model_range(images: np.ndarray) -> torch.Tensor:
-    """uint8 [B, H, W, 3] → float [B, 3, H, W] in [-1, 1] (pixel-space diffusion input)."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def from_model_range(samples: torch.Tensor) -> np.ndarray:
-    """float [B, 3, H, W] in [-1, 1] → uint8 [B, H, W, 3]."""
-    return samples.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
 def random_batch(

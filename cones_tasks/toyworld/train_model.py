@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cones_tasks.toyworld.architecture import build_scheduler, build_text_encoder, build_unet
-from cones_tasks.toyworld.batches import random_batch, to_model_range
+from cones_tasks.pixels import to_model_range
+from cones_tasks.toyworld.batches import random_batch
 from cones_tasks.toyworld.tokenizer import write_tokenizer
 
 
