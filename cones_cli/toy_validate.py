@@ -26,6 +26,10 @@ def validate(
     candidates: Path = typer.Option(
         None, help="JSON list of DiscoveryParams objects to choose from (default: the built-in sweep)."
     ),
+    union_refine: str = typer.Option(
+        None, help="DiscoveryParams JSON: also report multi_refined, each union after these joint rounds "
+        "(e.g. '{\"rounds\": 3, \"steps\": 8, \"threshold_value\": 0.005}')."
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Discovery on ≥ 2 toy subjects, judged: single (masked vs not), context, cross-talk, unions, bytes."""
@@ -40,7 +44,9 @@ def validate(
     sweep = DEFAULT_CANDIDATES
     if candidates is not None:
         sweep = tuple(DiscoveryParams.model_validate(c) for c in json.loads(candidates.read_text()))
-    params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance)
+    refine = DiscoveryParams.model_validate_json(union_refine) if union_refine else None
+    params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance,
+                            union_refine=refine)
     start = time.perf_counter()
     result = validate_toy(load_diffusion_model(_default(model, "TOY_MODEL_DIR")), TOY_SUBJECTS[:subjects], judge,
                           candidates=sweep, params=params, progress=not as_json)

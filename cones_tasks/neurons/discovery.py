@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +35,7 @@ from cones_tasks.neurons.noising import images_to_model_inputs, noised_batch, tr
 from cones_tasks.neurons.scores import round_budget, select_neurons
 from cones_tasks.neurons.space import NeuronSpace
 
-__all__ = ["DiscoveryParams", "DiscoveryResult", "concept_loss", "discover_concept_neurons", "subject_loss"]
+__all__ = ["DiscoveryParams", "DiscoveryResult", "concept_loss", "discover_concept_neurons", "refine_union", "subject_loss"]
 
 
 class DiscoveryParams(BaseModel):
@@ -110,36 +110,9 @@ def discover_concept_neurons(
     )
 
     shut_flat = torch.zeros(space.size, dtype=torch.bool)
-    multiplier = None  # the soft step's per-weight multipliers m (θ = base·m), only when ρ > 0
-    if params.rho:
-        multiplier = {e.name: torch.ones(e.shape, dtype=torch.float32, device=problem.device) for e in space.entries}
-    losses: list[float] = []
-    rounds: list[dict[str, Any]] = []
-    mean_scores = torch.zeros(space.size)
     bar = tqdm(total=params.steps * params.rounds, desc=f"discover {class_prompt!r}", disable=not progress)
     with _frozen(unet):
-        for r in range(params.rounds):
-            shut_layers = _split(space, shut_flat, problem.device)
-            sums = {e.name: torch.zeros(e.shape, dtype=torch.float32, device=problem.device) for e in space.entries}
-            round_losses = []
-            for _ in range(params.steps):
-                loss = problem.score_step(shut_layers, multiplier, sums, params.rho, gen)
-                round_losses.append(loss)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", shut=int(shut_flat.sum()))
-            # mean, not sum: τ means the same whatever `steps` is (the notebook's defect)
-            mean_scores = torch.cat([(sums[e.name] / params.steps).reshape(-1).cpu() for e in space.entries])
-            budget = round_budget(
-                mode=params.threshold, value=params.threshold_value, size=space.size, rounds=params.rounds, round_index=r
-            )
-            chosen = select_neurons(
-                mean_scores.numpy(), excluded=shut_flat.numpy(), mode=params.threshold, value=params.threshold_value, budget=budget
-            )
-            shut_flat[torch.from_numpy(chosen)] = True
-            losses.extend(round_losses)
-            rounds.append({"round": r, "selected": int(chosen.size), "mean_loss": float(np.mean(round_losses)),
-                           "positive_scores": int((mean_scores > 0).sum())})
-        bar.close()
+        losses, rounds, mean_scores = _shut_in_rounds([problem], space, params, shut_flat, gen, bar)
         mask = ConceptMask.from_indices(space, np.flatnonzero(shut_flat.numpy()))
         eval_before = problem.eval_loss(None, draws=params.eval_draws, seed=seed)
         eval_after = problem.eval_loss(_split(space, shut_flat, problem.device), draws=params.eval_draws, seed=seed)
@@ -188,6 +161,59 @@ def subject_loss(
     loss = problem.eval_loss(_split(space, shut_flat, problem.device), draws=draws, seed=seed)
     assert loss is not None
     return loss
+
+
+def refine_union(
+    model,
+    subjects: Sequence[tuple[np.ndarray, str]],
+    union: ConceptMask,
+    params: DiscoveryParams = DiscoveryParams(rounds=3, threshold_value=0.002),
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> DiscoveryResult:
+    """A few more discovery rounds for a multi-subject union (issue #4: "a few fine-tuning steps for multi-subject").
+
+    Each subject's neurons were found alone, so shutting the union can undo what one subject's
+    neurons did for another (they share K/V rows). Starting from `union` shut, every step sums
+    each subject's concept loss under its own class prompt; the neurons whose shutting lowers
+    that joint loss are added. `params.threshold_value` budgets the *added* neurons. The result
+    is still int indices (a superset of `union`), so storage stays sparse (Cones §3.3).
+
+    subjects: (uint8 images [N, H, W, 3], class prompt) per subject of the union.
+    """
+    if len(subjects) < 2:
+        raise ValueError("refine_union needs at least 2 subjects; for one subject use discover_concept_neurons")
+    if params.prior_weight > 0:
+        raise ValueError("refine_union does not take a prior-preservation term; set prior_weight=0")
+    started = time.perf_counter()
+    gen = torch.Generator().manual_seed(seed)
+    space = NeuronSpace.from_unet(model.unet, attention=params.attention)
+    union.check(space)
+    problems = [_Problem.build(model, space, images, prompt, None, 0.0, params.batch_size, gen) for images, prompt in subjects]
+    shut_flat = torch.zeros(space.size, dtype=torch.bool)
+    shut_flat[torch.from_numpy(union.indices.astype(np.int64))] = True
+    bar = tqdm(total=params.steps * params.rounds, desc=f"refine union of {len(subjects)}", disable=not progress)
+    with _frozen(model.unet):
+        before = [p.eval_loss(_split(space, shut_flat, p.device), draws=params.eval_draws, seed=seed) for p in problems]
+        losses, rounds, mean_scores = _shut_in_rounds(problems, space, params, shut_flat, gen, bar)
+        after = [p.eval_loss(_split(space, shut_flat, p.device), draws=params.eval_draws, seed=seed) for p in problems]
+    mask = ConceptMask.from_indices(space, np.flatnonzero(shut_flat.numpy()))
+    report = {
+        "class_prompts": [prompt for _, prompt in subjects],
+        "neurons": mask.count,
+        "added": mask.count - union.count,
+        "fraction": mask.fraction,
+        "space_fingerprint": space.fingerprint,
+        "loss_curve": losses,
+        "rounds": rounds,
+        "eval_loss_union": before,
+        "eval_loss_refined": after,
+        "time_s": time.perf_counter() - started,
+        "seed": seed,
+        "params": params.model_dump(),
+    }
+    return DiscoveryResult(mask=mask, report=report, scores=mean_scores.numpy())
 
 
 def concept_loss(unet: nn.Module, batch, cond: torch.Tensor, overrides: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -311,6 +337,40 @@ _EVAL_CHUNK = 16
 def initial_loss_scale(dtype: torch.dtype) -> float:
     """2^16 for fp16 (K/V gradients sit below its range, see _Problem._grads); bf16/fp32 need none."""
     return 2.0**16 if dtype == torch.float16 else 1.0
+
+
+def _shut_in_rounds(problems, space, params, shut_flat, gen, bar):
+    """Cones' iterative loop: per round, mean θ·∂L/∂θ over `steps` (L summed over `problems`),
+    then shut the round's budget. Updates `shut_flat` in place; returns (losses, rounds, last mean scores)."""
+    multiplier = None  # the soft step's per-weight multipliers m (θ = base·m), only when ρ > 0
+    if params.rho:
+        multiplier = {e.name: torch.ones(e.shape, dtype=torch.float32, device=problems[0].device) for e in space.entries}
+    losses: list[float] = []
+    rounds: list[dict[str, Any]] = []
+    mean_scores = torch.zeros(space.size)
+    for r in range(params.rounds):
+        shut_layers = _split(space, shut_flat, problems[0].device)
+        sums = {e.name: torch.zeros(e.shape, dtype=torch.float32, device=problems[0].device) for e in space.entries}
+        round_losses = []
+        for _ in range(params.steps):
+            loss = sum(p.score_step(shut_layers, multiplier, sums, params.rho, gen) for p in problems)
+            round_losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", shut=int(shut_flat.sum()))
+        # mean, not sum: τ means the same whatever `steps` is (the notebook's defect)
+        mean_scores = torch.cat([(sums[e.name] / params.steps).reshape(-1).cpu() for e in space.entries])
+        budget = round_budget(
+            mode=params.threshold, value=params.threshold_value, size=space.size, rounds=params.rounds, round_index=r
+        )
+        chosen = select_neurons(
+            mean_scores.numpy(), excluded=shut_flat.numpy(), mode=params.threshold, value=params.threshold_value, budget=budget
+        )
+        shut_flat[torch.from_numpy(chosen)] = True
+        losses.extend(round_losses)
+        rounds.append({"round": r, "selected": int(chosen.size), "mean_loss": float(np.mean(round_losses)),
+                       "positive_scores": int((mean_scores > 0).sum())})
+    bar.close()
+    return losses, rounds, mean_scores
 
 
 def _split(space: NeuronSpace, shut_flat: torch.Tensor, device) -> dict[str, torch.Tensor | None]:

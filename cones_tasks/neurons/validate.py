@@ -12,6 +12,12 @@ over subjects or combinations:
   A's colour+pattern shows up anyway (leak, lower is better), and how often B's
   shape is still drawn (class_kept).
 - multi: unions of k subjects' masks with "a triangle and a circle …": all k present.
+  With `union_refine`, also multi_refined: each union after a few joint discovery rounds
+  (discovery.refine_union, the "few fine-tuning steps for multi-subject" variant).
+- ceilings, no mask: single.hit_full_prompt ("a striped yellow triangle") and
+  multi_full_prompt — what the base model draws when the subject is spelled out in words.
+  A mask that makes the class word mean the subject can hardly beat the words themselves,
+  so these say how much of a gap is the method's and how much the model's.
 
 Hyper-parameters are chosen on one set of sampling seeds (single.hit_masked)
 and every number is reported on another, so the report is not tuned on itself.
@@ -28,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons, refine_union
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
 
@@ -58,6 +64,10 @@ class ValidateParams(BaseModel):
     report_seed: int = Field(2, description="sampling seeds for the reported numbers (must differ from select_seed)")
     multi_sizes: tuple[int, ...] = (2, 3, 4)
     batch_size: int = Field(128, ge=1, description="images per sampling batch (one UNet forward, per-sample masks)")
+    prior_images: int = Field(8, ge=1, description="base-model images of each class prompt, for candidates with prior_weight > 0")
+    union_refine: DiscoveryParams | None = Field(
+        None, description="when set, also report multi_refined: every union after these joint discovery rounds"
+    )
 
 
 def validate_toy(
@@ -87,13 +97,15 @@ def validate_toy(
     references = {s.id: reference_renders(s, n=params.reference_images, seed=params.discovery_seed) for s in subjects}
     sampler = _Sampler(model, judge, params, progress)
 
+    priors = _PriorImages(model, params)
     selection = []
     best: tuple[tuple, DiscoveryParams, dict[str, ConceptMask], NeuronSpace] | None = None
     for candidate in candidates:
         space = NeuronSpace.from_unet(model.unet, attention=candidate.attention)
         masks = {
             s.id: discover_concept_neurons(
-                model, references[s.id], _class_prompt(s.shape), candidate, seed=params.discovery_seed, progress=False
+                model, references[s.id], _class_prompt(s.shape), candidate, seed=params.discovery_seed, progress=False,
+                prior_images=priors.of(s.shape) if candidate.prior_weight > 0 else None,
             ).mask
             for s in subjects
         }
@@ -114,6 +126,7 @@ def validate_toy(
         "single": {
             "hit_masked": _single(sampler, subjects, masks, space, n=n, seed=seed),
             "hit_unmasked": _single(sampler, subjects, None, space, n=n, seed=seed),
+            "hit_full_prompt": _single(sampler, subjects, None, space, n=n, seed=seed, spelled_out=True),
         },
         **_context(sampler, subjects, masks, space, n=n, seed=seed),
         **_crosstalk(sampler, subjects, masks, space, n=n, seed=seed),
@@ -122,6 +135,12 @@ def validate_toy(
             for k in params.multi_sizes
             if k <= len(subjects)
         },
+        "multi_full_prompt": {
+            str(k): _multi(sampler, subjects, None, space, k=k, n=n, seed=seed)
+            for k in params.multi_sizes
+            if k <= len(subjects)
+        },
+        **_refined_multi(sampler, model, subjects, references, masks, space, params),
         "neuron_fraction": float(np.mean([m.fraction for m in masks.values()])),
         "bytes_per_concept": float(np.mean([len(m.to_bytes()) for m in masks.values()])),
         "images_per_line": n,
@@ -151,11 +170,15 @@ def _is(verdict, subject) -> bool:
     return not verdict.unreadable and verdict.has(shape=subject.shape, color=subject.color, pattern=subject.pattern)
 
 
-def _single(sampler, subjects, masks, space, *, n: int, seed: int) -> float:
+def _spelled_out(subject) -> str:
+    """The subject in words, no mask: "a striped yellow triangle" (the ceiling lines)."""
+    return f"a {subject.pattern} {subject.color} {subject.shape}"
+
+
+def _single(sampler, subjects, masks, space, *, n: int, seed: int, spelled_out: bool = False) -> float:
     chosen = _spread(list(subjects), n)
-    verdicts = sampler.run(
-        [_class_prompt(s.shape) for s in chosen], [masks[s.id] if masks else None for s in chosen], space, seed=seed, tag=1
-    )
+    prompts = [_spelled_out(s) if spelled_out else _class_prompt(s.shape) for s in chosen]
+    verdicts = sampler.run(prompts, [masks[s.id] if masks else None for s in chosen], space, seed=seed, tag=1)
     return float(np.mean([_is(v, s) for v, s in zip(verdicts, chosen)]))
 
 
@@ -181,14 +204,61 @@ def _crosstalk(sampler, subjects, masks, space, *, n: int, seed: int) -> dict[st
     return {"crosstalk": float(np.mean(leak)), "crosstalk_class_kept": float(np.mean(kept))}
 
 
-def _multi(sampler, subjects, masks, space, *, k: int, n: int, seed: int) -> float:
+def _multi(sampler, subjects, masks, space, *, k: int, n: int, seed: int, unions: dict | None = None) -> float:
+    """All k subjects present. masks None: the spelled-out prompt, no mask (the ceiling);
+    `unions` (combination -> mask) replaces the plain union of the subjects' masks."""
     from cones_tasks.combinations import subjects_phrase
 
     combos = _spread(list(itertools.combinations(subjects, k)), n)
-    prompts = [subjects_phrase([s.shape for s in combo]) for combo in combos]
-    union = {combo: masks[combo[0].id].union(*(masks[s.id] for s in combo[1:])) for combo in set(combos)}
+    if masks is None:
+        prompts = [" and ".join(_spelled_out(s) for s in combo) for combo in combos]
+        union = dict.fromkeys(combos)
+    else:
+        prompts = [subjects_phrase([s.shape for s in combo]) for combo in combos]
+        union = unions or {combo: _union(masks, combo) for combo in set(combos)}
     verdicts = sampler.run(prompts, [union[c] for c in combos], space, seed=seed, tag=10 + k)
     return float(np.mean([all(_is(v, s) for s in combo) for v, combo in zip(verdicts, combos)]))
+
+
+def _union(masks, combo) -> ConceptMask:
+    return masks[combo[0].id].union(*(masks[s.id] for s in combo[1:]))
+
+
+def _refined_multi(sampler, model, subjects, references, masks, space, params: ValidateParams) -> dict[str, Any]:
+    """multi_refined: the multi line again, each union first refined by a few joint rounds (refine_union)."""
+    refine = params.union_refine
+    if refine is None:
+        return {}
+    if refine.attention != space.attention:  # the union lives in the chosen candidate's space
+        refine = refine.model_copy(update={"attention": space.attention})
+    lines, added = {}, []
+    for k in (k for k in params.multi_sizes if k <= len(subjects)):
+        unions = {}
+        for combo in itertools.combinations(subjects, k):
+            parts = [(references[s.id], _class_prompt(s.shape)) for s in combo]
+            result = refine_union(model, parts, _union(masks, combo), refine, seed=params.discovery_seed, progress=False)
+            unions[combo] = result.mask
+            added.append(result.report["added"])
+        lines[str(k)] = _multi(sampler, subjects, masks, space, k=k, n=params.images_per_line, seed=params.report_seed, unions=unions)
+    return {"multi_refined": lines, "multi_refined_added_neurons": float(np.mean(added)) if added else 0.0}
+
+
+class _PriorImages:
+    """The base model's own images of each class prompt (prior preservation), sampled once per shape."""
+
+    def __init__(self, model, params: ValidateParams) -> None:
+        self.model, self.params, self._cache = model, params, {}
+
+    def of(self, shape: str) -> np.ndarray:
+        from cones_tasks.sampling import sample
+
+        if shape not in self._cache:
+            seeds = [(self.params.discovery_seed * 1_000 + 99) * 100_000 + i for i in range(self.params.prior_images)]
+            self._cache[shape] = sample(
+                self.model, [_class_prompt(shape)] * len(seeds), seeds=seeds, steps=self.params.sample_steps,
+                guidance_scale=self.params.guidance_scale, progress=False,
+            )
+        return self._cache[shape]
 
 
 class _Sampler:

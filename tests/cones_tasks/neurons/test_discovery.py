@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from neuron_fixtures import tiny_model
 from pydantic import ValidationError
 
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons, subject_loss
+from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons, refine_union, subject_loss
 from cones_tasks.neurons.masks import ConceptMask, shut
 from cones_tasks.neurons.noising import images_to_model_inputs, noised_batch, training_scheduler
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
@@ -197,3 +197,24 @@ def test_subject_loss_matches_the_report_and_refuses_foreign_masks(model, subjec
     other = tiny_model(1)
     with pytest.raises(MaskModelMismatchError):
         subject_loss(other, subject, PROMPT, mask=one_shot.mask)
+
+
+def test_refine_union_adds_neurons_that_lower_the_joint_loss(model, subject):
+    """Multi-subject variant: start from the union shut, add the neurons that help both subjects' losses."""
+    other = np.random.default_rng(9).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    params = DiscoveryParams(steps=4, batch_size=4, rounds=2, threshold_value=0.02, eval_draws=2)
+    a = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False).mask
+    b = discover_concept_neurons(model, other, "a cat", params, seed=0, progress=False).mask
+    union = a.union(b)
+    parts = [(subject, PROMPT), (other, "a cat")]
+    refined = refine_union(model, parts, union, params, seed=0, progress=False)
+    space = NeuronSpace.from_unet(model.unet)
+    assert set(union.indices.tolist()) < set(refined.mask.indices.tolist())  # a strict superset, still int indices
+    assert refined.report["added"] == refined.mask.count - union.count == round(0.02 * space.size)
+    assert sum(refined.report["eval_loss_refined"]) < sum(refined.report["eval_loss_union"])
+    again = refine_union(model, parts, union, params, seed=0, progress=False)
+    assert again.mask == refined.mask  # seeded
+    with pytest.raises(ValueError, match="at least 2 subjects"):
+        refine_union(model, parts[:1], union, params, progress=False)
+    with pytest.raises(MaskModelMismatchError):
+        refine_union(tiny_model(1), parts, union, params, progress=False)

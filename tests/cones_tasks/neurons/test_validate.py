@@ -28,16 +28,23 @@ def test_validate_toy_reports_every_line():
         DiscoveryParams(steps=2, batch_size=2, rounds=1, threshold_value=0.01, eval_draws=0),
         DiscoveryParams(steps=2, batch_size=2, rounds=1, threshold="top_k", threshold_value=5, eval_draws=0),
     ]
-    params = ValidateParams(images_per_line=4, select_images_per_line=2, sample_steps=2, reference_images=2, multi_sizes=(2, 3))
+    candidates.append(DiscoveryParams(steps=2, batch_size=2, rounds=1, threshold_value=0.01, eval_draws=0, prior_weight=1.0))
+    refine = DiscoveryParams(steps=1, batch_size=2, rounds=1, threshold="top_k", threshold_value=4, eval_draws=0)
+    params = ValidateParams(images_per_line=4, select_images_per_line=2, sample_steps=2, reference_images=2, multi_sizes=(2, 3),
+                            prior_images=2, union_refine=refine)
     subjects = TOY_SUBJECTS[:2]
     out = validate_toy(model, subjects, judge, candidates=candidates, params=params, progress=False)
     assert [s["params"] for s in out["selection"]] == [c.model_dump() for c in candidates]
     assert out["chosen_params"] in [c.model_dump() for c in candidates]
     assert set(out["multi"]) == {"2"}  # 3 > number of subjects: no line
-    rates = [out["single"]["hit_masked"], out["single"]["hit_unmasked"], out["context"], out["crosstalk"], out["multi"]["2"]]
+    assert set(out["multi_full_prompt"]) == set(out["multi_refined"]) == {"2"}
+    assert 0 < out["multi_refined_added_neurons"] <= 4  # refine_union adds at most its top-k budget to the union
+    rates = [out["single"]["hit_masked"], out["single"]["hit_unmasked"], out["single"]["hit_full_prompt"], out["context"],
+             out["crosstalk"], out["multi"]["2"], out["multi_full_prompt"]["2"], out["multi_refined"]["2"]]
     assert all(0.0 <= r <= 1.0 for r in rates)
     size = NeuronSpace.from_unet(model.unet).size
     expected = {"fraction": round(0.01 * size) / size, "top_k": 5 / size}[out["chosen_params"]["threshold"]]
+    # (the prior-preservation candidate also shuts 1 %: same expected fraction)
     assert out["neuron_fraction"] == pytest.approx(expected)
     assert 0 < out["bytes_per_concept"] < 4 * size * out["neuron_fraction"] + 16  # sparse indices, not a dense tensor
     with pytest.raises(ValueError, match="must differ"):
