@@ -66,11 +66,12 @@ def eval_clip(weights: Path = typer.Option(None, help="Toy CLIP weights (default
 def train_model(out: Path = typer.Option(None, help="Output folder (default: the shipped assets/toy-model)."),
                 steps: int = 2000, seed: int = 0, max_minutes: float = typer.Option(None, help="Stop (and ship) after this long."),
                 resume: bool = typer.Option(False, help="Continue a run stopped by --max-minutes from its shipped weights."),
+                stop_at: int = typer.Option(None, help="Stop (and ship) at this step: replays a segment of a logged run."),
                 as_json: bool = JSON) -> None:
     """Train the toy text-to-image model from scratch (seeded); progress bar, loss-curve PNG, wall time."""
     from cones_tasks.toyworld.train_model import TrainModelParams, train_toy_model
 
-    log = train_toy_model(_default(out, "TOY_MODEL_DIR"), TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes, resume=resume))
+    log = train_toy_model(_default(out, "TOY_MODEL_DIR"), TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes, resume=resume, stop_at=stop_at))
     emit({k: log[k] for k in ("steps_done", "wall_s", "final_loss_ema50", "caption_gap")}, as_json=as_json, title="toy model")
 
 

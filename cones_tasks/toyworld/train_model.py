@@ -39,6 +39,9 @@ class TrainModelParams:
     # learning-rate schedule resumes where it stopped; data and noise streams are re-seeded
     # from (seed, steps done), so a resumed run is as reproducible as an uninterrupted one.
     resume: bool = False
+    # Stop (and ship) after this many steps of the schedule: with `resume`, replays a run that was
+    # cut by `max_minutes` at a step no clock can repeat (the log's "segments" say where).
+    stop_at: int | None = None
 
 
 def write_pipeline(out: Path, unet, text_encoder, scheduler) -> None:
@@ -81,7 +84,7 @@ def caption_gap(unet, encode, scheduler, *, seed: int, n: int = 256) -> float:
 
 def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams(), *, progress: bool = True) -> dict:
     out = Path(out)
-    first_step, losses, gaps, elapsed = 0, [], [], 0.0
+    first_step, losses, gaps, elapsed, segments = 0, [], [], 0.0, []
     torch.manual_seed(params.seed)
     unet, text_encoder, scheduler = build_unet(seed=params.seed), build_text_encoder(seed=params.seed + 1), build_scheduler()
     if params.resume:
@@ -93,6 +96,7 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
         if first_step >= params.steps:
             raise ValueError(f"{out} already holds {first_step} steps; pass more --steps than that to resume")
         gaps = [tuple(g) for g in previous["caption_gap"]]
+        segments = previous.get("segments", [[0, first_step]])
         unet = UNet2DConditionModel.from_pretrained(out / "unet")
         text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder").requires_grad_(False).eval()
     rng = np.random.default_rng([params.seed, first_step])
@@ -109,13 +113,16 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
     opt = torch.optim.AdamW(unet.parameters(), lr=params.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt,
-        lambda s: min(1.0, (s + 1 - first_step) / params.warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, params.steps) / params.steps))),
+        # s counts this process's steps: the cosine resumes at first_step, the warm-up restarts
+        lambda s: min(1.0, (s + 1) / params.warmup)
+        * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s + first_step, params.steps) / params.steps))),
     )
-    for _ in range(first_step):
-        schedule.step()  # resume the learning-rate schedule where the previous run stopped
     g = torch.Generator().manual_seed(params.seed * 1_000_003 + first_step)
     start = time.perf_counter() - elapsed
-    bar = tqdm(range(first_step, params.steps), desc="train toy model", disable=not progress)
+    last = params.steps if params.stop_at is None else min(params.stop_at, params.steps)
+    if last <= first_step:
+        raise ValueError(f"stop_at={params.stop_at} is not past the {first_step} steps already done")
+    bar = tqdm(range(first_step, last), desc="train toy model", disable=not progress)
     for step in bar:
         images, captions = random_batch(rng, params.batch_size, p_empty=params.p_empty)
         x0 = to_model_range(images)
@@ -135,7 +142,7 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
                 pe.lerp_(p, 1 - decay)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-        done = step + 1 == params.steps
+        done = step + 1 == last
         over_time = params.max_minutes is not None and time.perf_counter() - start - elapsed > 60 * params.max_minutes
         if (step + 1) % params.checkpoint_every == 0 or done or over_time:
             gaps.append((step + 1, caption_gap(ema, encode, scheduler, seed=10_000)))
@@ -147,6 +154,8 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
                 "threads": torch.get_num_threads(),
                 "final_loss_ema50": float(np.mean(losses[-50:])),
                 "caption_gap": gaps,
+                # [first, last] step of each process: replay with --steps/--resume/--stop-at (README)
+                "segments": [*segments, [first_step, step + 1]],
                 "losses": losses,
             }
             (out / "training_log.json").write_text(json.dumps(log))

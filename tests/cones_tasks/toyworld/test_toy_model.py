@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
+
 from cones_tasks.loading import load_diffusion_model
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
@@ -24,3 +28,23 @@ def test_sampling_is_seeded_and_batch_independent():
     assert together.shape == (3, 16, 16, 3) and together.dtype.name == "uint8"
     assert (abs(together[1].astype(int) - alone[0].astype(int)) <= 1).all()
     assert (sample(model, prompts, seeds=[1, 2, 3], steps=8) == together).all()
+
+
+def test_training_stops_resumes_and_logs_its_segments(tmp_path):
+    """A few steps at batch 8: stop at a step, resume to the end; the log says how to replay it."""
+    import json
+
+    from cones_tasks.loading import load_diffusion_model
+    from cones_tasks.toyworld.train_model import TrainModelParams, train_toy_model
+
+    params = TrainModelParams(steps=3, batch_size=8, warmup=1, checkpoint_every=100, stop_at=2)
+    first = train_toy_model(tmp_path, params, progress=False)
+    assert first["steps_done"] == 2 and first["segments"] == [[0, 2]]
+    with pytest.raises(ValueError, match="not past"):
+        train_toy_model(tmp_path, replace(params, resume=True), progress=False)
+    log = train_toy_model(tmp_path, replace(params, resume=True, stop_at=None), progress=False)
+    assert log["steps_done"] == 3 and log["segments"] == [[0, 2], [2, 3]] and len(log["losses"]) == 3
+    assert json.loads((tmp_path / "training_log.json").read_text())["segments"] == log["segments"]
+    assert (tmp_path / "loss_curve.png").stat().st_size > 0
+    model = load_diffusion_model(tmp_path)  # the generic loader, like any diffusers folder
+    assert model.unet.config.sample_size == 16
