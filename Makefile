@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean-venv
+.PHONY: demo test test-slow bench clean-venv toy-model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,3 +27,13 @@ test-slow: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Rebuild the shipped toy model from scratch (issue #3; ~2.5 h on 2 idle cores): the
+# segments of assets/toy-model/training_log.json replayed step for step. The first three
+# were cut by --max-minutes on a busy machine; --stop-at repeats the cut without the clock.
+TOY_OUT ?= toy-model-rebuilt
+toy-model: $(STAMP)
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 2000 --stop-at 1036
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 2000 --stop-at 1721 --resume
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 2000 --resume
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 5000 --resume
