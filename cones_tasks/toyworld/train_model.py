@@ -48,6 +48,7 @@ def write_pipeline(out: Path, unet, text_encoder, scheduler) -> None:
     """Diffusers folder layout: model_index.json + one folder per component, safetensors."""
     out.mkdir(parents=True, exist_ok=True)
     unet.save_pretrained(out / "unet", safe_serialization=True)
+    _drop_local_path(out / "unet" / "config.json")  # a resumed UNet remembers where it was loaded from
     text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     write_tokenizer(out / "tokenizer")
     scheduler.save_pretrained(out / "scheduler")
@@ -63,6 +64,12 @@ def write_pipeline(out: Path, unet, text_encoder, scheduler) -> None:
         "vae": [None, None],
     }
     (out / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def _drop_local_path(config: Path) -> None:
+    data = json.loads(config.read_text())
+    if data.pop("_name_or_path", None) is not None:
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 @torch.no_grad()

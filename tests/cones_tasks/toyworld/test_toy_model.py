@@ -46,5 +46,6 @@ def test_training_stops_resumes_and_logs_its_segments(tmp_path):
     assert log["steps_done"] == 3 and log["segments"] == [[0, 2], [2, 3]] and len(log["losses"]) == 3
     assert json.loads((tmp_path / "training_log.json").read_text())["segments"] == log["segments"]
     assert (tmp_path / "loss_curve.png").stat().st_size > 0
+    assert "_name_or_path" not in json.loads((tmp_path / "unet" / "config.json").read_text())  # no local path ships
     model = load_diffusion_model(tmp_path)  # the generic loader, like any diffusers folder
     assert model.unet.config.sample_size == 16
