@@ -180,6 +180,7 @@ class CustomizeConfig(_FlowConfig):
     grid: GenerationGrid = GenerationGrid()
     scoring: ScoringParams | None = None
     report: bool = True
+    report_top: int | None = Field(200, ge=1, description="image grids for the best N combinations (None: all)")
 
     _subjects_unique = field_validator("subjects")(_unique_ids)
 

@@ -80,10 +80,17 @@ def render_report(
     title: str,
     summary: Mapping[str, object],
     rank_by: str | None = None,
+    max_shown: int | None = None,
 ) -> str:
-    """The whole report as one HTML string (UTF-8, no external references)."""
+    """The whole report as one HTML string (UTF-8, no external references).
+
+    `max_shown`: image grids for the first N entries only (after ranking); the plots still
+    cover every entry. A run over thousands of combinations would otherwise be a report of
+    tens of thousands of inline images that no browser opens.
+    """
     if rank_by is not None:
         entries = rank_entries(entries, metric=rank_by)
+    shown = entries if max_shown is None else entries[:max_shown]
     esc = html.escape
     parts = [
         "<!doctype html>",
@@ -101,9 +108,11 @@ def render_report(
             for name, png in score_plots(entries)
         ),
         "</section>",
-        f"<h2>Combinations ({len(entries)})</h2>",
+        f"<h2>Combinations ({len(entries)})</h2>"
+        if len(shown) == len(entries)
+        else f"<h2>Combinations (the best {len(shown)} of {len(entries)})</h2>",
     ]
-    for rank, entry in enumerate(entries, start=1):
+    for rank, entry in enumerate(shown, start=1):
         scores = " · ".join(f"{esc(m)} {v:.3f}" for m, v in sorted(entry.scores.items()))
         parts += [
             f'<section class="combination" data-combination="{esc(entry.combination_key)}">',

@@ -26,22 +26,26 @@ from flows.score_generations import publish_leaderboard, score_generations
 
 
 @task(name="write-report", **TASK_OPTIONS)
-def write_report(catalog_uri: str, generation_ids: list[str], summary: dict[str, Any]) -> str:
-    """Render the HTML report of these generations and store it in the catalog; returns its URI."""
+def write_report(catalog_uri: str, generation_ids: list[str], summary: dict[str, Any], top: int | None) -> str:
+    """Render the HTML report of these generations and store it in the catalog; returns its URI.
+
+    Images are read only for the `top` best combinations (combination_scores ranks best first)."""
     catalog = load_catalog(catalog_uri)
     rows = list_generations(catalog, generation_ids)
     combos = gs.combination_scores(rows, mean_scores(catalog, generation_ids))
+    shown = len(combos) if top is None else top
     entries = [
         ReportEntry(
             combination_key=c.key,
             subjects=c.subjects,
             prompt=c.prompt,
-            images=tuple((seed, catalog.get_bytes(uri)) for seed, _, uri in c.generations),
+            images=tuple((seed, catalog.get_bytes(uri)) for seed, _, uri in c.generations) if rank < shown else (),
             scores=c.scores,
         )
-        for c in combos
+        for rank, c in enumerate(combos)
     ]
-    html = render_report(entries, title="Cones customization run", summary={**summary, "combinations": len(entries)})
+    html = render_report(entries, title="Cones customization run", summary={**summary, "combinations": len(entries)},
+                         max_shown=top)
     return catalog.put_bytes(html.encode("utf-8"), suffix=".html")
 
 
@@ -75,7 +79,7 @@ def customize(config: CustomizeConfig) -> dict[str, Any]:
             "model": config.model.path,
             "wall time before report (s)": round(time.perf_counter() - started, 1),
         }
-        result["report_uri"] = write_report(config.catalog, generation_ids, summary)
+        result["report_uri"] = write_report(config.catalog, generation_ids, summary, config.report_top)
     create_markdown_artifact(
         key="customize-summary",
         markdown=(

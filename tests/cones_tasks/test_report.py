@@ -65,3 +65,14 @@ def test_unscored_entries_still_get_their_grid():
     assert len(soup.select("section.combination div.image-grid")) == 1
     assert "not scored yet" in soup.select_one("p.scores").text
     assert not soup.select("section.plots img")
+
+
+def test_max_shown_keeps_the_best_grids_and_plots_every_entry():
+    entries = _entries()
+    page = render_report(entries, title="t", summary={}, rank_by="image_alignment", max_shown=5)
+    soup = BeautifulSoup(page, "html.parser")
+    sections = soup.select("section.combination")
+    best = sorted(entries, key=lambda e: -e.scores["image_alignment"])[:5]
+    assert [s["data-combination"] for s in sections] == [e.combination_key for e in best]
+    assert "the best 5 of 28" in soup.find("h2").text
+    assert len(soup.select("section.plots img")) == 2
