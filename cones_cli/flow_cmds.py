@@ -22,6 +22,7 @@ FLOWS = {
     "discover": ("flows.discover_concepts", "discover_concepts", "DiscoverConfig"),
     "generate": ("flows.generate_combinations", "generate_combinations", "GenerateConfig"),
     "score": ("flows.score_generations", "score_generations", "ScoreConfig"),
+    "compact": ("flows.compact_catalog", "compact_catalog", "CompactConfig"),
 }
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="JSON or YAML file with the flow's config.", exists=True, dir_okay=False)]
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")

@@ -169,6 +169,14 @@ def mask_params(discovery: DiscoveryParams, *, seed: int) -> dict[str, object]:
     return {"discovery": discovery.model_dump(mode="json"), "seed": seed}
 
 
+class CompactConfig(_Frozen):
+    """`compact-catalog`: which tables (empty: all) and how long replaced files stay for readers."""
+
+    catalog: str = Field(description="catalog URI: a local path, file://, memory:// or s3://")
+    tables: tuple[str, ...] = ()
+    grace_s: float = Field(3600.0, ge=0.0, description="seconds replaced files stay readable for open snapshots")
+
+
 class CustomizeConfig(_FlowConfig):
     """The whole run: ingest → discover → generate → score → report."""
 

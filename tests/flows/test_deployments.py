@@ -107,7 +107,7 @@ def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(server, tmp_
 
     _run([PREFECT, "work-pool", "create", "cones-process", "--type", "process"], env)
     out = _run([PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"], env)
-    for name in ("customize/nightly", "discover-concepts/on-demand", "generate-combinations/on-demand"):
+    for name in ("customize/nightly", "discover-concepts/on-demand", "generate-combinations/on-demand", "compact-catalog/daily"):
         assert name in out, out
 
     workers, logs = [], []
@@ -137,6 +137,7 @@ def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(server, tmp_
             _wait_runs([_trigger("generate-combinations/on-demand",
                                  {"config": {"catalog": catalog_uri, "model": model, "subjects": ids, "discovery": fast, "grid": grid}})])
             _wait_runs([_trigger("score-generations/on-demand", {})])
+            _wait_runs([_trigger("compact-catalog/daily", {"config": {"catalog": catalog_uri, "grace_s": 0}})])
     finally:
         for proc in workers:
             proc.terminate()
@@ -153,7 +154,7 @@ def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(server, tmp_
         for name in ("worker-a", "worker-b")
     }
     assert all(taken.values()), f"both workers should take work: {taken}"
-    assert sum(len(v) for v in taken.values()) == 5
+    assert sum(len(v) for v in taken.values()) == 6
 
     catalog = load_catalog(catalog_uri)
     assert catalog.query("SELECT count(*) AS n FROM subjects").to_pylist() == [{"n": 4}]
@@ -164,3 +165,5 @@ def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(server, tmp_
         "SELECT count(DISTINCT generation) AS n FROM clip_scores WHERE metric = 'presence'"
     ).to_pylist()
     assert scored == [{"n": 10}]
+    # the compaction deployment left one file per table, every row still there
+    assert all(len(catalog.store.snapshot(t).all) <= 1 for t in ("generations", "clip_scores", "concept_masks"))
