@@ -80,7 +80,7 @@ class DiscoveryResult:
 def discover_concept_neurons(
     model,
     images: np.ndarray,
-    class_prompt: str,
+    class_prompt: str | Sequence[str],
     params: DiscoveryParams = DiscoveryParams(),
     *,
     prior_images: np.ndarray | None = None,
@@ -90,6 +90,9 @@ def discover_concept_neurons(
 ) -> DiscoveryResult:
     """Find the neurons of the subject shown in `images` (uint8 [N, H, W, 3]).
 
+    class_prompt: one prompt for every image, or one per image — context-matched ("a triangle on
+    snow" for a reference on snow), which on the toy model kept the subject in context prompts
+    far better (README, "Variants tried").
     model: anything with `.unet`, `.scheduler`, `.encode_prompts(list[str]) -> [B, T, D]`
     and optionally `.vae` (cones_tasks.loading.DiffusionModel). prior_images: the base
     model's own images for `class_prompt`, required when params.prior_weight > 0.
@@ -255,7 +258,7 @@ class _Problem:
         x0 = images_to_model_inputs(model, images, generator=gen)
         prior = images_to_model_inputs(model, prior_images, generator=gen) if prior_weight > 0 else None
         with torch.no_grad():
-            cond = model.encode_prompts([class_prompt]).to(first.device, first.dtype)
+            cond = model.encode_prompts(_prompts_for(class_prompt, len(x0))).to(first.device, first.dtype)
         modules = space.modules(unet)
         base = {e.name: modules[e.name].weight.detach().float() for e in space.entries}
         return cls(unet, space, training_scheduler(model.scheduler), x0, prior, prior_weight, cond, base,
@@ -284,11 +287,12 @@ class _Problem:
         theta = {k: v.detach().requires_grad_(True) for k, v in self._weights(shut_layers, multiplier).items()}
         overrides = {k: v.to(self.dtype) for k, v in theta.items()}
         idx = self._batch_indices(self.x0.shape[0], self.batch_size, gen)
-        loss = concept_loss(self.unet, noised_batch(self.scheduler, self.x0[idx], generator=gen), self.cond, overrides)
+        cond = self.cond if self.cond.shape[0] == 1 else self.cond[idx]  # one prompt, or one per image
+        loss = concept_loss(self.unet, noised_batch(self.scheduler, self.x0[idx], generator=gen), cond, overrides)
         if self.prior is not None:
             pidx = torch.randint(0, self.prior.shape[0], (len(idx),), generator=gen)
             loss = loss + self.prior_weight * concept_loss(
-                self.unet, noised_batch(self.scheduler, self.prior[pidx], generator=gen), self.cond, overrides
+                self.unet, noised_batch(self.scheduler, self.prior[pidx], generator=gen), self.cond[:1], overrides
             )
         grads = self._grads(loss, list(theta.values()))
         with torch.no_grad():
@@ -325,13 +329,25 @@ class _Problem:
         gen = torch.Generator().manual_seed(seed + 1)
         overrides = {k: v.to(self.dtype) for k, v in self._weights(shut_layers, None).items()}
         x0 = self.x0.repeat_interleave(draws, dim=0)
+        conds = self.cond.repeat_interleave(draws, dim=0).split(_EVAL_CHUNK) if self.cond.shape[0] > 1 else None
         total = 0.0
-        for chunk in x0.split(_EVAL_CHUNK):  # fixed: the draws must not depend on batch_size
-            total += concept_loss(self.unet, noised_batch(self.scheduler, chunk, generator=gen), self.cond, overrides).item() * len(chunk)
+        for i, chunk in enumerate(x0.split(_EVAL_CHUNK)):  # fixed: the draws must not depend on batch_size
+            cond = self.cond if conds is None else conds[i]
+            total += concept_loss(self.unet, noised_batch(self.scheduler, chunk, generator=gen), cond, overrides).item() * len(chunk)
         return total / len(x0)
 
 
 _EVAL_CHUNK = 16
+
+
+def _prompts_for(class_prompt: str | Sequence[str], n_images: int) -> list[str]:
+    """One prompt for every image, or one per image ("a triangle on snow" for an image on snow)."""
+    if isinstance(class_prompt, str):
+        return [class_prompt]
+    prompts = list(class_prompt)
+    if len(prompts) != n_images:
+        raise ValueError(f"got {len(prompts)} prompts for {n_images} images; pass one class prompt, or one prompt per image")
+    return prompts
 
 
 def initial_loss_scale(dtype: torch.dtype) -> float:

@@ -218,3 +218,16 @@ def test_refine_union_adds_neurons_that_lower_the_joint_loss(model, subject):
         refine_union(model, parts[:1], union, params, progress=False)
     with pytest.raises(MaskModelMismatchError):
         refine_union(tiny_model(1), parts, union, params, progress=False)
+
+
+def test_one_prompt_per_image(model, subject):
+    """Context-matched discovery ("a dog on grass" for a photo on grass): one prompt per image."""
+    params = DiscoveryParams(steps=4, batch_size=2, rounds=2, threshold_value=0.02, eval_draws=2)
+    single = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
+    same = discover_concept_neurons(model, subject, [PROMPT] * len(subject), params, seed=0, progress=False)
+    assert same.mask == single.mask and same.report["eval_loss_masked"] == pytest.approx(single.report["eval_loss_masked"])
+    mixed = [PROMPT, "a cat", PROMPT, "a cat"]
+    other = discover_concept_neurons(model, subject, mixed, params, seed=0, progress=False)
+    assert other.report["loss_curve"] != single.report["loss_curve"]  # the prompts reach the loss
+    with pytest.raises(ValueError, match="one prompt per image"):
+        discover_concept_neurons(model, subject, mixed[:3], params, progress=False)
