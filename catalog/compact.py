@@ -30,7 +30,15 @@ class TableCompaction:
     deleted: int
 
 
+def check_tables(tables: list[str] | tuple[str, ...] | None) -> None:
+    """Raise ValueError naming every unknown table and the real ones (before any work starts)."""
+    unknown = sorted(set(tables or ()) - set(TABLES))
+    if unknown:
+        raise ValueError(f"unknown catalog tables {unknown}; the tables are {list(TABLES)}")
+
+
 def compact(catalog: Catalog, *, tables: list[str] | None = None, grace_s: float = 3600.0) -> list[TableCompaction]:
+    check_tables(tables)
     out = []
     for table in tables or list(TABLES):
         files = catalog.store.snapshot(table)

@@ -80,12 +80,13 @@ def compact(
     """Merge each table's small commit files into one sorted file, without losing or duplicating a row."""
     from dataclasses import asdict
 
-    from catalog import TABLES
+    from catalog.compact import check_tables
     from catalog.compact import compact as run_compact
 
-    unknown = set(table or []) - set(TABLES)
-    if unknown:
-        raise typer.BadParameter(f"unknown tables {sorted(unknown)}; choose from {', '.join(TABLES)}", param_hint="--table")
+    try:
+        check_tables(table)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--table") from None
     reports = run_compact(_open(uri), tables=list(table) if table else None, grace_s=grace_s)
     emit({r.table: {k: v for k, v in asdict(r).items() if k != "table"} for r in reports}, as_json=json_, title="compact")
 

@@ -119,6 +119,7 @@ def validate_toy(
     _, chosen, masks, space = best
 
     n, seed = params.images_per_line, params.report_seed
+    sizes = [k for k in params.multi_sizes if k <= len(subjects)]  # unions no bigger than the subject set
     result = {
         "subjects": [s.id for s in subjects],
         "chosen_params": chosen.model_dump(),
@@ -130,17 +131,9 @@ def validate_toy(
         },
         **_context(sampler, subjects, masks, space, n=n, seed=seed),
         **_crosstalk(sampler, subjects, masks, space, n=n, seed=seed),
-        "multi": {
-            str(k): _multi(sampler, subjects, masks, space, k=k, n=n, seed=seed)
-            for k in params.multi_sizes
-            if k <= len(subjects)
-        },
-        "multi_full_prompt": {
-            str(k): _multi(sampler, subjects, None, space, k=k, n=n, seed=seed)
-            for k in params.multi_sizes
-            if k <= len(subjects)
-        },
-        **_refined_multi(sampler, model, subjects, references, masks, space, params),
+        "multi": {str(k): _multi(sampler, subjects, masks, space, k=k, n=n, seed=seed) for k in sizes},
+        "multi_full_prompt": {str(k): _multi(sampler, subjects, None, space, k=k, n=n, seed=seed) for k in sizes},
+        **_refined_multi(sampler, model, subjects, references, masks, space, params, sizes),
         "neuron_fraction": float(np.mean([m.fraction for m in masks.values()])),
         "bytes_per_concept": float(np.mean([len(m.to_bytes()) for m in masks.values()])),
         "images_per_line": n,
@@ -224,7 +217,7 @@ def _union(masks, combo) -> ConceptMask:
     return masks[combo[0].id].union(*(masks[s.id] for s in combo[1:]))
 
 
-def _refined_multi(sampler, model, subjects, references, masks, space, params: ValidateParams) -> dict[str, Any]:
+def _refined_multi(sampler, model, subjects, references, masks, space, params: ValidateParams, sizes) -> dict[str, Any]:
     """multi_refined: the multi line again, each union first refined by a few joint rounds (refine_union)."""
     refine = params.union_refine
     if refine is None:
@@ -232,7 +225,7 @@ def _refined_multi(sampler, model, subjects, references, masks, space, params: V
     if refine.attention != space.attention:  # the union lives in the chosen candidate's space
         refine = refine.model_copy(update={"attention": space.attention})
     lines, added = {}, []
-    for k in (k for k in params.multi_sizes if k <= len(subjects)):
+    for k in sizes:
         unions = {}
         for combo in itertools.combinations(subjects, k):
             parts = [(references[s.id], _class_prompt(s.shape)) for s in combo]
@@ -253,12 +246,17 @@ class _PriorImages:
         from cones_tasks.sampling import sample
 
         if shape not in self._cache:
-            seeds = [(self.params.discovery_seed * 1_000 + 99) * 100_000 + i for i in range(self.params.prior_images)]
+            seeds = _line_seeds(self.params.discovery_seed, 99, self.params.prior_images)
             self._cache[shape] = sample(
                 self.model, [_class_prompt(shape)] * len(seeds), seeds=seeds, steps=self.params.sample_steps,
                 guidance_scale=self.params.guidance_scale, progress=False,
             )
         return self._cache[shape]
+
+
+def _line_seeds(seed: int, tag: int, n: int) -> list[int]:
+    """Sampling seeds of one line: (seed, line tag, index), so no two lines share noise."""
+    return [(seed * 1_000 + tag) * 100_000 + i for i in range(n)]
 
 
 class _Sampler:
@@ -270,7 +268,7 @@ class _Sampler:
     def run(self, prompts: list[str], masks: list[ConceptMask | None], space: NeuronSpace, *, seed: int, tag: int) -> list:
         from cones_tasks.sampling import sample
 
-        seeds = [(seed * 1_000 + tag) * 100_000 + i for i in range(len(prompts))]
+        seeds = _line_seeds(seed, tag, len(prompts))
         use_masks = masks if any(m is not None for m in masks) else None
         images = sample(
             self.model, prompts, seeds=seeds, steps=self.params.sample_steps, guidance_scale=self.params.guidance_scale,
