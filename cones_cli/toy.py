@@ -67,24 +67,31 @@ def train_model(out: Path = typer.Option(None, help="Output folder (default: the
                 steps: int = 2000, seed: int = 0, max_minutes: float = typer.Option(None, help="Stop (and ship) after this long."),
                 resume: bool = typer.Option(False, help="Continue a run stopped by --max-minutes from its shipped weights."),
                 stop_at: int = typer.Option(None, help="Stop (and ship) at this step: replays a segment of a logged run."),
+                batch_size: int = 64, lr: float = 2e-3,
+                text_encoder: str = typer.Option("random", help="Frozen text encoder: 'random' or 'toy-clip' (the toy CLIP's text tower)."),
+                device: str = typer.Option("cpu", help="Torch device to train on, e.g. cuda."),
+                workers: int = typer.Option(0, help="DataLoader processes rendering batches (0: render in this process)."),
                 as_json: bool = JSON) -> None:
     """Train the toy text-to-image model from scratch (seeded); progress bar, loss-curve PNG, wall time."""
     from cones_tasks.toyworld.train_model import TrainModelParams, train_toy_model
 
-    log = train_toy_model(_default(out, "TOY_MODEL_DIR"), TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes, resume=resume, stop_at=stop_at))
+    params = TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes, resume=resume, stop_at=stop_at, batch_size=batch_size,
+                              lr=lr, text_encoder=text_encoder, device=device, workers=workers)
+    log = train_toy_model(_default(out, "TOY_MODEL_DIR"), params)
     emit({k: log[k] for k in ("steps_done", "wall_s", "final_loss_ema50", "caption_gap")}, as_json=as_json, title="toy model")
 
 
 @app.command("eval-model")
 def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default: the shipped toy model)."),
                n: int = typer.Option(200, help="Images per line."), seed: int = 1, steps: int = 25,
-               guidance: float = 3.0, as_json: bool = JSON) -> None:
+               guidance: float = 3.0, device: str = typer.Option("cpu", help="Torch device to sample on, e.g. cuda."),
+               as_json: bool = JSON) -> None:
     """Judge the toy model's samples: full prompts, class-only prompts, two-object prompts."""
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.toyworld.evaluate import eval_model as run
 
     start = time.perf_counter()
-    result = run(load_diffusion_model(_default(model, "TOY_MODEL_DIR")), n=n, seed=seed, steps=steps,
+    result = run(load_diffusion_model(_default(model, "TOY_MODEL_DIR"), device=device), n=n, seed=seed, steps=steps,
                  guidance_scale=guidance, progress=not as_json)
     result["wall_s"] = time.perf_counter() - start
     emit(result, as_json=as_json, title="toy model")

@@ -1,7 +1,9 @@
 """Train the toy text-to-image model from scratch (issue #3): `cones toy train-model`.
 
-Seeded and CPU-friendly: batch 64, AdamW 2e-3 with warm-up and cosine decay, EMA weights
-(what ships). Writes the diffusers folder layout, a loss curve PNG and a training log.
+Seeded: AdamW with warm-up and cosine decay, EMA weights (what ships). Writes the diffusers
+folder layout, a loss curve PNG and a training log. Runs on CPU or a GPU; batches are rendered
+by DataLoader workers, each step's batch seeded by (seed, step) alone (training_batches), so the
+data a run sees does not depend on the number of workers or on where a resumed run restarts.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from cones_tasks.toyworld.architecture import build_scheduler, build_text_encode
 from cones_tasks.pixels import to_model_range
 from cones_tasks.toyworld.batches import random_batch
 from cones_tasks.toyworld.tokenizer import write_tokenizer
+from cones_tasks.toyworld.training_batches import TrainingBatches, caption_ids
+
+TEXT_ENCODERS = ("random", "toy-clip")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,15 @@ class TrainModelParams:
     # Stop (and ship) after this many steps of the schedule: with `resume`, replays a run that was
     # cut by `max_minutes` at a step no clock can repeat (the log's "segments" say where).
     stop_at: int | None = None
+    # "random": a frozen random CLIPTextModel (architecture.build_text_encoder); "toy-clip": the
+    # toy CLIP's text tower, frozen (clip_text_encoder) — contextual token states, as SD's.
+    text_encoder: str = "random"
+    device: str = "cpu"
+    workers: int = 0  # DataLoader processes rendering batches; 0 renders in the training process
+
+    def __post_init__(self) -> None:
+        if self.text_encoder not in TEXT_ENCODERS:
+            raise ValueError(f"unknown text encoder {self.text_encoder!r}; choose one of {TEXT_ENCODERS}")
 
 
 def write_pipeline(out: Path, unet, text_encoder, scheduler) -> None:
@@ -83,17 +97,27 @@ def caption_gap(unet, encode, scheduler, *, seed: int, n: int = 256) -> float:
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=g)
     t = torch.randint(100, 700, (n,), generator=g)
-    xt = scheduler.add_noise(x0, noise, t)
-    right = F.mse_loss(unet(xt, t, encode(captions)).sample, noise).item()
-    wrong = F.mse_loss(unet(xt, t, encode(captions[1:] + captions[:1])).sample, noise).item()
+    device = next(unet.parameters()).device
+    xt, noise, t = scheduler.add_noise(x0, noise, t).to(device), noise.to(device), t.to(device)
+    right = F.mse_loss(unet(xt, t, encode(caption_ids(captions).to(device))).sample, noise).item()
+    wrong = F.mse_loss(unet(xt, t, encode(caption_ids(captions[1:] + captions[:1]).to(device))).sample, noise).item()
     return (wrong - right) / right
+
+
+def _text_encoder(params: TrainModelParams):
+    if params.text_encoder == "toy-clip":
+        from cones_tasks.toyworld.assets import toy_clip_weights
+        from cones_tasks.toyworld.clip_text_encoder import text_encoder_from_toy_clip
+
+        return text_encoder_from_toy_clip(toy_clip_weights())
+    return build_text_encoder(seed=params.seed + 1)
 
 
 def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams(), *, progress: bool = True) -> dict:
     out = Path(out)
     first_step, losses, gaps, elapsed, segments = 0, [], [], 0.0, []
     torch.manual_seed(params.seed)
-    unet, text_encoder, scheduler = build_unet(seed=params.seed), build_text_encoder(seed=params.seed + 1), build_scheduler()
+    unet, text_encoder, scheduler = build_unet(seed=params.seed), _text_encoder(params), build_scheduler()
     if params.resume:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
@@ -106,14 +130,11 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
         segments = previous.get("segments", [[0, first_step]])
         unet = UNet2DConditionModel.from_pretrained(out / "unet")
         text_encoder = CLIPTextModel.from_pretrained(out / "text_encoder").requires_grad_(False).eval()
-    rng = np.random.default_rng([params.seed, first_step])
-    tokenizer_dir = write_tokenizer(out / "tokenizer")
-    from transformers import CLIPTokenizer
+    write_tokenizer(out / "tokenizer")
+    device = torch.device(params.device)
+    unet, text_encoder = unet.to(device), text_encoder.to(device)
 
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
-
-    def encode(captions: list[str]) -> torch.Tensor:
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    def encode(ids: torch.Tensor) -> torch.Tensor:
         return text_encoder(ids).last_hidden_state  # [B, T, D]
 
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -124,19 +145,19 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
         lambda s: min(1.0, (s + 1) / params.warmup)
         * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s + first_step, params.steps) / params.steps))),
     )
-    g = torch.Generator().manual_seed(params.seed * 1_000_003 + first_step)
     start = time.perf_counter() - elapsed
     last = params.steps if params.stop_at is None else min(params.stop_at, params.steps)
     if last <= first_step:
         raise ValueError(f"stop_at={params.stop_at} is not past the {first_step} steps already done")
-    bar = tqdm(range(first_step, last), desc="train toy model", disable=not progress)
-    for step in bar:
-        images, captions = random_batch(rng, params.batch_size, p_empty=params.p_empty)
-        x0 = to_model_range(images)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (params.batch_size,), generator=g)
+    batches = TrainingBatches(params.seed, params.batch_size, scheduler.config.num_train_timesteps, p_empty=params.p_empty)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first_step, last),
+                                         num_workers=params.workers, prefetch_factor=8 if params.workers else None)
+    ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
+    bar = tqdm(zip(range(first_step, last), loader), total=last - first_step, initial=0, desc="train toy model", disable=not progress)
+    for step, (images, ids, noise, t) in bar:
+        x0, ids, noise, t = to_model_range(images.numpy()).to(device), ids.to(device), noise.to(device), t.to(device)
         with torch.no_grad():
-            cond = encode(captions)
+            cond = encode(ids)
         loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, cond).sample, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -145,20 +166,21 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
         schedule.step()
         with torch.no_grad():
             decay = min(params.ema_decay, (1 + step) / (10 + step))
-            for pe, p in zip(ema.parameters(), unet.parameters()):
-                pe.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(ema_params, unet_params, 1 - decay)
         losses.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         done = step + 1 == last
         over_time = params.max_minutes is not None and time.perf_counter() - start - elapsed > 60 * params.max_minutes
         if (step + 1) % params.checkpoint_every == 0 or done or over_time:
             gaps.append((step + 1, caption_gap(ema, encode, scheduler, seed=10_000)))
-            write_pipeline(out, ema, text_encoder, scheduler)
+            write_pipeline(out, copy.deepcopy(ema).cpu(), copy.deepcopy(text_encoder).cpu(), scheduler)
             log = {
                 "params": asdict(params),
                 "steps_done": step + 1,
                 "wall_s": time.perf_counter() - start,
                 "threads": torch.get_num_threads(),
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "final_loss_ema50": float(np.mean(losses[-50:])),
                 "caption_gap": gaps,
                 # [first, last] step of each process: replay with --steps/--resume/--stop-at (README)
