@@ -33,7 +33,7 @@ clean-venv:
 # were cut by --max-minutes on a busy machine; --stop-at repeats the cut without the clock.
 TOY_OUT ?= toy-model-rebuilt
 toy-model: $(STAMP)
-	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 2000 --stop-at 1036
-	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 2000 --stop-at 1721 --resume
-	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 2000 --resume
-	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 5000 --resume
+	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --stop-at 1036
+	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --stop-at 1721 --resume
+	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --resume
+	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 5000 --resume

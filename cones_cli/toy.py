@@ -71,12 +71,13 @@ def train_model(out: Path = typer.Option(None, help="Output folder (default: the
                 text_encoder: str = typer.Option("random", help="Frozen text encoder: 'random' or 'toy-clip' (the toy CLIP's text tower)."),
                 device: str = typer.Option("cpu", help="Torch device to train on, e.g. cuda."),
                 workers: int = typer.Option(0, help="DataLoader processes rendering batches (0: render in this process)."),
+                data_stream: str = typer.Option("per-step", help="'per-step' (any --workers) or 'sequential' (the shipped model's; --workers 0)."),
                 as_json: bool = JSON) -> None:
     """Train the toy text-to-image model from scratch (seeded); progress bar, loss-curve PNG, wall time."""
     from cones_tasks.toyworld.train_model import TrainModelParams, train_toy_model
 
     params = TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes, resume=resume, stop_at=stop_at, batch_size=batch_size,
-                              lr=lr, text_encoder=text_encoder, device=device, workers=workers)
+                              lr=lr, text_encoder=text_encoder, device=device, workers=workers, data_stream=data_stream)
     log = train_toy_model(_default(out, "TOY_MODEL_DIR"), params)
     emit({k: log[k] for k in ("steps_done", "wall_s", "final_loss_ema50", "caption_gap")}, as_json=as_json, title="toy model")
 

@@ -2,7 +2,7 @@
 # The one prepared script for a lent GPU (issues #3, #4): SD-1.5-shaped benches, then two toy-model
 # trainings side by side (frozen random vs frozen toy-CLIP text encoder), each judged on the GPU.
 # Run from the repo root with the wheels in .whl (diffusers, open_clip and friends are not on the
-# device image). Dry run on a CPU: DEV=cpu STEPS=4 BATCH=16 WORKERS=1 MINUTES=1 N=8 OUT=/tmp/o bash docs/gpu-session.sh
+# device image); runs cut short on an earlier lease resume from .gpu/m-<encoder>. Dry run on a CPU: DEV=cpu STEPS=4 BATCH=16 WORKERS=1 MINUTES=1 N=8 OUT=/tmp/o bash docs/gpu-session.sh
 set -u
 DEV=${DEV:-cuda} STEPS=${STEPS:-6000} BATCH=${BATCH:-512} WORKERS=${WORKERS:-6} MINUTES=${MINUTES:-4.5} N=${N:-200}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -12,22 +12,26 @@ if [ -d .whl ]; then
 else
   export PYTHONPATH=$PWD
 fi
-cones() { python3 -c 'from cones_cli.app import app; app()' "$@"; }
+# `timeout` runs programs, not shell functions: the CLI as a file on PATH (no entry point without an install)
+mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -c "from cones_cli.app import app; app()" "$@"\n' > /tmp/bin/cones && chmod +x /tmp/bin/cones
+export PATH=/tmp/bin:$PATH
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
   python3 -c "import torch, diffusers, transformers, open_clip; print(torch.__version__, diffusers.__version__, transformers.__version__, open_clip.__version__)"
 } > "$OUT/bench_sd15.jsonl" 2>&1
 if [ "$DEV" = cuda ]; then  # before training, so nothing else shares the card
-  timeout 150 cones bench discovery --preset sd15 --device cuda --dtype float16 --batch 4 --repeats 5 --json >> "$OUT/bench_sd15.jsonl" 2>> "$OUT/logs.txt"
-  timeout 120 cones bench generate --preset sd15 --device cuda --dtype float16 --combinations 8 --steps 2 --repeats 3 --json >> "$OUT/bench_sd15.jsonl" 2>> "$OUT/logs.txt"
+  timeout 90 cones bench discovery --preset sd15 --device cuda --dtype float16 --batch 4 --repeats 5 --json >> "$OUT/bench_sd15.jsonl" 2>> "$OUT/logs.txt"
+  timeout 75 cones bench generate --preset sd15 --device cuda --dtype float16 --combinations 8 --steps 2 --repeats 3 --json >> "$OUT/bench_sd15.jsonl" 2>> "$OUT/logs.txt"
   cat "$OUT/bench_sd15.jsonl"
 fi
 
 for te in random toy-clip; do
+  # A run cut by --max-minutes on an earlier lease, carried back in .gpu/, continues (--resume).
+  resume=""; if [ -d ".gpu/m-$te" ]; then rm -rf "/tmp/m-$te"; cp -r ".gpu/m-$te" /tmp/; resume=--resume; fi
   timeout $(python3 -c "print(int(60 * $MINUTES + 120))") \
     cones toy train-model --out "/tmp/m-$te" --steps "$STEPS" --batch-size "$BATCH" --text-encoder "$te" \
-      --device "$DEV" --workers "$WORKERS" --max-minutes "$MINUTES" --json > "$OUT/result-$te.jsonl" 2> "/tmp/train-$te.log" &
+      --device "$DEV" --workers "$WORKERS" --max-minutes "$MINUTES" $resume --json > "$OUT/result-$te.jsonl" 2> "/tmp/train-$te.log" &
 done
 wait
 for te in random toy-clip; do

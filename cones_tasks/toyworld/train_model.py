@@ -24,7 +24,7 @@ from cones_tasks.toyworld.architecture import build_scheduler, build_text_encode
 from cones_tasks.pixels import to_model_range
 from cones_tasks.toyworld.batches import random_batch
 from cones_tasks.toyworld.tokenizer import write_tokenizer
-from cones_tasks.toyworld.training_batches import TrainingBatches, caption_ids
+from cones_tasks.toyworld.training_batches import DATA_STREAMS, TrainingBatches, caption_ids, sequential_batches
 
 TEXT_ENCODERS = ("random", "toy-clip")
 
@@ -52,10 +52,16 @@ class TrainModelParams:
     text_encoder: str = "random"
     device: str = "cpu"
     workers: int = 0  # DataLoader processes rendering batches; 0 renders in the training process
+    data_stream: str = "per-step"  # or "sequential", the shipped model's (training_batches)
 
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"unknown text encoder {self.text_encoder!r}; choose one of {TEXT_ENCODERS}")
+        if self.data_stream not in DATA_STREAMS:
+            raise ValueError(f"unknown data stream {self.data_stream!r}; choose one of {DATA_STREAMS}")
+        if self.data_stream == "sequential" and self.workers:
+            raise ValueError("the sequential data stream is drawn in order by one process: pass workers=0, "
+                             "or use the per-step stream to render batches in workers")
 
 
 def write_pipeline(out: Path, unet, text_encoder, scheduler) -> None:
@@ -99,8 +105,8 @@ def caption_gap(unet, encode, scheduler, *, seed: int, n: int = 256) -> float:
     t = torch.randint(100, 700, (n,), generator=g)
     device = next(unet.parameters()).device
     xt, noise, t = scheduler.add_noise(x0, noise, t).to(device), noise.to(device), t.to(device)
-    right = F.mse_loss(unet(xt, t, encode(caption_ids(captions).to(device))).sample, noise).item()
-    wrong = F.mse_loss(unet(xt, t, encode(caption_ids(captions[1:] + captions[:1]).to(device))).sample, noise).item()
+    right = F.mse_loss(unet(xt, t, encode(captions)).sample, noise).item()
+    wrong = F.mse_loss(unet(xt, t, encode(captions[1:] + captions[:1])).sample, noise).item()
     return (wrong - right) / right
 
 
@@ -111,6 +117,15 @@ def _text_encoder(params: TrainModelParams):
 
         return text_encoder_from_toy_clip(toy_clip_weights())
     return build_text_encoder(seed=params.seed + 1)
+
+
+def _batches(params: TrainModelParams, first_step: int, last: int, num_train_timesteps: int):
+    if params.data_stream == "sequential":
+        return sequential_batches(params.seed, first_step, last - first_step, params.batch_size, num_train_timesteps,
+                                  p_empty=params.p_empty)
+    batches = TrainingBatches(params.seed, params.batch_size, num_train_timesteps, p_empty=params.p_empty)
+    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first_step, last),
+                                       num_workers=params.workers, prefetch_factor=8 if params.workers else None)
 
 
 def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams(), *, progress: bool = True) -> dict:
@@ -137,6 +152,9 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
     def encode(ids: torch.Tensor) -> torch.Tensor:
         return text_encoder(ids).last_hidden_state  # [B, T, D]
 
+    def encode_captions(captions: list[str]) -> torch.Tensor:
+        return encode(caption_ids(captions).to(device))
+
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=params.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -149,9 +167,7 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
     last = params.steps if params.stop_at is None else min(params.stop_at, params.steps)
     if last <= first_step:
         raise ValueError(f"stop_at={params.stop_at} is not past the {first_step} steps already done")
-    batches = TrainingBatches(params.seed, params.batch_size, scheduler.config.num_train_timesteps, p_empty=params.p_empty)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first_step, last),
-                                         num_workers=params.workers, prefetch_factor=8 if params.workers else None)
+    loader = _batches(params, first_step, last, scheduler.config.num_train_timesteps)
     ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
     bar = tqdm(zip(range(first_step, last), loader), total=last - first_step, initial=0, desc="train toy model", disable=not progress)
     for step, (images, ids, noise, t) in bar:
@@ -173,7 +189,7 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
         done = step + 1 == last
         over_time = params.max_minutes is not None and time.perf_counter() - start - elapsed > 60 * params.max_minutes
         if (step + 1) % params.checkpoint_every == 0 or done or over_time:
-            gaps.append((step + 1, caption_gap(ema, encode, scheduler, seed=10_000)))
+            gaps.append((step + 1, caption_gap(ema, encode_captions, scheduler, seed=10_000)))
             write_pipeline(out, copy.deepcopy(ema).cpu(), copy.deepcopy(text_encoder).cpu(), scheduler)
             log = {
                 "params": asdict(params),

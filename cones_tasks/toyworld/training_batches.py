@@ -1,8 +1,11 @@
-"""The toy model's training data, one seeded batch per step (issue #3).
+"""The toy model's training data: images, caption token ids, noise and timesteps (issue #3).
 
-Step `s` of a run with seed `k` always sees the batch drawn from `(k, s)`: images, caption token
-ids, noise and timesteps. That makes a run's data independent of how many DataLoader workers
-render it (the GPU run uses many, a CPU run none) and of where a resumed run restarts.
+Two streams, both seeded:
+- "per-step" (TrainingBatches): step `s` of a run with seed `k` sees the batch drawn from `(k, s)`
+  alone, so the data does not depend on how many DataLoader workers render it (a GPU run needs
+  many; one process renders ~10k images/s) nor on where a resumed run restarts.
+- "sequential" (sequential_batches): one generator per process, drawn in order, seeded by the
+  step it starts at. The shipped 5,000-step model was trained on it, so `make toy-model` replays it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import numpy as np
 import torch
 
 from cones_tasks.toyworld.batches import random_batch
-from cones_tasks.toyworld.tokenizer import MAX_LENGTH
+from cones_tasks.toyworld.tokenizer import BOS, EOS, MAX_LENGTH, build_vocab_and_merges
+from cones_tasks.toyworld.world import vocabulary
 
 
 @lru_cache(maxsize=1)
@@ -28,10 +32,21 @@ def _tokenizer():
         return CLIPTokenizer.from_pretrained(write_tokenizer(tmp))
 
 
-@lru_cache(maxsize=100_000)
-def _ids(caption: str) -> tuple[int, ...]:
-    # The slow CLIPTokenizer costs ~2 ms a caption; the toy world has a few thousand captions.
-    return tuple(_tokenizer()(caption, padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids)
+@lru_cache(maxsize=1)
+def _word_ids() -> dict[str, int]:
+    vocab, _ = build_vocab_and_merges(vocabulary())
+    return {BOS: vocab[BOS], EOS: vocab[EOS]} | {w: vocab[w + "</w>"] for w in vocabulary()}
+
+
+def _ids(caption: str) -> list[int]:
+    # The slow CLIPTokenizer costs ~2 ms a caption, and crowded scenes' captions rarely repeat: at
+    # batch 512 it starved a GPU run at 3 steps/s. Every toy word is one token (tokenizer.py), so a
+    # caption of toy words is a lookup; test_training_batches checks this equals the tokenizer.
+    table, words = _word_ids(), caption.split()
+    if not all(w in table for w in words) or len(words) > MAX_LENGTH - 2:
+        return _tokenizer()(caption, padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids
+    ids = [table[BOS], *(table[w] for w in words), table[EOS]]
+    return ids + [table[EOS]] * (MAX_LENGTH - len(ids))
 
 
 def caption_ids(captions: list[str]) -> torch.Tensor:
@@ -52,3 +67,17 @@ class TrainingBatches(torch.utils.data.Dataset):
         noise = torch.randn((self.batch_size, images.shape[-1], *images.shape[1:3]), generator=g)
         t = torch.randint(0, self.num_train_timesteps, (self.batch_size,), generator=g)
         return torch.from_numpy(images), caption_ids(captions), noise, t
+
+
+DATA_STREAMS = ("per-step", "sequential")
+
+
+def sequential_batches(seed: int, first_step: int, steps: int, batch_size: int, num_train_timesteps: int, *, p_empty: float):
+    """The stream the shipped toy model was trained on: one process, drawn in order."""
+    rng = np.random.default_rng([seed, first_step])
+    g = torch.Generator().manual_seed(seed * 1_000_003 + first_step)
+    for _ in range(steps):
+        images, captions = random_batch(rng, batch_size, p_empty=p_empty)
+        noise = torch.randn((batch_size, images.shape[-1], *images.shape[1:3]), generator=g)
+        t = torch.randint(0, num_train_timesteps, (batch_size,), generator=g)
+        yield torch.from_numpy(images), caption_ids(captions), noise, t
