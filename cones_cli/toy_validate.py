@@ -30,6 +30,10 @@ def validate(
         None, help="DiscoveryParams JSON: also report multi_refined, each union after these joint rounds "
         "(e.g. '{\"rounds\": 3, \"steps\": 8, \"threshold_value\": 0.005}')."
     ),
+    prompts: list[str] = typer.Option(
+        ["class"], help="Discovery's conditioning, each tried with every candidate: 'class' ('a triangle', the paper's) "
+        "and/or 'context' ('a triangle on snow', each reference's background). Repeat to try both."
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Discovery on ≥ 2 toy subjects, judged: single (masked vs not), context, cross-talk, unions, bytes."""
@@ -41,12 +45,14 @@ def validate(
 
     if subjects > len(TOY_SUBJECTS):
         raise typer.BadParameter(f"there are {len(TOY_SUBJECTS)} toy subjects", param_hint="--subjects")
+    if unknown := sorted(set(prompts) - {"class", "context"}):
+        raise typer.BadParameter(f"unknown prompt mode(s) {unknown}; use class and/or context", param_hint="--prompts")
     sweep = DEFAULT_CANDIDATES
     if candidates is not None:
         sweep = tuple(DiscoveryParams.model_validate(c) for c in json.loads(candidates.read_text()))
     refine = DiscoveryParams.model_validate_json(union_refine) if union_refine else None
     params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance,
-                            union_refine=refine)
+                            union_refine=refine, prompt_modes=tuple(prompts))
     start = time.perf_counter()
     result = validate_toy(load_diffusion_model(_default(model, "TOY_MODEL_DIR")), TOY_SUBJECTS[:subjects], judge,
                           candidates=sweep, params=params, progress=not as_json)

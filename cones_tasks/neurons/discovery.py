@@ -183,7 +183,7 @@ def refine_union(
     that joint loss are added. `params.threshold_value` budgets the *added* neurons. The result
     is still int indices (a superset of `union`), so storage stays sparse (Cones §3.3).
 
-    subjects: (uint8 images [N, H, W, 3], class prompt) per subject of the union.
+    subjects: (uint8 images [N, H, W, 3], class prompt or one prompt per image) per subject of the union.
     """
     if len(subjects) < 2:
         raise ValueError("refine_union needs at least 2 subjects; for one subject use discover_concept_neurons")

@@ -51,14 +51,19 @@ TOY_SUBJECTS: tuple[ToySubject, ...] = (
 )
 
 
-def reference_renders(subject: ToySubject, *, n: int = 6, seed: int = 0) -> np.ndarray:
-    """uint8 [n, H, W, 3]: the subject alone, varied position, size and background."""
-    rng = np.random.default_rng([seed, *map(ord, subject.id)])
+def reference_backgrounds(n: int) -> list[str]:
+    """The background of each of `n` reference renders: they alternate, so every subject is seen on each."""
     backgrounds = list(BACKGROUNDS)
+    return [backgrounds[i % len(backgrounds)] for i in range(n)]
+
+
+def reference_renders(subject: ToySubject, *, n: int = 6, seed: int = 0) -> np.ndarray:
+    """uint8 [n, H, W, 3]: the subject alone, varied position and size, on reference_backgrounds(n)."""
+    rng = np.random.default_rng([seed, *map(ord, subject.id)])
     images = []
-    for i in range(n):
+    for background in reference_backgrounds(n):
         objects = place_objects(rng, [(subject.shape, subject.color, subject.pattern)])
-        images.append(render(Scene(backgrounds[i % len(backgrounds)], objects)))
+        images.append(render(Scene(background, objects)))
     return np.stack(images)
 
 

@@ -31,11 +31,13 @@ def test_validate_toy_reports_every_line():
     candidates.append(DiscoveryParams(steps=2, batch_size=2, rounds=1, threshold_value=0.01, eval_draws=0, prior_weight=1.0))
     refine = DiscoveryParams(steps=1, batch_size=2, rounds=1, threshold="top_k", threshold_value=4, eval_draws=0)
     params = ValidateParams(images_per_line=4, select_images_per_line=2, sample_steps=2, reference_images=2, multi_sizes=(2, 3),
-                            prior_images=2, union_refine=refine)
+                            prior_images=2, union_refine=refine, prompt_modes=("class", "context"))
     subjects = TOY_SUBJECTS[:2]
     out = validate_toy(model, subjects, judge, candidates=candidates, params=params, progress=False)
-    assert [s["params"] for s in out["selection"]] == [c.model_dump() for c in candidates]
-    assert out["chosen_params"] in [c.model_dump() for c in candidates]
+    tried = [(s["params"], s["prompts"]) for s in out["selection"]]
+    assert tried == [(c.model_dump(), mode) for c in candidates for mode in ("class", "context")]
+    assert (out["chosen_params"], out["chosen_prompts"]) in tried
+    assert all(0.0 <= s["context"] <= 1.0 for s in out["selection"])
     assert set(out["multi"]) == {"2"}  # 3 > number of subjects: no line
     assert set(out["multi_full_prompt"]) == set(out["multi_refined"]) == {"2"}
     assert 0 < out["multi_refined_added_neurons"] <= 4  # refine_union adds at most its top-k budget to the union
@@ -63,9 +65,11 @@ def test_cli_validate_with_a_candidates_file(tmp_path):
     (tmp_path / "c.json").write_text(json.dumps([{"steps": 1, "batch_size": 2, "rounds": 1, "threshold": "top_k",
                                                   "threshold_value": 3, "eval_draws": 0}]))
     args = ["validate", "--subjects", "2", "--n", "2", "--select-n", "2", "--steps", "1", "--candidates",
-            str(tmp_path / "c.json"), "--json"]
+            str(tmp_path / "c.json"), "--prompts", "context", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{"):])
     assert {"single", "context", "crosstalk", "multi", "neuron_fraction", "bytes_per_concept"} <= set(data)
-    assert data["chosen_params"]["threshold_value"] == 3
+    assert data["chosen_params"]["threshold_value"] == 3 and data["chosen_prompts"] == "context"
+    bad = CliRunner().invoke(app, [*args[:-3], "--prompts", "scene", "--json"])
+    assert bad.exit_code == 2 and "unknown prompt mode" in bad.output
