@@ -129,7 +129,19 @@ def _batches(params: TrainModelParams, first_step: int, last: int, num_train_tim
 
 
 def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams(), *, progress: bool = True) -> dict:
-    out = Path(out)
+    threads = torch.get_num_threads()
+    if torch.device(params.device).type == "cuda":
+        # On a GPU this process only feeds the card. Torch's default of one CPU thread per core,
+        # in each training process beside the render workers, oversubscribes the CPUs and delays
+        # kernel launches. It is a suspect in the 3.3 steps/s of the H100 run (docs/gpu-h100.md).
+        torch.set_num_threads(1)
+    try:
+        return _train(Path(out), params, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(out: Path, params: TrainModelParams, progress: bool) -> dict:
     first_step, losses, gaps, elapsed, segments = 0, [], [], 0.0, []
     torch.manual_seed(params.seed)
     unet, text_encoder, scheduler = build_unet(seed=params.seed), _text_encoder(params), build_scheduler()
@@ -171,7 +183,8 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
     ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
     bar = tqdm(zip(range(first_step, last), loader), total=last - first_step, initial=0, desc="train toy model", disable=not progress)
     for step, (images, ids, noise, t) in bar:
-        x0, ids, noise, t = to_model_range(images.numpy()).to(device), ids.to(device), noise.to(device), t.to(device)
+        # uint8 to the device, then scaled there: a quarter of the bytes through the host
+        x0, ids, noise, t = to_model_range(images.to(device)), ids.to(device), noise.to(device), t.to(device)
         with torch.no_grad():
             cond = encode(ids)
         loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t, cond).sample, noise)
