@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from cones_tasks.toyworld.architecture import build_scheduler, build_text_encoder, build_unet
 from cones_tasks.pixels import to_model_range
-from cones_tasks.toyworld.batches import random_batch
+from cones_tasks.toyworld.batches import OBJECT_COUNT_WEIGHTS, random_batch
 from cones_tasks.toyworld.tokenizer import write_tokenizer
 from cones_tasks.toyworld.training_batches import DATA_STREAMS, TrainingBatches, caption_ids, sequential_batches
 
@@ -53,12 +53,20 @@ class TrainModelParams:
     device: str = "cpu"
     workers: int = 0  # DataLoader processes rendering batches; 0 renders in the training process
     data_stream: str = "per-step"  # or "sequential", the shipped model's (training_batches)
+    # Scenes' object-count mix, {count: weight}; None is batches.OBJECT_COUNT_WEIGHTS (55 % single
+    # objects). A pair-heavy mix is the lever for two-object binding (README, issue #3).
+    object_counts: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODERS:
             raise ValueError(f"unknown text encoder {self.text_encoder!r}; choose one of {TEXT_ENCODERS}")
         if self.data_stream not in DATA_STREAMS:
             raise ValueError(f"unknown data stream {self.data_stream!r}; choose one of {DATA_STREAMS}")
+        if self.object_counts is not None and (
+            not set(self.object_counts) <= {1, 2, 3, 4} or min(self.object_counts.values()) < 0
+            or abs(sum(self.object_counts.values()) - 1) > 1e-6
+        ):
+            raise ValueError(f"object_counts {self.object_counts} must map counts 1–4 to weights ≥ 0 that sum to 1")
         if self.data_stream == "sequential" and self.workers:
             raise ValueError("the sequential data stream is drawn in order by one process: pass workers=0, "
                              "or use the per-step stream to render batches in workers")
@@ -120,10 +128,10 @@ def _text_encoder(params: TrainModelParams):
 
 
 def _batches(params: TrainModelParams, first_step: int, last: int, num_train_timesteps: int):
+    mix = {"p_empty": params.p_empty, "object_counts": params.object_counts or OBJECT_COUNT_WEIGHTS}
     if params.data_stream == "sequential":
-        return sequential_batches(params.seed, first_step, last - first_step, params.batch_size, num_train_timesteps,
-                                  p_empty=params.p_empty)
-    batches = TrainingBatches(params.seed, params.batch_size, num_train_timesteps, p_empty=params.p_empty)
+        return sequential_batches(params.seed, first_step, last - first_step, params.batch_size, num_train_timesteps, **mix)
+    batches = TrainingBatches(params.seed, params.batch_size, num_train_timesteps, **mix)
     return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(first_step, last),
                                        num_workers=params.workers, prefetch_factor=8 if params.workers else None)
 

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from cones_tasks.toyworld.batches import random_batch
+from cones_tasks.toyworld.batches import OBJECT_COUNT_WEIGHTS, random_batch
 from cones_tasks.toyworld.tokenizer import BOS, EOS, MAX_LENGTH, build_vocab_and_merges
 from cones_tasks.toyworld.world import vocabulary
 
@@ -57,12 +57,14 @@ def caption_ids(captions: list[str]) -> torch.Tensor:
 class TrainingBatches(torch.utils.data.Dataset):
     """Index = step: (uint8 images [B,H,W,3], ids [B,T], noise [B,3,H,W], timesteps [B])."""
 
-    def __init__(self, seed: int, batch_size: int, num_train_timesteps: int, *, p_empty: float):
+    def __init__(self, seed: int, batch_size: int, num_train_timesteps: int, *, p_empty: float,
+                 object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS):
         self.seed, self.batch_size, self.num_train_timesteps, self.p_empty = seed, batch_size, num_train_timesteps, p_empty
+        self.object_counts = object_counts
 
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.seed, step])
-        images, captions = random_batch(rng, self.batch_size, p_empty=self.p_empty)
+        images, captions = random_batch(rng, self.batch_size, p_empty=self.p_empty, object_counts=self.object_counts)
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         noise = torch.randn((self.batch_size, images.shape[-1], *images.shape[1:3]), generator=g)
         t = torch.randint(0, self.num_train_timesteps, (self.batch_size,), generator=g)
@@ -72,12 +74,13 @@ class TrainingBatches(torch.utils.data.Dataset):
 DATA_STREAMS = ("per-step", "sequential")
 
 
-def sequential_batches(seed: int, first_step: int, steps: int, batch_size: int, num_train_timesteps: int, *, p_empty: float):
+def sequential_batches(seed: int, first_step: int, steps: int, batch_size: int, num_train_timesteps: int, *, p_empty: float,
+                       object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS):
     """The stream the shipped toy model was trained on: one process, drawn in order."""
     rng = np.random.default_rng([seed, first_step])
     g = torch.Generator().manual_seed(seed * 1_000_003 + first_step)
     for _ in range(steps):
-        images, captions = random_batch(rng, batch_size, p_empty=p_empty)
+        images, captions = random_batch(rng, batch_size, p_empty=p_empty, object_counts=object_counts)
         noise = torch.randn((batch_size, images.shape[-1], *images.shape[1:3]), generator=g)
         t = torch.randint(0, num_train_timesteps, (batch_size,), generator=g)
         yield torch.from_numpy(images), caption_ids(captions), noise, t

@@ -57,6 +57,21 @@ def test_training_params_name_the_fix():
         TrainModelParams(data_stream="sequential", workers=2)
     with pytest.raises(ValueError, match="random.*toy-clip"):
         TrainModelParams(text_encoder="bert")
+    with pytest.raises(ValueError, match="sum to 1"):
+        TrainModelParams(object_counts={1: 0.5, 2: 0.2})
+    with pytest.raises(ValueError, match="counts 1–4"):
+        TrainModelParams(object_counts={5: 1.0})
+
+
+def test_object_counts_set_the_scene_mix():
+    pairs_only = TrainingBatches(seed=0, batch_size=8, num_train_timesteps=1000, p_empty=0.0, object_counts={2: 1.0})
+    default = TrainingBatches(seed=0, batch_size=8, num_train_timesteps=1000, p_empty=0.0)
+    ids = pairs_only[0][1]
+    from cones_tasks.toyworld.training_batches import _word_ids
+
+    joins = (ids == _word_ids()["and"]).sum(dim=1)
+    assert (joins == 1).all()  # every caption names two objects: exactly one "and"
+    assert not _same(pairs_only[0], default[0])
 
 
 def test_toy_clip_text_tower_becomes_a_clip_text_model_with_the_same_outputs(tmp_path):
