@@ -138,8 +138,10 @@ def load_diffusion_model(
                 ) from e
             raise ModelLoadError(f"{component}: could not load {folder}: {e}") from e
     for component in WEIGHTED_COMPONENTS:
-        if parts[component] is not None:
-            parts[component].to(device=device, dtype=dtype).eval().requires_grad_(False)
+        if (module := parts[component]) is not None:
+            # dtype only when it changes: diffusers warns on any dtype cast, even float32 to float32
+            cast = {} if next(module.parameters()).dtype == dtype else {"dtype": dtype}
+            module.to(device=device, **cast).eval().requires_grad_(False)
     return DiffusionModel(source=str(root), **parts)
 
 
