@@ -85,6 +85,25 @@ def train_model(out: Path = typer.Option(None, help="Output folder (default: the
     emit({k: log[k] for k in ("steps_done", "wall_s", "final_loss_ema50", "caption_gap")}, as_json=as_json, title="toy model")
 
 
+@app.command("probe-text")
+def probe_text(model: Path = typer.Option(None, help="Diffusers folder whose text_encoder/ to probe (default: the shipped toy model)."),
+               toy_clip: bool = typer.Option(False, "--toy-clip", help="Probe the toy CLIP's text tower instead (train-model --text-encoder toy-clip)."),
+               as_json: bool = JSON) -> None:
+    """Does the frozen text encoder bind colours to shapes? Linear-probe accuracy per shape token (chance 0.25)."""
+    from cones_tasks.toyworld.text_probe import probe_binding
+
+    if toy_clip:
+        from cones_tasks.toyworld.assets import toy_clip_weights
+        from cones_tasks.toyworld.clip_text_encoder import text_encoder_from_toy_clip
+
+        encoder = text_encoder_from_toy_clip(toy_clip_weights())
+    else:
+        from cones_tasks.loading import load_diffusion_model
+
+        encoder = load_diffusion_model(_default(model, "TOY_MODEL_DIR")).text_encoder
+    emit(probe_binding(encoder), as_json=as_json, title="text-encoder binding probe")
+
+
 @app.command("eval-model")
 def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default: the shipped toy model)."),
                n: int = typer.Option(200, help="Images per line."), seed: int = 1, steps: int = 25,

@@ -108,3 +108,21 @@ def test_toy_clip_conversion_refuses_a_folder_without_its_config(tmp_path):
     lonely.write_bytes(toy_clip_weights().read_bytes())
     with pytest.raises(FileNotFoundError, match="text_cfg"):
         text_encoder_from_toy_clip(lonely)
+
+
+def test_binding_probe_reads_context_only_where_attention_carries_it():
+    """The probe is at chance when attention is cut (each token only its own word), and the toy-CLIP
+    tower binds both objects' colours (docs/gpu-h100.md: the shipped random encoder loses the second)."""
+    from cones_tasks.toyworld.assets import toy_clip_weights
+    from cones_tasks.toyworld.clip_text_encoder import text_encoder_from_toy_clip
+    from cones_tasks.toyworld.text_probe import probe_binding
+
+    encoder = text_encoder_from_toy_clip(toy_clip_weights())
+    bound = probe_binding(encoder)
+    assert bound["first_shape"] >= 0.9 and bound["second_shape"] >= 0.9
+    with torch.no_grad():
+        for layer in getattr(encoder, "text_model", encoder).encoder.layers:  # transformers 4 nests
+            layer.self_attn.out_proj.weight.zero_()
+            layer.self_attn.out_proj.bias.zero_()
+    cut = probe_binding(encoder)
+    assert cut["first_shape"] <= 0.35 and cut["second_shape"] <= 0.35
