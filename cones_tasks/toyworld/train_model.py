@@ -127,6 +127,11 @@ def _text_encoder(params: TrainModelParams):
     return build_text_encoder(seed=params.seed + 1)
 
 
+def _replay_params(params: TrainModelParams) -> dict:
+    """What a segment's replay needs (README: `make toy-model`), without the run's bookkeeping."""
+    return {k: v for k, v in asdict(params).items() if k not in ("max_minutes", "checkpoint_every", "resume", "stop_at", "workers")}
+
+
 def _batches(params: TrainModelParams, first_step: int, last: int, num_train_timesteps: int):
     mix = {"p_empty": params.p_empty, "object_counts": params.object_counts or OBJECT_COUNT_WEIGHTS}
     if params.data_stream == "sequential":
@@ -221,7 +226,9 @@ def _train(out: Path, params: TrainModelParams, progress: bool) -> dict:
                 "final_loss_ema50": float(np.mean(losses[-50:])),
                 "caption_gap": gaps,
                 # [first, last] step of each process: replay with --steps/--resume/--stop-at (README)
-                "segments": [*segments, [first_step, step + 1]],
+                # with what each segment ran: a warm restart changes `steps`, a GPU run the batch,
+                # a later schedule the scene mix (the params above are only the last segment's)
+                "segments": [*segments, [first_step, step + 1, _replay_params(params)]],
                 "losses": losses,
             }
             (out / "training_log.json").write_text(json.dumps(log))

@@ -39,11 +39,13 @@ def test_training_stops_resumes_and_logs_its_segments(tmp_path):
 
     params = TrainModelParams(steps=3, batch_size=8, warmup=1, checkpoint_every=100, stop_at=2)
     first = train_toy_model(tmp_path, params, progress=False)
-    assert first["steps_done"] == 2 and first["segments"] == [[0, 2]]
+    assert first["steps_done"] == 2 and [s[:2] for s in first["segments"]] == [[0, 2]]
     with pytest.raises(ValueError, match="not past"):
         train_toy_model(tmp_path, replace(params, resume=True), progress=False)
     log = train_toy_model(tmp_path, replace(params, resume=True, stop_at=None), progress=False)
-    assert log["steps_done"] == 3 and log["segments"] == [[0, 2], [2, 3]] and len(log["losses"]) == 3
+    assert log["steps_done"] == 3 and [s[:2] for s in log["segments"]] == [[0, 2], [2, 3]] and len(log["losses"]) == 3
+    assert log["segments"][1][2]["steps"] == 3 and log["segments"][1][2]["data_stream"] == "per-step"
+    assert "resume" not in log["segments"][1][2]  # what replays the segment, not how it was run
     assert json.loads((tmp_path / "training_log.json").read_text())["segments"] == log["segments"]
     assert (tmp_path / "loss_curve.png").stat().st_size > 0
     assert "_name_or_path" not in json.loads((tmp_path / "unet" / "config.json").read_text())  # no local path ships
