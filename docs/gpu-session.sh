@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one prepared script for a lent GPU (issues #3, #4): SD-1.5-shaped benches, then two toy-model
 # trainings side by side (frozen random vs frozen toy-CLIP text encoder), each judged on the GPU.
-# Run from the repo root with the wheels in .whl (diffusers, open_clip and friends are not on the
+# PROFILE=1 profiles 60 steps first. Run from the repo root with the wheels in .whl (diffusers, open_clip and friends are not on the
 # device image); runs cut short on an earlier lease resume from .gpu/m-<encoder>. Dry run on a CPU: DEV=cpu STEPS=4 BATCH=16 WORKERS=1 MINUTES=1 N=8 OUT=/tmp/o bash docs/gpu-session.sh
 set -u
 DEV=${DEV:-cuda} STEPS=${STEPS:-6000} BATCH=${BATCH:-512} WORKERS=${WORKERS:-6} MINUTES=${MINUTES:-4.5} N=${N:-200}
@@ -24,6 +24,11 @@ if [ "$DEV" = cuda ]; then  # before training, so nothing else shares the card
   timeout 90 cones bench discovery --preset sd15 --device cuda --dtype float16 --batch 4 --repeats 5 --json >> "$OUT/bench_sd15.jsonl" 2>> "$OUT/logs.txt"
   timeout 75 cones bench generate --preset sd15 --device cuda --dtype float16 --combinations 8 --steps 2 --repeats 3 --json >> "$OUT/bench_sd15.jsonl" 2>> "$OUT/logs.txt"
   cat "$OUT/bench_sd15.jsonl"
+fi
+
+if [ "${PROFILE:-0}" = 1 ]; then  # where a training step's time goes, alone on the card (docs/gpu-h100.md)
+  timeout 150 python3 docs/gpu-profile-train.py --device "$DEV" --batch-size "$BATCH" --workers "$WORKERS" --steps 60 \
+    > "$OUT/profile.txt" 2>&1; head -n 40 "$OUT/profile.txt"
 fi
 
 for te in random toy-clip; do
