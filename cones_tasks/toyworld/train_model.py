@@ -1,9 +1,10 @@
 """Train the toy text-to-image model from scratch (issue #3): `cones toy train-model`.
 
 Seeded: AdamW with warm-up and cosine decay, EMA weights (what ships). Writes the diffusers
-folder layout, a loss curve PNG and a training log. Runs on CPU or a GPU; batches are rendered
-by DataLoader workers, each step's batch seeded by (seed, step) alone (training_batches), so the
-data a run sees does not depend on the number of workers or on where a resumed run restarts.
+folder layout, a loss curve PNG and a training log. Runs on CPU or a GPU. By default each step's
+batch is seeded by (seed, step) alone and may be rendered by DataLoader workers, so the data a run
+sees does not depend on the number of workers; the shipped model's in-order stream is kept for
+its replay (training_batches).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class TrainModelParams:
     workers: int = 0  # DataLoader processes rendering batches; 0 renders in the training process
     data_stream: str = "per-step"  # or "sequential", the shipped model's (training_batches)
     # Scenes' object-count mix, {count: weight}; None is batches.OBJECT_COUNT_WEIGHTS (55 % single
-    # objects). A pair-heavy mix is the lever for two-object binding (README, issue #3).
+    # objects). A pair-heavy mix was tried for two-object binding: no gain in 1,000 steps (README).
     object_counts: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
