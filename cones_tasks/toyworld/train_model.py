@@ -128,6 +128,11 @@ def _text_encoder(params: TrainModelParams):
     return build_text_encoder(seed=params.seed + 1)
 
 
+def _on_cpu(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself on CPU; a CPU copy otherwise (the training copy stays on its device)."""
+    return module if next(module.parameters()).device.type == "cpu" else copy.deepcopy(module).cpu()
+
+
 def _replay_params(params: TrainModelParams) -> dict:
     """What a segment's replay needs (README: `make toy-model`), without the run's bookkeeping."""
     return {k: v for k, v in asdict(params).items() if k not in ("max_minutes", "checkpoint_every", "resume", "stop_at", "workers")}
@@ -182,6 +187,7 @@ def _train(out: Path, params: TrainModelParams, progress: bool) -> dict:
         return encode(caption_ids(captions).to(device))
 
     ema = copy.deepcopy(unet).requires_grad_(False)
+    text_encoder_to_ship = _on_cpu(text_encoder)  # frozen: one copy serves every checkpoint
     opt = torch.optim.AdamW(unet.parameters(), lr=params.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt,
@@ -195,7 +201,7 @@ def _train(out: Path, params: TrainModelParams, progress: bool) -> dict:
         raise ValueError(f"stop_at={params.stop_at} is not past the {first_step} steps already done")
     loader = _batches(params, first_step, last, scheduler.config.num_train_timesteps)
     ema_params, unet_params = list(ema.parameters()), list(unet.parameters())
-    bar = tqdm(zip(range(first_step, last), loader), total=last - first_step, initial=0, desc="train toy model", disable=not progress)
+    bar = tqdm(zip(range(first_step, last), loader), total=last - first_step, desc="train toy model", disable=not progress)
     for step, (images, ids, noise, t) in bar:
         # uint8 to the device, then scaled there: a quarter of the bytes through the host
         x0, ids, noise, t = to_model_range(images.to(device)), ids.to(device), noise.to(device), t.to(device)
@@ -217,7 +223,7 @@ def _train(out: Path, params: TrainModelParams, progress: bool) -> dict:
         over_time = params.max_minutes is not None and time.perf_counter() - start - elapsed > 60 * params.max_minutes
         if (step + 1) % params.checkpoint_every == 0 or done or over_time:
             gaps.append((step + 1, caption_gap(ema, encode_captions, scheduler, seed=10_000)))
-            write_pipeline(out, copy.deepcopy(ema).cpu(), copy.deepcopy(text_encoder).cpu(), scheduler)
+            write_pipeline(out, _on_cpu(ema), text_encoder_to_ship, scheduler)
             log = {
                 "params": asdict(params),
                 "steps_done": step + 1,

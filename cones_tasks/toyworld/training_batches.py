@@ -41,7 +41,7 @@ def _word_ids() -> dict[str, int]:
 def _ids(caption: str) -> list[int]:
     # The slow CLIPTokenizer costs ~2 ms a caption, and crowded scenes' captions rarely repeat: at
     # batch 512 it starved a GPU run at 3 steps/s. Every toy word is one token (tokenizer.py), so a
-    # caption of toy words is a lookup; test_training_batches checks this equals the tokenizer.
+    # caption of toy words is a lookup; tests/cones_tasks/toyworld/test_training_data.py checks it equals the tokenizer.
     table, words = _word_ids(), caption.split()
     if not all(w in table for w in words) or len(words) > MAX_LENGTH - 2:
         return _tokenizer()(caption, padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids
@@ -66,9 +66,7 @@ class TrainingBatches(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, step])
         images, captions = random_batch(rng, self.batch_size, p_empty=self.p_empty, object_counts=self.object_counts)
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
-        noise = torch.randn((self.batch_size, images.shape[-1], *images.shape[1:3]), generator=g)
-        t = torch.randint(0, self.num_train_timesteps, (self.batch_size,), generator=g)
-        return torch.from_numpy(images), caption_ids(captions), noise, t
+        return _with_noise(images, captions, g, self.num_train_timesteps)
 
 
 DATA_STREAMS = ("per-step", "sequential")
@@ -81,6 +79,11 @@ def sequential_batches(seed: int, first_step: int, steps: int, batch_size: int, 
     g = torch.Generator().manual_seed(seed * 1_000_003 + first_step)
     for _ in range(steps):
         images, captions = random_batch(rng, batch_size, p_empty=p_empty, object_counts=object_counts)
-        noise = torch.randn((batch_size, images.shape[-1], *images.shape[1:3]), generator=g)
-        t = torch.randint(0, num_train_timesteps, (batch_size,), generator=g)
-        yield torch.from_numpy(images), caption_ids(captions), noise, t
+        yield _with_noise(images, captions, g, num_train_timesteps)
+
+
+def _with_noise(images: np.ndarray, captions: list[str], g: torch.Generator, num_train_timesteps: int):
+    """One training batch: images, caption ids, then noise and timesteps drawn from `g`, in that order."""
+    noise = torch.randn((len(images), images.shape[-1], *images.shape[1:3]), generator=g)
+    t = torch.randint(0, num_train_timesteps, (len(images),), generator=g)
+    return torch.from_numpy(images), caption_ids(captions), noise, t
