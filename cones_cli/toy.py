@@ -74,12 +74,13 @@ def train_model(out: Path = typer.Option(None, help="Output folder (default: the
                 workers: int = typer.Option(0, help="DataLoader processes rendering batches (0: render in this process)."),
                 data_stream: str = typer.Option("per-step", help="'per-step' (any --workers) or 'sequential' (the shipped model's; --workers 0)."),
                 object_counts: str = typer.Option(None, help="Scene mix as JSON {count: weight}, e.g. '{\"1\": 0.3, \"2\": 0.6, \"3\": 0.07, \"4\": 0.03}'."),
+                object_order: str = typer.Option("random", help="'random' cells, or 'reading': captions name objects left/top first."),
                 as_json: bool = JSON) -> None:
     """Train the toy text-to-image model from scratch (seeded); progress bar, loss-curve PNG, wall time."""
     from cones_tasks.toyworld.train_model import TrainModelParams, train_toy_model
 
     params = TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes, resume=resume, stop_at=stop_at, batch_size=batch_size,
-                              lr=lr, text_encoder=text_encoder, device=device, workers=workers, data_stream=data_stream,
+                              lr=lr, text_encoder=text_encoder, device=device, workers=workers, data_stream=data_stream, object_order=object_order,
                               object_counts={int(k): float(v) for k, v in json.loads(object_counts).items()} if object_counts else None)
     log = train_toy_model(_default(out, "TOY_MODEL_DIR"), params)
     emit({k: log[k] for k in ("steps_done", "wall_s", "final_loss_ema50", "caption_gap")}, as_json=as_json, title="toy model")

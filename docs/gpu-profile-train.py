@@ -3,7 +3,7 @@
 The H100 run trained at 3.3 steps/s per process where tens were expected. Run this first on the
 next lease, alone on the card:
 
-    python3 docs/gpu-profile-train.py --device cuda --batch-size 512 --workers 6 --steps 60
+    python3 docs/gpu-profile-train.py --device cuda --batch-size 128 --workers 5 --steps 40 --timed-steps 200
 
 It prints the wall rate and the top operators by self CPU and self device time. A data-bound
 loop shows up as time in the DataLoader's `__next__`; a launch-bound one as many small kernels
@@ -27,18 +27,28 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--workers", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=60, help="steps under the profiler")
+    parser.add_argument("--timed-steps", type=int, default=200, help="steps timed without it, first")
     parser.add_argument("--text-encoder", default="random")
     args = parser.parse_args()
-    params = TrainModelParams(steps=args.steps, batch_size=args.batch_size, workers=args.workers, device=args.device,
-                              text_encoder=args.text_encoder, checkpoint_every=10**9, warmup=1)
+
+    def params(steps: int) -> TrainModelParams:
+        return TrainModelParams(steps=steps, batch_size=args.batch_size, workers=args.workers, device=args.device,
+                                text_encoder=args.text_encoder, checkpoint_every=10**9, warmup=1)
+
+    # Unprofiled first: the rate a real run gets (docs/gpu-session.sh sizes its schedule from this line).
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        train_toy_model(out, params(args.timed_steps), progress=False)
+        wall = time.perf_counter() - start
+    print(f"unprofiled: {args.timed_steps} steps at batch {args.batch_size} in {wall:.1f} s "
+          f"(including set-up and the final checkpoint): {args.timed_steps / wall:.2f} steps/s")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
     with tempfile.TemporaryDirectory() as out, profile(activities=activities) as prof:
         start = time.perf_counter()
-        train_toy_model(out, params, progress=False)
+        train_toy_model(out, params(args.steps), progress=False)
         wall = time.perf_counter() - start
-    print(f"{args.steps} steps at batch {args.batch_size} in {wall:.1f} s (including setup and the final checkpoint): "
-          f"{args.steps / wall:.2f} steps/s")
+    print(f"profiled: {args.steps} steps in {wall:.1f} s")
     table = prof.key_averages()
     print(table.table(sort_by="self_cpu_time_total", row_limit=15))
     if args.device.startswith("cuda"):

@@ -19,10 +19,12 @@ def random_batch(
     p_full: float = 0.5,
     p_empty: float = 0.0,
     object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS,
+    object_order: str = "random",
 ) -> tuple[np.ndarray, list[str]]:
-    """uint8 images [B, H, W, 3] and captions; `p_empty` drops captions for classifier-free guidance."""
+    """uint8 images [B, H, W, 3] and captions; `p_empty` drops captions for classifier-free guidance,
+    `object_order` places a caption's objects ("random" or "reading", render.place_objects)."""
     counts = rng.choice(list(object_counts), size=batch_size, p=list(object_counts.values()))
-    scenes = [random_scene(rng, int(n)) for n in counts]
+    scenes = [random_scene(rng, int(n), order=object_order) for n in counts]
     images = np.stack([render(s) for s in scenes])
     captions = ["" if rng.random() < p_empty else random_caption(rng, s, p_full=p_full) for s in scenes]
     return images, captions

@@ -69,10 +69,21 @@ def render(scene: Scene, resolution: int = RESOLUTION) -> np.ndarray:
     return image
 
 
+OBJECT_ORDERS = ("random", "reading")
+
+
 def place_objects(
-    rng: np.random.Generator, attributes: list[tuple[str, str, str]], resolution: int = RESOLUTION
+    rng: np.random.Generator, attributes: list[tuple[str, str, str]], resolution: int = RESOLUTION,
+    *, order: str = "random",
 ) -> tuple[ObjectSpec, ...]:
-    """Random non-overlapping positions and sizes for (shape, colour, pattern) triples."""
+    """Random non-overlapping positions and sizes for (shape, colour, pattern) triples.
+
+    `order`: where the i-th triple goes. "random": any cell. "reading": cells in reading order
+    (left before right, top before bottom), so a caption names objects as one reads the image and
+    the UNet has a place to bind each noun phrase to (README, "Why reading order").
+    """
+    if order not in OBJECT_ORDERS:
+        raise ValueError(f"unknown object order {order!r}; choose one of {OBJECT_ORDERS}")
     n = len(attributes)
     lo, hi = RADIUS_RANGE[n]
     radii = rng.uniform(lo, hi, size=n)
@@ -85,9 +96,9 @@ def place_objects(
         cells = [(0, 0, 2, 1), (1, 0, 2, 1)] if n == 2 else [(i % 2, i // 2, 2, 2) for i in range(4)]
         if n == 2 and rng.random() < 0.5:
             cells = [(y, x, ny, nx) for (x, y, nx, ny) in cells]  # stack vertically
-        order = rng.permutation(len(cells))[:n]
+        chosen = rng.permutation(len(cells))[:n]  # drawn either way: both orders consume the same random numbers
         centres = []
-        for k, r in zip(order, radii):
+        for k, r in zip(np.sort(chosen) if order == "reading" else chosen, radii):
             col, row, ncols, nrows = cells[k]
             w, h = resolution / ncols, resolution / nrows
             centres.append(
@@ -107,7 +118,7 @@ def random_attributes(rng: np.random.Generator) -> tuple[str, str, str]:
     )
 
 
-def random_scene(rng: np.random.Generator, n_objects: int, *, distinct: bool = True) -> Scene:
+def random_scene(rng: np.random.Generator, n_objects: int, *, distinct: bool = True, order: str = "random") -> Scene:
     """A random scene; with `distinct`, no two objects share shape and colour (so captions stay unambiguous)."""
     attrs: list[tuple[str, str, str]] = []
     while len(attrs) < n_objects:
@@ -115,4 +126,4 @@ def random_scene(rng: np.random.Generator, n_objects: int, *, distinct: bool = T
         if not distinct or all((a[0], a[1]) != (b[0], b[1]) for b in attrs):
             attrs.append(a)
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-    return Scene(background, place_objects(rng, attrs))
+    return Scene(background, place_objects(rng, attrs, order=order))

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from cones_tasks.toyworld.architecture import build_scheduler, build_text_encoder, build_unet
 from cones_tasks.pixels import to_model_range
 from cones_tasks.toyworld.batches import OBJECT_COUNT_WEIGHTS, random_batch
+from cones_tasks.toyworld.render import OBJECT_ORDERS
 from cones_tasks.toyworld.tokenizer import write_tokenizer
 from cones_tasks.toyworld.training_batches import DATA_STREAMS, TrainingBatches, caption_ids, sequential_batches
 
@@ -57,6 +58,9 @@ class TrainModelParams:
     # Scenes' object-count mix, {count: weight}; None is batches.OBJECT_COUNT_WEIGHTS (55 % single
     # objects). A pair-heavy mix was tried for two-object binding: no gain in 1,000 steps (README).
     object_counts: dict[int, float] | None = None
+    # Where a caption's objects sit: "random" cells, or "reading" order (left/top first), which gives
+    # two-object binding a spatial anchor (README, "Why reading order"; render.place_objects).
+    object_order: str = "random"
 
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODERS:
@@ -68,6 +72,8 @@ class TrainModelParams:
             or abs(sum(self.object_counts.values()) - 1) > 1e-6
         ):
             raise ValueError(f"object_counts {self.object_counts} must map counts 1–4 to weights ≥ 0 that sum to 1")
+        if self.object_order not in OBJECT_ORDERS:
+            raise ValueError(f"unknown object order {self.object_order!r}; choose one of {OBJECT_ORDERS}")
         if self.data_stream == "sequential" and self.workers:
             raise ValueError("the sequential data stream is drawn in order by one process: pass workers=0, "
                              "or use the per-step stream to render batches in workers")
@@ -139,7 +145,8 @@ def _replay_params(params: TrainModelParams) -> dict:
 
 
 def _batches(params: TrainModelParams, first_step: int, last: int, num_train_timesteps: int):
-    mix = {"p_empty": params.p_empty, "object_counts": params.object_counts or OBJECT_COUNT_WEIGHTS}
+    mix = {"p_empty": params.p_empty, "object_counts": params.object_counts or OBJECT_COUNT_WEIGHTS,
+           "object_order": params.object_order}
     if params.data_stream == "sequential":
         return sequential_batches(params.seed, first_step, last - first_step, params.batch_size, num_train_timesteps, **mix)
     batches = TrainingBatches(params.seed, params.batch_size, num_train_timesteps, **mix)

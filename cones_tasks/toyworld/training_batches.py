@@ -58,13 +58,14 @@ class TrainingBatches(torch.utils.data.Dataset):
     """Index = step: (uint8 images [B,H,W,3], ids [B,T], noise [B,3,H,W], timesteps [B])."""
 
     def __init__(self, seed: int, batch_size: int, num_train_timesteps: int, *, p_empty: float,
-                 object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS):
+                 object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS, object_order: str = "random"):
         self.seed, self.batch_size, self.num_train_timesteps, self.p_empty = seed, batch_size, num_train_timesteps, p_empty
-        self.object_counts = object_counts
+        self.object_counts, self.object_order = object_counts, object_order
 
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.seed, step])
-        images, captions = random_batch(rng, self.batch_size, p_empty=self.p_empty, object_counts=self.object_counts)
+        images, captions = random_batch(rng, self.batch_size, p_empty=self.p_empty, object_counts=self.object_counts,
+                                        object_order=self.object_order)
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return _with_noise(images, captions, g, self.num_train_timesteps)
 
@@ -73,12 +74,12 @@ DATA_STREAMS = ("per-step", "sequential")
 
 
 def sequential_batches(seed: int, first_step: int, steps: int, batch_size: int, num_train_timesteps: int, *, p_empty: float,
-                       object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS):
-    """The stream the shipped toy model was trained on: one process, drawn in order."""
+                       object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS, object_order: str = "random"):
+    """The stream the first shipped toy model was trained on: one process, drawn in order."""
     rng = np.random.default_rng([seed, first_step])
     g = torch.Generator().manual_seed(seed * 1_000_003 + first_step)
     for _ in range(steps):
-        images, captions = random_batch(rng, batch_size, p_empty=p_empty, object_counts=object_counts)
+        images, captions = random_batch(rng, batch_size, p_empty=p_empty, object_counts=object_counts, object_order=object_order)
         yield _with_noise(images, captions, g, num_train_timesteps)
 
 
