@@ -61,6 +61,8 @@ def test_training_params_name_the_fix():
         TrainModelParams(object_counts={1: 0.5, 2: 0.2})
     with pytest.raises(ValueError, match="counts 1–4"):
         TrainModelParams(object_counts={5: 1.0})
+    with pytest.raises(ValueError, match="random.*reading"):
+        TrainModelParams(object_order="diagonal")
 
 
 def test_object_counts_set_the_scene_mix():

@@ -36,6 +36,31 @@ def test_objects_never_overlap_and_fill_a_third_of_a_single_scene():
     assert 2 * single.radius >= 0.35 * RESOLUTION
 
 
+def test_reading_order_puts_the_first_named_object_left_or_above_the_next():
+    rng = np.random.default_rng(4)
+    half = RESOLUTION / 2
+    for n in (2, 3, 4):
+        for _ in range(100):
+            objects = random_scene(rng, n, order="reading").objects
+            if n == 2:  # side by side or stacked: the first is left of, or above, the second
+                first, second = objects
+                assert first.cx < half <= second.cx or first.cy < half <= second.cy
+            else:  # quadrants, read row by row
+                cells = [(o.cy // half, o.cx // half) for o in objects]
+                assert cells == sorted(cells) and len(set(cells)) == n
+
+
+def test_object_order_changes_placement_only():
+    random_order = [random_scene(np.random.default_rng(s), 2) for s in range(30)]
+    reading = [random_scene(np.random.default_rng(s), 2, order="reading") for s in range(30)]
+    # same attributes, sizes and backgrounds (the same random draws); some pairs trade places
+    strip = lambda sc: (sc.background, [(o.shape, o.color, o.pattern, o.radius) for o in sc.objects])  # noqa: E731
+    assert [strip(a) for a in random_order] == [strip(b) for b in reading]
+    assert any(a.objects[0].cx != b.objects[0].cx or a.objects[0].cy != b.objects[0].cy for a, b in zip(random_order, reading))
+    with pytest.raises(ValueError, match="random.*reading"):
+        random_scene(np.random.default_rng(0), 2, order="clockwise")
+
+
 def test_captions_range_from_full_to_class_word():
     rng = np.random.default_rng(0)
     scene = random_scene(rng, 2)
