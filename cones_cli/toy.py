@@ -74,7 +74,7 @@ def train_model(out: Path = typer.Option(None, help="Output folder (default: the
                 workers: int = typer.Option(0, help="DataLoader processes rendering batches (0: render in this process)."),
                 data_stream: str = typer.Option("per-step", help="'per-step' (any --workers) or 'sequential' (the shipped model's; --workers 0)."),
                 object_counts: str = typer.Option(None, help="Scene mix as JSON {count: weight}, e.g. '{\"1\": 0.3, \"2\": 0.6, \"3\": 0.07, \"4\": 0.03}'."),
-                object_order: str = typer.Option("random", help="'random' cells, or 'reading': captions name objects left/top first."),
+                object_order: str = typer.Option("random", help="'random' cells; 'reading': captions name objects left/top first; 'left-to-right': reading, pairs always side by side."),
                 as_json: bool = JSON) -> None:
     """Train the toy text-to-image model from scratch (seeded); progress bar, loss-curve PNG, wall time."""
     from cones_tasks.toyworld.train_model import TrainModelParams, train_toy_model

@@ -69,7 +69,7 @@ def render(scene: Scene, resolution: int = RESOLUTION) -> np.ndarray:
     return image
 
 
-OBJECT_ORDERS = ("random", "reading")
+OBJECT_ORDERS = ("random", "reading", "left-to-right")
 
 
 def place_objects(
@@ -80,7 +80,10 @@ def place_objects(
 
     `order`: where the i-th triple goes. "random": any cell. "reading": cells in reading order
     (left before right, top before bottom), so a caption names objects as one reads the image and
-    the UNet has a place to bind each noun phrase to (README, "Why reading order").
+    the UNet has a place to bind each noun phrase to. "left-to-right": reading order, and two
+    objects always side by side: with stacking allowed, a pixel at the top right is the first
+    object or the second depending on a layout that denoising settles only after it has settled
+    colours (README, "Why left to right").
     """
     if order not in OBJECT_ORDERS:
         raise ValueError(f"unknown object order {order!r}; choose one of {OBJECT_ORDERS}")
@@ -94,11 +97,12 @@ def place_objects(
         # one object per cell (halves for two, quadrants for three or four), jittered
         # inside it; cells keep a 0.5 px margin, so objects never touch.
         cells = [(0, 0, 2, 1), (1, 0, 2, 1)] if n == 2 else [(i % 2, i // 2, 2, 2) for i in range(4)]
-        if n == 2 and rng.random() < 0.5:
+        # Both draws are made in every order, so orders differ in placement alone.
+        if n == 2 and rng.random() < 0.5 and order != "left-to-right":
             cells = [(y, x, ny, nx) for (x, y, nx, ny) in cells]  # stack vertically
-        chosen = rng.permutation(len(cells))[:n]  # drawn either way: both orders consume the same random numbers
+        chosen = rng.permutation(len(cells))[:n]
         centres = []
-        for k, r in zip(np.sort(chosen) if order == "reading" else chosen, radii):
+        for k, r in zip(chosen if order == "random" else np.sort(chosen), radii):
             col, row, ncols, nrows = cells[k]
             w, h = resolution / ncols, resolution / nrows
             centres.append(

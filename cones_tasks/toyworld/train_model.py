@@ -58,7 +58,7 @@ class TrainModelParams:
     # Scenes' object-count mix, {count: weight}; None is batches.OBJECT_COUNT_WEIGHTS (55 % single
     # objects). A pair-heavy mix was tried for two-object binding: no gain in 1,000 steps (README).
     object_counts: dict[int, float] | None = None
-    # Where a caption's objects sit: "random" cells, or "reading" order (left/top first), which gives
+    # Where a caption's objects sit: "random" cells, "reading" order (left/top first) or "left-to-right", which give
     # two-object binding a spatial anchor (README, "Why reading order"; render.place_objects).
     object_order: str = "random"
 

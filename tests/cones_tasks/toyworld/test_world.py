@@ -50,13 +50,21 @@ def test_reading_order_puts_the_first_named_object_left_or_above_the_next():
                 assert cells == sorted(cells) and len(set(cells)) == n
 
 
+def test_left_to_right_puts_two_objects_side_by_side_first_on_the_left():
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        first, second = random_scene(rng, 2, order="left-to-right").objects
+        assert first.cx < RESOLUTION / 2 <= second.cx
+
+
 def test_object_order_changes_placement_only():
     random_order = [random_scene(np.random.default_rng(s), 2) for s in range(30)]
-    reading = [random_scene(np.random.default_rng(s), 2, order="reading") for s in range(30)]
     # same attributes, sizes and backgrounds (the same random draws); some pairs trade places
     strip = lambda sc: (sc.background, [(o.shape, o.color, o.pattern, o.radius) for o in sc.objects])  # noqa: E731
-    assert [strip(a) for a in random_order] == [strip(b) for b in reading]
-    assert any(a.objects[0].cx != b.objects[0].cx or a.objects[0].cy != b.objects[0].cy for a, b in zip(random_order, reading))
+    for order in ("reading", "left-to-right"):
+        ordered = [random_scene(np.random.default_rng(s), 2, order=order) for s in range(30)]
+        assert [strip(a) for a in random_order] == [strip(b) for b in ordered]
+        assert any(a.objects[0].cx != b.objects[0].cx or a.objects[0].cy != b.objects[0].cy for a, b in zip(random_order, ordered))
     with pytest.raises(ValueError, match="random.*reading"):
         random_scene(np.random.default_rng(0), 2, order="clockwise")
 
