@@ -44,7 +44,7 @@ def main() -> None:
     print(f"unprofiled: {args.timed_steps} steps at batch {args.batch_size} in {wall:.1f} s "
           f"(including set-up and the final checkpoint): {args.timed_steps / wall:.2f} steps/s")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
-    with tempfile.TemporaryDirectory() as out, profile(activities=activities) as prof:
+    with tempfile.TemporaryDirectory() as out, profile(activities=activities, acc_events=True) as prof:
         start = time.perf_counter()
         train_toy_model(out, params(args.steps), progress=False)
         wall = time.perf_counter() - start

@@ -84,6 +84,7 @@ def discover_concept_neurons(
     params: DiscoveryParams = DiscoveryParams(),
     *,
     prior_images: np.ndarray | None = None,
+    prior_prompt: str | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -95,7 +96,9 @@ def discover_concept_neurons(
     far better (README, "Variants tried").
     model: anything with `.unet`, `.scheduler`, `.encode_prompts(list[str]) -> [B, T, D]`
     and optionally `.vae` (cones_tasks.loading.DiffusionModel). prior_images: the base
-    model's own images for `class_prompt`, required when params.prior_weight > 0.
+    model's own images for `class_prompt`, required when params.prior_weight > 0; `prior_prompt`
+    is the prompt they were sampled for, by default the one `class_prompt` (required with one
+    prompt per image: the prior term must not borrow the first reference's context).
     Deterministic on CPU for a given seed (all randomness comes from one CPU generator;
     `generator`, if given, replaces it for the steps, while `seed` still fixes the report's eval draws).
     """
@@ -104,12 +107,18 @@ def discover_concept_neurons(
             "prior_weight > 0 needs prior_images: generate a few images of the class prompt with the base model "
             "(cones_tasks.sampling.sample) and pass them, or set prior_weight=0"
         )
+    if params.prior_weight > 0 and prior_prompt is None and not isinstance(class_prompt, str):
+        raise ValueError(
+            "one class prompt per image and prior_weight > 0 need prior_prompt: the prompt the prior images were "
+            "sampled for (e.g. 'a dog'), so the prior term is not conditioned on one reference's context"
+        )
     started = time.perf_counter()
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     unet = model.unet
     space = NeuronSpace.from_unet(unet, attention=params.attention)
     problem = _Problem.build(
-        model, space, images, class_prompt, prior_images, params.prior_weight, params.batch_size, gen
+        model, space, images, class_prompt, prior_images, params.prior_weight, params.batch_size, gen,
+        prior_prompt=prior_prompt,
     )
 
     shut_flat = torch.zeros(space.size, dtype=torch.bool)
@@ -246,26 +255,33 @@ class _Problem:
     x0: torch.Tensor  # subject, [N, C, h, w] fp32
     prior: torch.Tensor | None  # base model's class images, [M, C, h, w] fp32
     prior_weight: float
-    cond: torch.Tensor  # class prompt, [1, T, D] in the UNet's dtype
+    cond: torch.Tensor  # class prompt, [1, T, D] or one per image [N, T, D], in the UNet's dtype
     base: dict[str, torch.Tensor]  # K/V weights, fp32, detached
     dtype: torch.dtype
     device: torch.device
     batch_size: int
     _order: list[int] = field(default_factory=list)
     loss_scale: float = 1.0  # set to 2**16 for fp16 UNets in build (see _grads)
+    prior_cond: torch.Tensor | None = None  # the prior images' prompt, [1, T, D]
+
 
     @classmethod
-    def build(cls, model, space, images, class_prompt, prior_images, prior_weight, batch_size, gen) -> _Problem:
+    def build(cls, model, space, images, class_prompt, prior_images, prior_weight, batch_size, gen, *,
+              prior_prompt: str | None = None) -> _Problem:
         unet = model.unet
         first = next(unet.parameters())
         x0 = images_to_model_inputs(model, images, generator=gen)
         prior = images_to_model_inputs(model, prior_images, generator=gen) if prior_weight > 0 else None
         with torch.no_grad():
             cond = model.encode_prompts(_prompts_for(class_prompt, len(x0))).to(first.device, first.dtype)
+            prior_cond = None
+            if prior is not None:
+                prior_cond = cond if prior_prompt is None else model.encode_prompts([prior_prompt]).to(first.device, first.dtype)
         modules = space.modules(unet)
         base = {e.name: modules[e.name].weight.detach().float() for e in space.entries}
         return cls(unet, space, training_scheduler(model.scheduler), x0, prior, prior_weight, cond, base,
-                   first.dtype, first.device, batch_size, loss_scale=initial_loss_scale(first.dtype))
+                   first.dtype, first.device, batch_size, loss_scale=initial_loss_scale(first.dtype),
+                   prior_cond=prior_cond)
 
     def _batch_indices(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
         # epoch-style: every image is seen once before any repeats (lower-variance scores than iid draws)
@@ -295,7 +311,7 @@ class _Problem:
         if self.prior is not None:
             pidx = torch.randint(0, self.prior.shape[0], (len(idx),), generator=gen)
             loss = loss + self.prior_weight * concept_loss(
-                self.unet, noised_batch(self.scheduler, self.prior[pidx], generator=gen), self.cond[:1], overrides
+                self.unet, noised_batch(self.scheduler, self.prior[pidx], generator=gen), self.prior_cond[:1], overrides
             )
         grads, scale = self._grads(loss, list(theta.values()))
         with torch.no_grad():

@@ -112,7 +112,7 @@ def validate_toy(
             s.id: discover_concept_neurons(
                 model, references[s.id], _reference_prompts(s, mode, params.reference_images), candidate,
                 seed=params.discovery_seed, progress=False,
-                prior_images=priors.of(s.shape) if candidate.prior_weight > 0 else None,
+                prior_images=priors.of(s.shape) if candidate.prior_weight > 0 else None, prior_prompt=_class_prompt(s.shape),
             ).mask
             for s in subjects
         }

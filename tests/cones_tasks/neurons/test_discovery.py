@@ -123,6 +123,23 @@ def test_v_prediction_and_prior_preservation_run(subject):
         discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
 
 
+def test_prior_term_is_conditioned_on_the_prior_prompt_not_a_reference_context(subject):
+    # with one prompt per image, the prior images belong to the bare class prompt (they were sampled for it)
+    model = tiny_model(0)
+    prior = np.random.default_rng(5).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    params = DiscoveryParams(steps=3, batch_size=2, rounds=1, prior_weight=1.0, threshold="top_k", threshold_value=10, eval_draws=1)
+    contexts = [PROMPT + " on grass", PROMPT + " on sand"] * (len(subject) // 2)
+    with pytest.raises(ValueError, match="prior_prompt"):
+        discover_concept_neurons(model, subject, contexts, params, prior_images=prior, seed=0, progress=False)
+    run = lambda prior_prompt: discover_concept_neurons(  # noqa: E731
+        model, subject, contexts, params, prior_images=prior, prior_prompt=prior_prompt, seed=0, progress=False
+    ).report["loss_curve"]
+    assert run(PROMPT) != run(contexts[0])  # the prior prompt reaches the prior term
+    single = discover_concept_neurons(model, subject, PROMPT, params, prior_images=prior, seed=0, progress=False)
+    same = discover_concept_neurons(model, subject, PROMPT, params, prior_images=prior, prior_prompt=PROMPT, seed=0, progress=False)
+    assert single.report["loss_curve"] == same.report["loss_curve"]
+
+
 def test_bad_params_and_images_are_clear_errors(model):
     with pytest.raises(ValidationError, match="extra"):
         DiscoveryParams(learning_rate=1e-3)
