@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cones_tasks.toyworld.training_batches import _word_ids, caption_ids
+from cones_tasks.toyworld.training_batches import word_ids, caption_ids
 from cones_tasks.toyworld.world import COLORS, PATTERNS, SHAPES
 
 
@@ -39,7 +39,7 @@ def _shape_states(text_encoder, captions: list[str]) -> torch.Tensor:
     """[N, 2, D]: the last hidden state at the first and the second shape token of each caption."""
     ids = caption_ids(captions)
     states = text_encoder(ids).last_hidden_state.float()
-    shape_ids = torch.tensor([_word_ids()[s] for s in SHAPES])
+    shape_ids = torch.tensor([word_ids()[s] for s in SHAPES])
     where = torch.isin(ids, shape_ids).nonzero()[:, 1].view(len(captions), 2)
     return states[torch.arange(len(captions))[:, None], where]
 

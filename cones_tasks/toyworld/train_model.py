@@ -158,8 +158,9 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
     threads = torch.get_num_threads()
     if torch.device(params.device).type == "cuda":
         # On a GPU this process only feeds the card. Torch's default of one CPU thread per core,
-        # in each training process beside the render workers, oversubscribes the CPUs and delays
-        # kernel launches. It is a suspect in the 3.3 steps/s of the H100 run (docs/gpu-h100.md).
+        # in each training process beside the render workers, oversubscribed the CPUs: 3.3 steps/s
+        # at batch 512 on an H100, ~10 at batch 128 with one thread, where two runs side by side
+        # kept ~10 each, so a run is bound by its own launch overhead (docs/gpu-h100.md).
         torch.set_num_threads(1)
     try:
         return _train(Path(out), params, progress)
@@ -170,8 +171,10 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
 def _train(out: Path, params: TrainModelParams, progress: bool) -> dict:
     first_step, losses, gaps, elapsed, segments = 0, [], [], 0.0, []
     torch.manual_seed(params.seed)
-    unet, text_encoder, scheduler = build_unet(seed=params.seed), _text_encoder(params), build_scheduler()
-    if params.resume:
+    scheduler = build_scheduler()
+    if not params.resume:
+        unet, text_encoder = build_unet(seed=params.seed), _text_encoder(params)
+    else:
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 

@@ -33,7 +33,8 @@ def _tokenizer():
 
 
 @lru_cache(maxsize=1)
-def _word_ids() -> dict[str, int]:
+def word_ids() -> dict[str, int]:
+    """Each toy word's (and BOS/EOS's) single token id in the shipped tokenizer."""
     vocab, _ = build_vocab_and_merges(vocabulary())
     return {BOS: vocab[BOS], EOS: vocab[EOS]} | {w: vocab[w + "</w>"] for w in vocabulary()}
 
@@ -42,7 +43,7 @@ def _ids(caption: str) -> list[int]:
     # The slow CLIPTokenizer costs ~2 ms a caption, and crowded scenes' captions rarely repeat: at
     # batch 512 it starved a GPU run at 3 steps/s. Every toy word is one token (tokenizer.py), so a
     # caption of toy words is a lookup; tests/cones_tasks/toyworld/test_training_data.py checks it equals the tokenizer.
-    table, words = _word_ids(), caption.split()
+    table, words = word_ids(), caption.split()
     if not all(w in table for w in words) or len(words) > MAX_LENGTH - 2:
         return _tokenizer()(caption, padding="max_length", max_length=MAX_LENGTH, truncation=True).input_ids
     ids = [table[BOS], *(table[w] for w in words), table[EOS]]

@@ -69,9 +69,9 @@ def test_object_counts_set_the_scene_mix():
     pairs_only = TrainingBatches(seed=0, batch_size=8, num_train_timesteps=1000, p_empty=0.0, object_counts={2: 1.0})
     default = TrainingBatches(seed=0, batch_size=8, num_train_timesteps=1000, p_empty=0.0)
     ids = pairs_only[0][1]
-    from cones_tasks.toyworld.training_batches import _word_ids
+    from cones_tasks.toyworld.training_batches import word_ids
 
-    joins = (ids == _word_ids()["and"]).sum(dim=1)
+    joins = (ids == word_ids()["and"]).sum(dim=1)
     assert (joins == 1).all()  # every caption names two objects: exactly one "and"
     assert not _same(pairs_only[0], default[0])
 
