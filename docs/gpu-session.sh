@@ -39,9 +39,10 @@ if [ "$PROFILE" = 1 ]; then  # where a training step's time goes, alone on the c
   rate=$(sed -n "s/^unprofiled: .*: \([0-9.]*\) steps\/s$/\1/p" "$OUT/profile.txt")
 fi
 if [ "$STEPS" = auto ]; then
-  # Side by side, the variants share the card: each gets about 1/n of one process's rate (an
-  # underestimate: the profiled rate includes set-up), so the schedule ends within MINUTES.
-  STEPS=$(python3 -c "n = len('$VARIANTS'.split()); r = float('${rate:-0}' or 0); print(min(40000, max(1500, int(r / n * 60 * $MINUTES))))")
+  # A run is bound by its own host time, not the card: on the second lease two runs side by side
+  # each kept 9.8 of one run's 10.75 steps/s (docs/gpu-h100.md). Assumed to hold up to two runs;
+  # beyond that, the card's share. 0.9: the margin for checkpoints, so the schedule ends in MINUTES.
+  STEPS=$(python3 -c "n = len('$VARIANTS'.split()); r = float('${rate:-0}' or 0); print(min(40000, max(1500, int(0.9 * r * min(1, 2 / n) * 60 * $MINUTES))))")
 fi
 echo "steps per variant: $STEPS (profiled ${rate:-?} steps/s)" | tee -a "$OUT/logs.txt"
 
