@@ -83,7 +83,7 @@ def place_objects(
     the UNet has a place to bind each noun phrase to. "left-to-right": reading order, and two
     objects always side by side: with stacking allowed, a pixel at the top right is the first
     object or the second depending on a layout that denoising settles only after it has settled
-    colours (README, "Why left to right").
+    colours (README, "Object order").
     """
     if order not in OBJECT_ORDERS:
         raise ValueError(f"unknown object order {order!r}; choose one of {OBJECT_ORDERS}")

@@ -59,7 +59,7 @@ class TrainModelParams:
     # objects). A pair-heavy mix was tried for two-object binding: no gain in 1,000 steps (README).
     object_counts: dict[int, float] | None = None
     # Where a caption's objects sit: "random" cells, "reading" order (left/top first) or "left-to-right", which give
-    # two-object binding a spatial anchor (README, "Why reading order"; render.place_objects).
+    # two-object binding a spatial anchor (README, "Object order"; render.place_objects).
     object_order: str = "random"
 
     def __post_init__(self) -> None:
