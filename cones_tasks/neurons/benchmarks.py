@@ -87,8 +87,11 @@ def _inputs(unet: nn.Module, batch: int, tokens: int, gen: torch.Generator):
 
 
 def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: int = 5, warmup: int = 1,
-                    seed: int = 0) -> dict:
-    """Seconds (min over repeats) of one Cones score step vs one K/V fine-tuning step, interleaved (same UNet, same batch)."""
+                    seed: int = 0, profile: int = 0) -> dict:
+    """Seconds (min over repeats) of one Cones score step vs one K/V fine-tuning step, interleaved (same UNet, same batch).
+
+    `profile` > 0 adds each step's top operators by self time (device time on a GPU) under torch.profiler, so a
+    gap between the two steps can be traced to its operators (the H100's 10 ms, docs/gpu-h100.md)."""
     from diffusers import DDPMScheduler
 
     first = next(unet.parameters())
@@ -128,9 +131,35 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
             if i >= warmup:
                 cones.append(tc)
                 tune.append(tf)
+        top = None
+        if profile:
+            top = {"cones": _top_operators(cones_step, device, profile),
+                   "finetune": _top_operators(finetune_step, device, profile, trainable=kv)}
     c, f = min(cones), min(tune)
     return {"cones_step_s": c, "finetune_step_s": f, "ratio": c / f, "batch": batch, "repeats": repeats,
-            "neurons": space.size, "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+            "neurons": space.size, "device": str(device), "dtype": str(dtype).removeprefix("torch.")} | (
+        {"top_operators_ms_per_step": top} if top else {})
+
+
+def _top_operators(step: Callable[[], object], device: torch.device, n: int, *,
+                   trainable: tuple[torch.Tensor, ...] | list[torch.Tensor] = (), steps: int = 3) -> list[tuple[str, float, int]]:
+    """(operator, self ms per step, calls per step) of the `n` costliest operators over `steps` steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    for p in trainable:
+        p.requires_grad_(True)
+    try:
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []), acc_events=True) as prof:
+            for _ in range(steps):
+                step()
+            _sync(device)
+    finally:
+        for p in trainable:
+            p.requires_grad_(False)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:n]
+    return [(e.key, round(getattr(e, key) / 1000 / steps, 3), e.count // steps) for e in rows]
 
 
 def _random_masks(space: NeuronSpace, count: int, density: float, seed: int) -> list[ConceptMask]:

@@ -20,6 +20,19 @@ def test_bench_discovery_times_both_steps_and_leaves_flags_alone():
     assert out["neurons"] == NeuronSpace.from_unet(unet).size
     assert [p.requires_grad for p in unet.parameters()] == flags
     assert all(p.grad is None for p in unet.parameters())
+    assert "top_operators_ms_per_step" not in out
+
+
+def test_bench_discovery_profile_names_each_steps_costliest_operators():
+    unet, tokens = preset_unet("tiny")
+    flags = [p.requires_grad for p in unet.parameters()]
+    top = bench_discovery(unet, tokens=tokens, batch=2, repeats=1, warmup=0, profile=4)["top_operators_ms_per_step"]
+    assert set(top) == {"cones", "finetune"} and all(len(rows) == 4 for rows in top.values())
+    for rows in top.values():
+        assert [ms for _, ms, _ in rows] == sorted((ms for _, ms, _ in rows), reverse=True) and rows[0][1] > 0
+    # a real trace of a training step: its backward shows among the costliest operators
+    assert any("backward" in name for name, _, _ in top["finetune"])
+    assert [p.requires_grad for p in unet.parameters()] == flags
 
 
 def test_bench_generate_reports_three_rates():
