@@ -26,7 +26,7 @@ export PATH=/tmp/bin:$PATH
 } > "$OUT/bench_sd15.jsonl" 2>&1
 for b in $BENCH; do  # before training, so nothing else shares the card
   case $b in
-    discovery) timeout 90 cones bench discovery --preset sd15 --device "$DEV" --dtype float16 --batch 4 --repeats 5 --json ;;
+    discovery) timeout 120 cones bench discovery --preset sd15 --device "$DEV" --dtype float16 --batch 4 --repeats 5 --profile 12 --json ;;
     generate) timeout 75 cones bench generate --preset sd15 --device "$DEV" --dtype float16 --combinations 8 --steps 2 --repeats 3 --json ;;
   esac >> "$OUT/bench_sd15.jsonl" 2>> "$OUT/logs.txt"
 done
