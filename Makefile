@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean-venv toy-model
+.PHONY: demo test test-slow bench clean-venv toy-model toy-model-first
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,21 @@ test-slow: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Rebuild the shipped toy model from scratch (issue #3; ~2.5 h on 2 idle cores): the
-# segments of assets/toy-model/training_log.json replayed step for step. The first three
-# were cut by --max-minutes on a busy machine; --stop-at repeats the cut without the clock.
+# Rebuild the shipped toy model from scratch (issue #3): the three segments of
+# assets/toy-model/training_log.json replayed. The first two ran on an H100 (batch 128, reading
+# order; the second was cut by the clock, which --stop-at repeats), the third on 2 CPU cores
+# (batch 64, left-to-right, 62 min, cut at 7,230). Same data, noise and schedule on any device;
+# bit-equal weights only on the device that trained them (docs/gpu-h100.md, "Second lease").
 TOY_OUT ?= toy-model-rebuilt
+TOY_DEVICE ?= cuda
 toy-model: $(STAMP)
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 1773 --batch-size 128 --object-order reading --device $(TOY_DEVICE) --workers 5
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 4600 --stop-at 4522 --batch-size 128 --object-order reading --device $(TOY_DEVICE) --workers 5 --resume
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 7400 --stop-at 7230 --batch-size 64 --object-order left-to-right --resume
+
+# The first shipped model (5,000 steps on CPU, random order; git history before 2026-11-26's
+# second lease): four segments on the sequential stream, ~2.5 h on 2 idle cores.
+toy-model-first: $(STAMP)
 	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --stop-at 1036
 	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --stop-at 1721 --resume
 	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --resume
