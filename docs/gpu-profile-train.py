@@ -1,7 +1,7 @@
 """Profile a short toy-model training run: where does a step's time go? (docs/gpu-h100.md)
 
-The H100 run trained at 3.3 steps/s per process where tens were expected. Run this first on the
-next lease, alone on the card:
+The first H100 lease trained at 3.3 steps/s per process, the second at ~10 (batch 128, one torch
+thread), where tens were expected. docs/gpu-session.sh runs it alone on the card, as:
 
     python3 docs/gpu-profile-train.py --device cuda --batch-size 128 --workers 5 --steps 40 --timed-steps 200
 

@@ -2,7 +2,7 @@
 # The one prepared script for a lent GPU (issues #3, #4): the SD-1.5-shaped discovery bench, a profile of one
 # training process alone on the card, then toy-model variants trained side by side, each judged on the GPU.
 # VARIANTS lists `encoder:object-order` pairs (train-model --text-encoder / --object-order). STEPS=auto sizes the
-# cosine schedule from the profiled rate so that it ends near MINUTES. Runs cut short on an earlier lease resume
+# cosine schedule from the timed (unprofiled) rate so that it ends near MINUTES. Runs cut short on an earlier lease resume
 # from .gpu/m-<encoder>-<order>. Run from the repo root with the wheels in .whl (diffusers, open_clip and friends
 # are not on the device image). Dry run on a CPU:
 #   DEV=cpu STEPS=4 BATCH=16 WORKERS=1 MINUTES=1 N=8 BENCH= OUT=/tmp/o bash docs/gpu-session.sh

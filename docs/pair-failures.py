@@ -17,7 +17,6 @@ import itertools
 from collections import Counter
 
 import numpy as np
-import torch
 
 from cones_tasks.loading import load_diffusion_model
 from cones_tasks.sampling import sample
@@ -83,7 +82,6 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--n", type=int, default=96)
     args = parser.parse_args()
-    torch.manual_seed(0)
     model = load_diffusion_model(args.model)
     print("order:", dict(order(model, args.n)))
     for name, c in colour_placement(model).items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
@@ -123,40 +124,43 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
     with _frozen(unet):
         for i in range(warmup + repeats):
             tc = _timed(cones_step, device)
-            for p in kv:  # the fine-tuning baseline trains exactly the K/V weights Cones scores
-                p.requires_grad_(True)
-            tf = _timed(finetune_step, device)
-            for p in kv:
-                p.requires_grad_(False)
+            with _trainable(kv):  # the fine-tuning baseline trains exactly the K/V weights Cones scores
+                tf = _timed(finetune_step, device)
             if i >= warmup:
                 cones.append(tc)
                 tune.append(tf)
         top = None
         if profile:
-            top = {"cones": _top_operators(cones_step, device, profile),
-                   "finetune": _top_operators(finetune_step, device, profile, trainable=kv)}
+            top = {"cones": _top_operators(cones_step, device, profile)}
+            with _trainable(kv):
+                top["finetune"] = _top_operators(finetune_step, device, profile)
     c, f = min(cones), min(tune)
     return {"cones_step_s": c, "finetune_step_s": f, "ratio": c / f, "batch": batch, "repeats": repeats,
             "neurons": space.size, "device": str(device), "dtype": str(dtype).removeprefix("torch.")} | (
         {"top_operators_ms_per_step": top} if top else {})
 
 
-def _top_operators(step: Callable[[], object], device: torch.device, n: int, *,
-                   trainable: tuple[torch.Tensor, ...] | list[torch.Tensor] = (), steps: int = 3) -> list[tuple[str, float, int]]:
+@contextmanager
+def _trainable(params: list[torch.Tensor]):
+    """`params` require grad inside the block only (the UNet is otherwise frozen for both steps)."""
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+
+
+def _top_operators(step: Callable[[], object], device: torch.device, n: int, *, steps: int = 3) -> list[tuple[str, float, int]]:
     """(operator, self ms per step, calls per step) of the `n` costliest operators over `steps` steps."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    for p in trainable:
-        p.requires_grad_(True)
-    try:
-        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []), acc_events=True) as prof:
-            for _ in range(steps):
-                step()
-            _sync(device)
-    finally:
-        for p in trainable:
-            p.requires_grad_(False)
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []), acc_events=True) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
     key = "self_device_time_total" if cuda else "self_cpu_time_total"
     rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:n]
     return [(e.key, round(getattr(e, key) / 1000 / steps, 3), e.count // steps) for e in rows]

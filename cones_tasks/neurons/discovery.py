@@ -264,7 +264,6 @@ class _Problem:
     loss_scale: float = 1.0  # set to 2**16 for fp16 UNets in build (see _grads)
     prior_cond: torch.Tensor | None = None  # the prior images' prompt, [1, T, D]
 
-
     @classmethod
     def build(cls, model, space, images, class_prompt, prior_images, prior_weight, batch_size, gen, *,
               prior_prompt: str | None = None) -> _Problem:

@@ -22,7 +22,7 @@ def random_batch(
     object_order: str = "random",
 ) -> tuple[np.ndarray, list[str]]:
     """uint8 images [B, H, W, 3] and captions; `p_empty` drops captions for classifier-free guidance,
-    `object_order` places a caption's objects ("random" or "reading", render.place_objects)."""
+    `object_order` places a caption's objects (render.OBJECT_ORDERS, render.place_objects)."""
     counts = rng.choice(list(object_counts), size=batch_size, p=list(object_counts.values()))
     scenes = [random_scene(rng, int(n), order=object_order) for n in counts]
     images = np.stack([render(s) for s in scenes])

@@ -72,6 +72,11 @@ def render(scene: Scene, resolution: int = RESOLUTION) -> np.ndarray:
 OBJECT_ORDERS = ("random", "reading", "left-to-right")
 
 
+def check_object_order(order: str) -> None:
+    if order not in OBJECT_ORDERS:
+        raise ValueError(f"unknown object order {order!r}; choose one of {OBJECT_ORDERS}")
+
+
 def place_objects(
     rng: np.random.Generator, attributes: list[tuple[str, str, str]], resolution: int = RESOLUTION,
     *, order: str = "random",
@@ -85,8 +90,7 @@ def place_objects(
     object or the second depending on a layout that denoising settles only after it has settled
     colours (README, "Object order").
     """
-    if order not in OBJECT_ORDERS:
-        raise ValueError(f"unknown object order {order!r}; choose one of {OBJECT_ORDERS}")
+    check_object_order(order)
     n = len(attributes)
     lo, hi = RADIUS_RANGE[n]
     radii = rng.uniform(lo, hi, size=n)

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from cones_tasks.toyworld.architecture import build_scheduler, build_text_encoder, build_unet
 from cones_tasks.pixels import to_model_range
 from cones_tasks.toyworld.batches import OBJECT_COUNT_WEIGHTS, random_batch
-from cones_tasks.toyworld.render import OBJECT_ORDERS
+from cones_tasks.toyworld.render import check_object_order
 from cones_tasks.toyworld.tokenizer import write_tokenizer
 from cones_tasks.toyworld.training_batches import DATA_STREAMS, TrainingBatches, caption_ids, sequential_batches
 
@@ -72,8 +72,7 @@ class TrainModelParams:
             or abs(sum(self.object_counts.values()) - 1) > 1e-6
         ):
             raise ValueError(f"object_counts {self.object_counts} must map counts 1–4 to weights ≥ 0 that sum to 1")
-        if self.object_order not in OBJECT_ORDERS:
-            raise ValueError(f"unknown object order {self.object_order!r}; choose one of {OBJECT_ORDERS}")
+        check_object_order(self.object_order)  # here too: a typo fails before the run builds anything
         if self.data_stream == "sequential" and self.workers:
             raise ValueError("the sequential data stream is drawn in order by one process: pass workers=0, "
                              "or use the per-step stream to render batches in workers")
