@@ -51,3 +51,34 @@ def test_training_stops_resumes_and_logs_its_segments(tmp_path):
     assert "_name_or_path" not in json.loads((tmp_path / "unet" / "config.json").read_text())  # no local path ships
     model = load_diffusion_model(tmp_path)  # the generic loader, like any diffusers folder
     assert model.unet.config.sample_size == 16
+
+
+def _replay_lines(makefile: str, target: str) -> list[list[str]]:
+    """The `cones toy train-model` commands of one Makefile target, split like a shell would."""
+    import shlex
+
+    recipe = makefile.split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+    return [shlex.split(line)[1:] for line in recipe.splitlines()[1:] if "train-model" in line]
+
+
+def _flag(args: list[str], name: str, default=None):
+    return args[args.index(name) + 1] if name in args else default
+
+
+def test_make_toy_model_replays_every_segment_of_the_shipped_log():
+    """`make toy-model` is how the shipped weights are reproduced: its lines must be the log's segments."""
+    import json
+    from pathlib import Path
+
+    makefile = (Path(__file__).parents[3] / "Makefile").read_text()
+    segments = json.loads((TOY_MODEL_DIR / "training_log.json").read_text())["segments"]
+    lines = _replay_lines(makefile, "toy-model")
+    assert len(lines) == len(segments)
+    for args, (first, last, params) in zip(lines, segments):
+        assert ("--resume" in args) == (first > 0)
+        assert int(_flag(args, "--stop-at", _flag(args, "--steps"))) == last
+        assert int(_flag(args, "--steps")) == params["steps"]
+        assert int(_flag(args, "--batch-size", 64)) == params["batch_size"]
+        assert _flag(args, "--object-order", "random") == params["object_order"]
+        counts = _flag(args, "--object-counts")
+        assert (json.loads(counts) if counts else None) == params["object_counts"]
