@@ -1,0 +1,84 @@
+"""Why the union of two subjects' masks draws neither (README, "The paper's claims").
+
+    python docs/union-failures.py [MODEL_FOLDER] [--n 24] [--fraction 0.1]
+
+Discovers the first four toy subjects' masks the way `cones toy validate --prompts context`
+does (10 % of cross-attention K/V, context-matched prompts), then, under each pair's prompt
+("a triangle and a square"), samples three ways: the union of both masks (the paper), A's mask
+alone, B's mask alone. Each image is read back by the judge:
+- `A` / `B`: that subject is drawn (shape, colour and pattern);
+- `A shape` / `B shape`: an object of that class is drawn, whatever it looks like;
+- `A look on B`: B's class drawn in A's colour and pattern (A's mask painting the other word).
+A mask that works only on its own word gives `A` under A-alone with B's class still drawn; a
+mask that paints every object gives `A look on B`. Also prints how much the masks overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from collections import Counter
+
+from cones_tasks.combinations import subjects_phrase
+from cones_tasks.loading import load_diffusion_model
+from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.sampling import sample
+from cones_tasks.toyworld.assets import TOY_MODEL_DIR
+from cones_tasks.toyworld.captions import class_prompt
+from cones_tasks.toyworld.judge import judge
+from cones_tasks.toyworld.subjects import TOY_SUBJECTS, reference_backgrounds, reference_renders
+
+
+def _looks(v, shape, s) -> bool:
+    return v.has(shape=shape, color=s.color, pattern=s.pattern)
+
+
+def tally(images, a, b) -> Counter:
+    c: Counter = Counter(images=len(images))
+    for image in images:
+        v = judge(image)
+        if v.unreadable:
+            c["unreadable"] += 1
+            continue
+        c["two objects"] += len(v.objects) == 2
+        c["A"] += _looks(v, a.shape, a)
+        c["B"] += _looks(v, b.shape, b)
+        c["both"] += _looks(v, a.shape, a) and _looks(v, b.shape, b)
+        c["A shape"] += v.has(shape=a.shape)
+        c["B shape"] += v.has(shape=b.shape)
+        c["A look on B"] += a.shape != b.shape and _looks(v, b.shape, a)
+        c["B look on A"] += a.shape != b.shape and _looks(v, a.shape, b)
+    return c
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model", nargs="?", default=str(TOY_MODEL_DIR))
+    parser.add_argument("--n", type=int, default=24)
+    parser.add_argument("--fraction", type=float, default=0.1)
+    args = parser.parse_args()
+    model = load_diffusion_model(args.model)
+    params = DiscoveryParams(steps=8, batch_size=4, threshold="fraction", threshold_value=args.fraction, rounds=30,
+                             rho=0.0, prior_weight=0.0, attention="cross")
+    space = NeuronSpace.from_unet(model.unet, attention="cross")
+    subjects = TOY_SUBJECTS[:4]
+    masks = {}
+    for s in subjects:
+        prompts = [f"{class_prompt(s.shape)} on {bg}" for bg in reference_backgrounds(6)]
+        masks[s.id] = discover_concept_neurons(model, reference_renders(s, n=6, seed=0), prompts, params, seed=0,
+                                               progress=False, prior_prompt=class_prompt(s.shape)).mask
+    for a, b in itertools.combinations(subjects, 2):
+        ma, mb = masks[a.id], masks[b.id]
+        overlap = ma.intersection(mb).count / ma.union(mb).count
+        prompt = subjects_phrase([a.shape, b.shape])
+        print(f"\n{a.id} + {b.id}: {prompt!r}, Jaccard of the masks {overlap:.2f}")
+        seeds = list(range(args.n))
+        for name, mask in (("union", ma.union(mb)), ("A alone", ma), ("B alone", mb), ("no mask", None)):
+            images = sample(model, [prompt] * args.n, seeds=seeds, steps=20, guidance_scale=3.0,
+                            masks=[mask] * args.n if mask is not None else None, space=space if mask is not None else None)
+            print(f"  {name:8s}", dict(tally(images, a, b)))
+
+
+if __name__ == "__main__":
+    main()
