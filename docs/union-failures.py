@@ -74,9 +74,24 @@ def composed_references(subject, partner_shape: str, *, subject_first: bool, n: 
     return np.stack(images), prompts
 
 
+def run4_params(fraction: float = 0.1) -> DiscoveryParams:
+    """Validate run 4's chosen candidate (docs/validate-8750steps-context.json, chosen_params) at `fraction`."""
+    return DiscoveryParams(steps=8, batch_size=4, threshold="fraction", threshold_value=fraction, rounds=30,
+                           rho=0.0, prior_weight=0.0, attention="cross")
+
+
 def discover(model, images, prompts, shape: str, params):
     return discover_concept_neurons(model, images, prompts, params, seed=0, progress=False,
                                     prior_prompt=class_prompt(shape)).mask
+
+
+def context_masks(model, subjects, params) -> dict:
+    """{subject id: mask} discovered as `cones toy validate --prompts context` does: one prompt per reference."""
+    return {
+        s.id: discover(model, reference_renders(s, n=6, seed=0),
+                       [f"{class_prompt(s.shape)} on {bg}" for bg in reference_backgrounds(6)], s.shape, params)
+        for s in subjects
+    }
 
 
 def main() -> None:
@@ -87,14 +102,10 @@ def main() -> None:
     parser.add_argument("--composed", action="store_true")
     args = parser.parse_args()
     model = load_diffusion_model(args.model)
-    params = DiscoveryParams(steps=8, batch_size=4, threshold="fraction", threshold_value=args.fraction, rounds=30,
-                             rho=0.0, prior_weight=0.0, attention="cross")
+    params = run4_params(args.fraction)
     space = NeuronSpace.from_unet(model.unet, attention="cross")
     subjects = TOY_SUBJECTS[:4]
-    masks = {}
-    for s in subjects:
-        prompts = [f"{class_prompt(s.shape)} on {bg}" for bg in reference_backgrounds(6)]
-        masks[s.id] = discover(model, reference_renders(s, n=6, seed=0), prompts, s.shape, params)
+    masks = context_masks(model, subjects, params)
     for a, b in itertools.combinations(subjects, 2):
         ma, mb = masks[a.id], masks[b.id]
         overlap = ma.intersection(mb).count / ma.union(mb).count

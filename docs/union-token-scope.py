@@ -13,6 +13,7 @@ The unconditional half stays unmasked. Scopes:
 - "word+after": the class word and every later token up to the next subject's word (the
   causal text encoder carries the word into later states, EOS and padding included).
 """
+import contextlib
 import itertools
 import sys
 from collections import Counter
@@ -22,107 +23,103 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
-uf = import_module("union-failures")  # discovery and tallies as there
-
 from cones_tasks.combinations import subjects_phrase
 from cones_tasks.loading import load_diffusion_model
-from cones_tasks.neurons.discovery import DiscoveryParams
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 from cones_tasks.toyworld.captions import class_prompt
-from cones_tasks.toyworld.subjects import TOY_SUBJECTS, reference_backgrounds, reference_renders
+from cones_tasks.toyworld.subjects import TOY_SUBJECTS
+
+sys.path.insert(0, str(Path(__file__).parent))
+uf = import_module("union-failures")  # run 4's discovery, and the judge's tallies, as there
 
 N = 24
-model = load_diffusion_model(TOY_MODEL_DIR)
-params = DiscoveryParams(steps=8, batch_size=4, threshold="fraction", threshold_value=0.1, rounds=30, rho=0.0,
-                         prior_weight=0.0, attention="cross")
-space = NeuronSpace.from_unet(model.unet, attention="cross")
-modules = space.modules(model.unet)
-subjects = TOY_SUBJECTS[:4]
-masks = {}
-for s in subjects:
-    prompts = [f"{class_prompt(s.shape)} on {bg}" for bg in reference_backgrounds(6)]
-    masks[s.id] = uf.discover(model, reference_renders(s, n=6, seed=0), prompts, s.shape, params)
-print("discovered", flush=True)
+SCOPES = ("word", "word+after")
 
 
-def token_ids(prompt):
-    return model.tokenizer(prompt, padding="max_length", max_length=model.tokenizer.model_max_length,
-                           truncation=True).input_ids
-
-
-def word_positions(prompt, shapes):
-    """Position of each class word's (single) token, in prompt order."""
-    ids = token_ids(prompt)
-    out, start = [], 0
+def word_positions(tokenizer, prompt: str, shapes: list[str]) -> tuple[list[int], int]:
+    """Each class word's (single) token position, in prompt order, and the padded length."""
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+    positions, start = [], 0
     for shape in shapes:
-        wid = model.tokenizer(shape, add_special_tokens=False).input_ids
-        assert len(wid) == 1, (shape, wid)
-        pos = ids.index(wid[0], start)
-        out.append(pos)
-        start = pos + 1
-    return out, len(ids)
+        (word,) = tokenizer(shape, add_special_tokens=False).input_ids
+        start = ids.index(word, start)
+        positions.append(start)
+        start += 1
+    return positions, len(ids)
 
 
-def scoped(prompt, shapes, mask_list, scope):
-    """Install token-scoped masked forwards on the K/V modules; returns an uninstall function."""
-    positions, T = word_positions(prompt, shapes)
-    spans = []
-    for i, p in enumerate(positions):
-        if scope == "word":
-            spans.append([p])
-        else:
-            end = positions[i + 1] if i + 1 < len(positions) else T
-            spans.append(list(range(p, end)))
-    located = [space.locate(m.indices) for m in mask_list]
+def spans(positions: list[int], length: int, scope: str) -> list[list[int]]:
+    """Token positions each subject's mask covers: its word, or its word up to the next subject's."""
+    if scope == "word":
+        return [[p] for p in positions]
+    ends = [*positions[1:], length]
+    return [list(range(p, end)) for p, end in zip(positions, ends)]
+
+
+@contextlib.contextmanager
+def token_scoped(model, space, prompt, shapes, masks, scope):
+    """K/V forwards that shut each mask only at its subject's token span, conditional half only."""
+    subject_spans = [torch.tensor(span) for span in spans(*word_positions(model.tokenizer, prompt, shapes), scope)]
+    located = [space.locate(m.indices) for m in masks]
+    modules = space.modules(model.unet)
     patched = []
-    for e in space.entries:
-        module = modules[e.name]
-        weights = []
-        for loc in located:
-            w = module.weight.detach().clone().reshape(-1)
-            w[torch.from_numpy(loc[e.name])] = 0
-            weights.append(w.view_as(module.weight))
-
-        def forward(x, module=module, weights=weights):
-            out = F.linear(x, module.weight, module.bias)
-            half = x.shape[0] // 2  # [uncond, cond]: mask the conditional half only
-            for w, span in zip(weights, spans):
-                idx = torch.tensor(span)
-                out[half:, idx] = F.linear(x[half:, idx], w, module.bias)
-            return out
-
-        module.forward = forward
-        patched.append(module)
-    return lambda: [m.__dict__.pop("forward") for m in patched]
-
-
-def run(prompt, shapes, mask_list, scope):
-    undo = scoped(prompt, shapes, mask_list, scope)
     try:
-        return sample(model, [prompt] * N, seeds=list(range(N)), steps=20, guidance_scale=3.0)
+        for e in space.entries:
+            module = modules[e.name]
+            shut = []
+            for loc in located:
+                w = module.weight.detach().clone().reshape(-1)
+                w[torch.from_numpy(loc[e.name])] = 0
+                shut.append(w.view_as(module.weight))
+
+            def forward(x, module=module, shut=shut):
+                out = F.linear(x, module.weight, module.bias)
+                half = x.shape[0] // 2  # [uncond, cond] under guidance: mask the conditional half only
+                for w, idx in zip(shut, subject_spans):
+                    out[half:, idx] = F.linear(x[half:, idx], w, module.bias)
+                return out
+
+            module.forward = forward
+            patched.append(module)
+        yield
     finally:
-        undo()
+        for module in patched:
+            module.__dict__.pop("forward")
 
 
-# does a mask act through its own word? single subject under its class prompt
-for scope in ("word", "word+after"):
-    hits = 0
-    for s in subjects:
-        images = run(class_prompt(s.shape), [s.shape], [masks[s.id]], scope)
-        hits += sum(uf._looks(uf.judge(im), s.shape, s) for im in images)
-    print(f"single, token-scoped {scope}: {hits}/{N * len(subjects)}", flush=True)
+def main() -> None:
+    model = load_diffusion_model(TOY_MODEL_DIR)
+    space = NeuronSpace.from_unet(model.unet, attention="cross")
+    subjects = TOY_SUBJECTS[:4]
+    masks = uf.context_masks(model, subjects, uf.run4_params())
+    print("discovered", flush=True)
 
-totals = {"word": Counter(), "word+after": Counter()}
-for a, b in itertools.combinations(subjects, 2):
-    if a.shape == b.shape:
-        continue
-    prompt = subjects_phrase([a.shape, b.shape])
-    for scope in totals:
-        c = uf.tally(run(prompt, [a.shape, b.shape], [masks[a.id], masks[b.id]], scope), a, b)
-        totals[scope].update(c)
-        print(f"{a.id} + {b.id} {scope}:", dict(c), flush=True)
-for scope, c in totals.items():
-    print("total", scope, dict(c))
+    def run(prompt, shapes, mask_list, scope):
+        with token_scoped(model, space, prompt, shapes, mask_list, scope):
+            return sample(model, [prompt] * N, seeds=list(range(N)), steps=20, guidance_scale=3.0)
+
+    # does a mask act through its own word? each subject under its class prompt
+    for scope in SCOPES:
+        hits = 0
+        for s in subjects:
+            images = run(class_prompt(s.shape), [s.shape], [masks[s.id]], scope)
+            hits += sum(uf._looks(uf.judge(im), s.shape, s) for im in images)
+        print(f"single, token-scoped {scope}: {hits}/{N * len(subjects)}", flush=True)
+
+    totals = {scope: Counter() for scope in SCOPES}
+    for a, b in itertools.combinations(subjects, 2):
+        if a.shape == b.shape:
+            continue
+        prompt = subjects_phrase([a.shape, b.shape])
+        for scope in SCOPES:
+            c = uf.tally(run(prompt, [a.shape, b.shape], [masks[a.id], masks[b.id]], scope), a, b)
+            totals[scope].update(c)
+            print(f"{a.id} + {b.id} {scope}:", dict(c), flush=True)
+    for scope, c in totals.items():
+        print("total", scope, dict(c))
+
+
+if __name__ == "__main__":
+    main()

@@ -70,15 +70,18 @@ def test_make_toy_model_replays_every_segment_of_the_shipped_log():
     import json
     from pathlib import Path
 
+    from cones_tasks.toyworld.train_model import TrainModelParams
+
     makefile = (Path(__file__).parents[3] / "Makefile").read_text()
     segments = json.loads((TOY_MODEL_DIR / "training_log.json").read_text())["segments"]
     lines = _replay_lines(makefile, "toy-model")
+    defaults = TrainModelParams()  # what a flag left out of a Makefile line means
     assert len(lines) == len(segments)
     for args, (first, last, params) in zip(lines, segments):
         assert ("--resume" in args) == (first > 0)
         assert int(_flag(args, "--stop-at", _flag(args, "--steps"))) == last
         assert int(_flag(args, "--steps")) == params["steps"]
-        assert int(_flag(args, "--batch-size", 64)) == params["batch_size"]
-        assert _flag(args, "--object-order", "random") == params["object_order"]
+        assert int(_flag(args, "--batch-size", defaults.batch_size)) == params["batch_size"]
+        assert _flag(args, "--object-order", defaults.object_order) == params["object_order"]
         counts = _flag(args, "--object-counts")
         assert (json.loads(counts) if counts else None) == params["object_counts"]
