@@ -4,7 +4,8 @@ Writers never share a database file: every batch is one Parquet file, named by
 a hash of its rows' primary keys and published atomically (catalog/store.py),
 so writer processes never block each other and a repeated commit is a no-op.
 Readers get a DuckDB connection with one view per table over a snapshot of the
-live files (catalog/views.py) and the mask_* SQL functions (catalog/sqlfuncs.py).
+live files (catalog/views.py) and the mask_* SQL functions (catalog/sqlfuncs.py),
+locked down so that it opens nothing but the catalog's tables (catalog/readonly.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from catalog.errors import (
     UnknownModelError,
     UnknownSubjectError,
 )
-from catalog.readonly import read_only_statements
+from catalog.readonly import filter_expression, lock_down, read_only_statements
 from catalog.records import (
     ClipScore,
     Generation,
@@ -220,30 +221,45 @@ class Catalog:
     # ================================================================ reads
 
     def connect(self, tables: Sequence[str] | None = None) -> duckdb.DuckDBPyConnection:
-        """A DuckDB connection with a view per table over the live files at this moment."""
+        """A DuckDB connection with a view per table over the live files at this moment.
+
+        The connection is sandboxed (catalog/readonly.py, `lock_down`): DuckDB opens no file
+        outside the catalog's `tables/` folder, and no statement can change that.
+        """
         wanted = list(tables or TABLES)
         unknown = set(wanted) - set(TABLES)
         if unknown:
             raise SchemaError(f"unknown tables {sorted(unknown)}; the catalog has {list(TABLES)}")
         con = duckdb.connect(":memory:")
         con.execute("SET enable_progress_bar = false")  # library output must not draw on the caller's terminal
+        # Parquet files are immutable, so cached footers never go stale.
+        con.execute("SET parquet_metadata_cache = true")
         if not self.store.local:
             con.register_filesystem(self.store.fs)
         register_mask_functions(con)
         # Tables not asked for get empty views: fewer listings for point lookups.
         snapshot = {t: self.store.snapshot(t) if t in wanted else TableFiles(base=(), tail=()) for t in TABLES}
         create_views(con, self.store, snapshot)
+        lock_down(con, readable=[self.store.url(self.store.tables_root) + "/"])
         return con
 
-    def query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None) -> pa.Table:
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None, *, where: str | None = None
+    ) -> pa.Table:
         """Run read-only SQL over the catalog views; returns the last statement's result.
 
-        Every statement is checked (ReadOnlyViolationError otherwise); only the
-        last one runs, the others being read-only cannot change its result.
+        Every statement is checked first and runs on a locked-down connection
+        (catalog/readonly.py; ReadOnlyViolationError names what was refused and why).
+        Only the last one runs: the others, being read-only, cannot change its result.
+        `where` keeps the rows for which one boolean SQL expression over the result's
+        columns holds; DuckDB parses it as an expression, checked like the query.
         """
         with self._lookup(TABLES) as con:
             last = read_only_statements(con, sql)[-1]
-            return con.sql(last, params=params).to_arrow_table()
+            if where is None:
+                return con.sql(last, params=params).to_arrow_table()
+            condition = filter_expression(con, where)
+            return con.sql(last, params=params).filter(condition).to_arrow_table()
 
     def read_table(self, table: str) -> pa.Table:
         con = self.connect([table])
@@ -302,8 +318,6 @@ class Catalog:
         with self._lookup_lock:
             if self._lookup_con is None or self._lookup_pid != os.getpid():  # never reuse across fork
                 self._lookup_con = self.connect([])
-                # Parquet files are immutable, so cached footers never go stale.
-                self._lookup_con.execute("SET parquet_metadata_cache = true")
                 self._lookup_pid = os.getpid()
                 self._lookup_files = {}
             con = self._lookup_con

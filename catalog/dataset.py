@@ -7,8 +7,10 @@ Writes, under the target URI (any fsspec store):
                           (mean over targets), and the image bytes with `include_bytes`
     images/<sha256>.png   the images the rows point to (`image_path` is relative to the URI)
 
-The predicate is SQL over that wide row (e.g. `presence = 1 AND len(subjects) = 2`), run through
-the catalog's read-only query path, so a predicate can select but never change anything.
+The filter is one boolean SQL expression over that wide row (e.g. `presence = 1 AND len(subjects) = 2`).
+DuckDB parses it as an expression, never as part of a statement, and it runs under the catalog's
+SQL sandbox (catalog/readonly.py), so a filter can select rows but not change anything or read
+anything outside the catalog.
 """
 
 from __future__ import annotations
@@ -25,25 +27,21 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 DATA_FILE = "generations.parquet"
 
 
-def export_sql(metrics: list[str], where: str) -> str:
+def export_sql(metrics: list[str]) -> str:
     """The SELECT behind an export: generations with one averaged column per score metric."""
     columns = "".join(f', avg(s.value) FILTER (WHERE s.metric = \'{m}\') AS "{m}"' for m in metrics)
     return (
-        "SELECT * FROM ("
         "SELECT g.id, g.subjects, g.prompt, g.seed, g.image_uri, g.model_fingerprint, g.mask_ids, g.params"
         f"{columns} FROM generations g LEFT JOIN clip_scores s ON s.generation = g.id "
         "GROUP BY g.id, g.subjects, g.prompt, g.seed, g.image_uri, g.model_fingerprint, g.mask_ids, g.params"
-        f") AS generation WHERE ({where}) ORDER BY id"
     )
 
 
 def export_dataset(catalog: Catalog, *, where: str, to: str, include_bytes: bool = False) -> dict[str, Any]:
-    """Export the generations matching `where` (SQL predicate) and their images to `to`; returns counts."""
-    if not where.strip():
-        raise ValueError("--where needs a predicate; use 'true' to export every generation")
+    """Export the generations matching `where` (one boolean SQL expression) and their images to `to`; returns counts."""
     metrics = [r["metric"] for r in catalog.query("SELECT DISTINCT metric FROM clip_scores ORDER BY metric").to_pylist()]
     metrics = [m for m in metrics if _IDENTIFIER.match(m)]  # metric names become column names
-    table = catalog.query(export_sql(metrics, where))
+    table = catalog.query(export_sql(metrics), where=where).sort_by("id")
     target = to.rstrip("/")
     paths = []
     blobs = []

@@ -75,8 +75,12 @@ class Store:
         """A URL for `path` that DuckDB and fsspec can both open."""
         return path if self.local else self.fs.unstrip_protocol(path)
 
+    @property
+    def tables_root(self) -> str:
+        return f"{self.root}/tables"
+
     def table_dir(self, table: str) -> str:
-        return f"{self.root}/tables/{table}"
+        return f"{self.tables_root}/{table}"
 
     # ------------------------------------------------------------ writes
 

@@ -30,6 +30,7 @@ def sql(
 
     Tables: models, model_layers, subjects, subject_images, concept_masks, generations, clip_scores.
     Mask functions: mask_size, mask_intersection_size, mask_jaccard, mask_range_size.
+    Files, URLs, settings and extensions are out of reach (the SQL sandbox in docs/catalog.md).
     Examples: docs/catalog.md.
     """
     from catalog import CatalogError
@@ -37,14 +38,16 @@ def sql(
 
     if format not in FORMATS:
         raise typer.BadParameter(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}", param_hint="--format")
+    from rich.markup import escape
+
     cat = _open(catalog)
     try:
         result = cat.query(query)
-    except CatalogError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except CatalogError as exc:  # a refusal (catalog/readonly.py) says what and why; the query may hold '[…]'
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     except Exception as exc:  # DuckDB binder/parser errors: show them plainly, no traceback
-        console.print(f"[red]SQL error:[/red] {exc}")
+        console.print(f"[red]SQL error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     if format == "table":
         if out:

@@ -55,6 +55,13 @@ def _s3_options(endpoint: str) -> dict:
     return {"client_kwargs": {"endpoint_url": endpoint}, "key": "testing", "secret": "testing"}
 
 
+@pytest.fixture
+def s3_options(moto_endpoint):
+    """storage_options for s3fs against the moto server (credentials moto accepts)."""
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return _s3_options(moto_endpoint)
+
+
 @pytest.fixture(params=["file", "memory", pytest.param("s3", marks=pytest.mark.slow)])
 def catalog(request, tmp_path):
     """An empty catalog on each backend, opened by URI exactly as a user would."""

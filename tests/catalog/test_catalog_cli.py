@@ -92,3 +92,23 @@ def test_bench_catalog_quick_reports_every_key():
     assert {"jaccard_matrix_1000_s", "agg_10m_rows_s", "point_lookup_ms"} <= set(out)
     assert out["scale"] == 0.1
     assert out["point_lookup_ms"] < 500  # generous: a shared 2-core machine; the real target is checked by the bench
+
+
+def test_sql_refuses_to_read_files_and_prints_none_of_them(cat_uri, tmp_path):
+    """The real `cones` command, as a user types it: non-zero exit, the reason, no file content."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-7f3a\n")
+    cones = str(Path(sys.executable).with_name("cones"))
+    for path, leak in [("/etc/passwd", "root:"), (str(secret), "TOP-SECRET")]:
+        done = subprocess.run(
+            [cones, "sql", "--catalog", cat_uri, f"SELECT * FROM read_text('{path}')"],
+            capture_output=True, text=True, timeout=120,
+        )
+        output = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 2, output
+        assert "refused" in output and "read_text" in output and "reads files or URLs" in output, output
+        assert leak not in output
