@@ -128,15 +128,25 @@ class _FlowConfig(_Frozen):
     runner: RunnerConfig = RunnerConfig()
 
 
+# Not Field(min_length=1): pydantic counts a tuple's items after dropping the invalid ones, so one
+# bad subject id also reported "Tuple should have at least 1 item" — two errors for one problem.
+# This check runs only once every item is valid.
+_AT_LEAST_ONE = Field(json_schema_extra={"minItems": 1})
+
+
 def _unique_ids(value: tuple[SubjectSource, ...]) -> tuple[SubjectSource, ...]:
-    ids = [s.subject_id for s in value]
-    if len(ids) != len(set(ids)):
-        raise ValueError(f"subject ids must be unique, got duplicates: {sorted({i for i in ids if ids.count(i) > 1})}")
+    if not value:
+        raise ValueError("needs at least one subject")
+    # Case-insensitive: "Dog" and "dog" would share one folder on macOS and Windows.
+    keys = [s.subject_id.casefold() for s in value]
+    if len(keys) != len(set(keys)):
+        dupes = sorted({s.subject_id for s in value if keys.count(s.subject_id.casefold()) > 1})
+        raise ValueError(f"subject ids must be unique, ignoring case; got duplicates: {dupes}")
     return value
 
 
 class IngestConfig(_FlowConfig):
-    subjects: tuple[SubjectSource, ...] = Field(min_length=1)
+    subjects: tuple[SubjectSource, ...] = _AT_LEAST_ONE
     ingest: IngestParams = IngestParams()
 
     _subjects_unique = field_validator("subjects")(_unique_ids)
@@ -181,7 +191,7 @@ class CustomizeConfig(_FlowConfig):
     """The whole run: ingest → discover → generate → score → report."""
 
     model: ModelRef
-    subjects: tuple[SubjectSource, ...] = Field(min_length=1)
+    subjects: tuple[SubjectSource, ...] = _AT_LEAST_ONE
     ingest: IngestParams = IngestParams()
     discovery: DiscoveryParams = DiscoveryParams()
     seed: int = 0

@@ -93,29 +93,66 @@ class IngestReport:
         return "\n".join(lines)
 
 
-def validate_subject_id(subject_id: str) -> str:
-    """Return `subject_id` unchanged if it is safe as a path component and a key, else raise.
+# Names Windows reserves for devices, with or without an extension ("CON", "con.dog"):
+# https://learn.microsoft.com/en-us/windows/win32/fileio/naming-a-file
+WINDOWS_DEVICE_NAMES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
+)
+SUBJECT_ID_RULE = (
+    f"a subject id is 1–{MAX_SUBJECT_ID_CHARS} letters or digits (any script), with '-', '_' or '.' "
+    "between them (not first or last, no '..'), and not a Windows device name (CON, PRN, AUX, NUL, "
+    "COM0–COM9, LPT0–LPT9); e.g. 'striped-yellow-triangle'"
+)
+_PUNCTUATION = frozenset("-_.")
 
-    Subject ids become folder names in the catalog store (`images/<subject>/…`), so a `/`,
-    `\\` or `..` would write outside it; control characters break logs and SQL output.
+
+def validate_subject_id(subject_id: str) -> str:
+    """Return `subject_id` (in Unicode NFC form) if it follows SUBJECT_ID_RULE, else raise with every problem.
+
+    Subject ids become folder names in the catalog store (`images/<subject>/…`) on whatever
+    filesystem holds it, so the rule is what is safe as a path component on all common ones:
+    no separators or '..' (they would write outside the folder), no leading '.' (hidden on
+    Unix) or '-' (read as an option), no trailing '.' (Windows drops it), no device names,
+    no spaces or control characters (they break shells, logs and SQL output). NFC because
+    macOS stores names decomposed: 'é' typed two ways must be one subject.
     """
-    fix = "use letters, digits, '-', '_' or '.', e.g. 'striped-yellow-triangle'"
     if not isinstance(subject_id, str) or not subject_id.strip():
-        raise InvalidSubjectIdError(f"subject id must be a non-empty string, got {subject_id!r}; {fix}")
-    if len(subject_id) > MAX_SUBJECT_ID_CHARS:
-        raise InvalidSubjectIdError(
-            f"subject id is {len(subject_id)} characters, over the limit of {MAX_SUBJECT_ID_CHARS}: "
-            f"{subject_id[:40]!r}…; {fix}"
-        )
-    if "/" in subject_id or "\\" in subject_id:
-        raise InvalidSubjectIdError(f"subject id {subject_id!r} contains a path separator; {fix}")
-    if ".." in subject_id:
-        raise InvalidSubjectIdError(f"subject id {subject_id!r} contains '..'; {fix}")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in subject_id):
-        raise InvalidSubjectIdError(f"subject id {subject_id!r} contains a control character; {fix}")
-    if subject_id != subject_id.strip():
-        raise InvalidSubjectIdError(f"subject id {subject_id!r} has leading or trailing whitespace; {fix}")
-    return subject_id
+        raise InvalidSubjectIdError(f"subject id must be a non-empty string, got {subject_id!r}; {SUBJECT_ID_RULE}")
+    value = unicodedata.normalize("NFC", subject_id)
+    problems = []
+    if len(value) > MAX_SUBJECT_ID_CHARS:
+        problems.append(f"is {len(value)} characters, over the limit of {MAX_SUBJECT_ID_CHARS}")
+    if value != value.strip():
+        problems.append("has leading or trailing whitespace")
+    if "/" in value or "\\" in value:
+        problems.append("contains a path separator")
+    if any(_control(ch) for ch in value):
+        problems.append("contains a control character")
+    others = sorted({ch for ch in value.strip() if not (_id_character(ch) or _control(ch) or ch in "/\\")})
+    if others:
+        problems.append("contains " + ", ".join("a space" if ch == " " else repr(ch) for ch in others))
+    if ".." in value:
+        problems.append("contains '..'")
+    stripped = value.strip()
+    if stripped and stripped[0] in _PUNCTUATION:
+        problems.append(f"starts with {stripped[0]!r}")
+    if stripped and stripped[-1] in _PUNCTUATION:
+        problems.append(f"ends with {stripped[-1]!r}")
+    if value.split(".", 1)[0].upper() in WINDOWS_DEVICE_NAMES:
+        problems.append(f"is the Windows device name {value.split('.', 1)[0].upper()}")
+    if problems:
+        shown = value if len(value) <= 40 else value[:40] + "…"
+        raise InvalidSubjectIdError(f"subject id {shown!r} {'; '.join(problems)}. Rule: {SUBJECT_ID_RULE}")
+    return value
+
+
+def _control(ch: str) -> bool:
+    return unicodedata.category(ch)[0] == "C" or unicodedata.category(ch) in ("Zl", "Zp")
+
+
+def _id_character(ch: str) -> bool:
+    # Letters (L*), their combining marks (M*: vowel signs in Devanagari, accents) and decimal digits.
+    return ch in _PUNCTUATION or unicodedata.category(ch)[0] in "LM" or unicodedata.category(ch) == "Nd"
 
 
 def normalize_image(

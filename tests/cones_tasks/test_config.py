@@ -52,3 +52,20 @@ def test_configs_are_frozen_and_parts_validate():
         ScoringParams()
     with pytest.raises(ValidationError, match="unique"):
         CustomizeConfig.model_validate({**MINIMAL, "subjects": MINIMAL["subjects"] * 2})
+    # "Dog" and "dog" would share a folder on macOS and Windows.
+    twins = [{**MINIMAL["subjects"][0], "subject_id": name} for name in ("Dog", "dog")]
+    with pytest.raises(ValidationError, match="ignoring case"):
+        CustomizeConfig.model_validate({**MINIMAL, "subjects": twins})
+
+
+@pytest.mark.parametrize("subject_id", ["a/b", "Dog Name", ".hidden", "CON"])
+def test_a_bad_subject_id_is_one_error_not_two(subject_id):
+    bad = [{**MINIMAL["subjects"][0], "subject_id": subject_id}]
+    with pytest.raises(ValidationError) as info:
+        CustomizeConfig.model_validate({**MINIMAL, "subjects": bad})
+    errors = [(".".join(map(str, e["loc"])), e["msg"]) for e in info.value.errors()]
+    assert len(errors) == 1 and errors[0][0] == "subjects.0.subject_id", errors
+    assert "Rule: a subject id is" in errors[0][1]
+    with pytest.raises(ValidationError, match="at least one subject"):
+        CustomizeConfig.model_validate({**MINIMAL, "subjects": []})
+    assert CustomizeConfig.model_json_schema()["properties"]["subjects"]["minItems"] == 1

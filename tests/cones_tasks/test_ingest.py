@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -178,18 +179,55 @@ def test_empty_folder_is_an_error_naming_the_subject(tmp_path):
         ("x" * 65, "over the limit of 64"),
         ("", "non-empty"),
         (" padded", "whitespace"),
+        ("Dog Name", "contains a space"),
+        (".hidden", "starts with '.'"),
+        ("-rf", "starts with '-'"),
+        ("dog.", "ends with '.'"),
+        ("CON", "Windows device name CON"),
+        ("con.dog", "Windows device name CON"),
+        ("lpt1", "Windows device name LPT1"),
+        ("dog*?", "contains '*', '?'"),
+        ("a:b", "contains ':'"),
+        ("zero\u200bwidth", "control character"),
     ],
 )
 def test_unsafe_subject_ids_are_refused(subject_id, problem):
-    with pytest.raises(InvalidSubjectIdError, match=problem):
+    with pytest.raises(InvalidSubjectIdError, match=re.escape(problem)):
         validate_subject_id(subject_id)
     with pytest.raises(InvalidSubjectIdError):
         ingest_images(subject_id, [("a.png", b"")], min_side=1)
 
 
 def test_reasonable_subject_ids_pass():
-    for subject_id in ("striped-yellow-triangle", "dog_2", "Mme.Chat", "x" * 64, "chien-été"):
+    for subject_id in ("striped-yellow-triangle", "dog_2", "Mme.Chat", "x" * 64, "chien-été", "कुत्ता", "猫", "console", "COM10"):
         assert validate_subject_id(subject_id) == subject_id
+
+
+def test_the_refusal_states_the_rule_the_code_applies():
+    """Every character the message allows passes, everything else is refused: message and code agree."""
+    import unicodedata
+
+    from cones_tasks.ingest import SUBJECT_ID_RULE
+
+    with pytest.raises(InvalidSubjectIdError) as info:
+        validate_subject_id("Dog Name")
+    assert SUBJECT_ID_RULE in str(info.value)
+    assert "letters or digits (any script)" in SUBJECT_ID_RULE and "'-', '_' or '.' between them" in SUBJECT_ID_RULE
+    for ch in map(chr, range(0x20, 0x250)):
+        allowed = ch in "-_." or unicodedata.category(ch)[0] in "LM" or unicodedata.category(ch) == "Nd"
+        candidate = f"a{ch}b"
+        if allowed:
+            assert validate_subject_id(candidate) == unicodedata.normalize("NFC", candidate)
+        else:
+            with pytest.raises(InvalidSubjectIdError):
+                validate_subject_id(candidate)
+
+
+def test_subject_ids_are_stored_in_one_unicode_form():
+    import unicodedata
+
+    decomposed = unicodedata.normalize("NFD", "chien-été")
+    assert decomposed != "chien-été" and validate_subject_id(decomposed) == "chien-été"
 
 
 def test_fit_to_resolution_centre_crops_then_resizes():

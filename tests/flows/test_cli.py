@@ -22,6 +22,9 @@ def test_bad_config_names_the_field_and_exits_2(tmp_path):
     assert result.exit_code == 2
     assert "subjects.0.subject_id" in result.output and "path separator" in result.output
     assert "grid.max_k" in result.output and "grid.colour" in result.output
+    # One line per real problem: no follow-on "Tuple should have at least 1 item" for the subjects.
+    problems = [line for line in result.output.splitlines() if line.startswith("  ") and ": " in line]
+    assert len(problems) == 3 and "at least 1 item" not in result.output, result.output
 
 
 def test_yaml_config_and_unparsable_files(tmp_path):
