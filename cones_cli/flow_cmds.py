@@ -64,10 +64,14 @@ def _register(command: str) -> None:
     def run(config: ConfigOpt, as_json: bool = JSON) -> None:
         import importlib
 
+        from flows._api_server import temporary_api_server
+
         _quiet_prefect()
         cfg = load_config(config, config_class)
         flow_fn = getattr(importlib.import_module(module), function)
-        emit(flow_fn(cfg), as_json=as_json, title=command)
+        with temporary_api_server():  # no PREFECT_API_URL: a server that dies with this process, even on SIGKILL
+            result = flow_fn(cfg)
+        emit(result, as_json=as_json, title=command)
 
     run.__doc__ = f"Run the `{function.replace('_', '-')}` flow with the {config_class} in --config."
     run_app.command(command)(run)
@@ -110,9 +114,12 @@ def demo(
 ) -> None:
     """Run `customize` end to end on toy subjects: ingest PNG folders, discover, generate every 1–3-subject
     combination × 2 prompts × 2 seeds, score, write the HTML report."""
+    from flows._api_server import temporary_api_server
+
     _quiet_prefect()
     started = time.perf_counter()
-    result = _run_demo(workdir.resolve(), n_subjects=subjects)
+    with temporary_api_server():
+        result = _run_demo(workdir.resolve(), n_subjects=subjects)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     if as_json:
         emit(result, as_json=True)
