@@ -26,6 +26,10 @@ FLOWS = {
 }
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="JSON or YAML file with the flow's config.", exists=True, dir_okay=False)]
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+TRUST_PICKLE = typer.Option(
+    False, "--trust-pickle",
+    help="Let the config's model and CLIP load pickle weights (.bin, .ckpt, .pt), which can run code: only for sources you trust.",
+)
 
 
 def load_config(path: Path, config_class: str):
@@ -61,13 +65,17 @@ def _quiet_prefect() -> None:
 def _register(command: str) -> None:
     module, function, config_class = FLOWS[command]
 
-    def run(config: ConfigOpt, as_json: bool = JSON) -> None:
+    def run(config: ConfigOpt, trust_pickle: bool = TRUST_PICKLE, as_json: bool = JSON) -> None:
         import importlib
 
         from flows._api_server import temporary_api_server
 
         _quiet_prefect()
         cfg = load_config(config, config_class)
+        if trust_pickle:
+            from cones_tasks.config import with_trusted_pickle
+
+            cfg = with_trusted_pickle(cfg)
         flow_fn = getattr(importlib.import_module(module), function)
         with temporary_api_server():  # no PREFECT_API_URL: a server that dies with this process, even on SIGKILL
             result = flow_fn(cfg)
@@ -83,7 +91,7 @@ for _command in FLOWS:
 
 @app.command("export")
 def export(
-    where: Annotated[str, typer.Option("--where", help="SQL predicate over generations and score columns, e.g. \"presence = 1\".")],
+    where: Annotated[str, typer.Option("--where", help="One boolean SQL expression over each generation's columns and score metrics, e.g. \"presence = 1 AND len(subjects) = 2\"; parsed by DuckDB as an expression, under the catalog's SQL sandbox.")],
     to: Annotated[str, typer.Option("--to", help="Target folder or fsspec URI for generations.parquet and images/.")],
     catalog: Annotated[str, typer.Option("--catalog", envvar="CONES_CATALOG", help="Catalog URI.")] = "",
     include_bytes: Annotated[bool, typer.Option("--include-bytes", help="Also put the PNG bytes in the Parquet file.")] = False,

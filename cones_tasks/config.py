@@ -8,7 +8,7 @@ Presets (deployments/prefect.yaml, `cones run customize --config`) hold only non
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -31,6 +31,7 @@ __all__ = [
     "ScoringParams",
     "SubjectSource",
     "mask_params",
+    "with_trusted_pickle",
 ]
 
 
@@ -53,6 +54,7 @@ class ClipRef(_Frozen):
     model_name: str
     weights_path: str
     device: str = "cpu"
+    trust_pickle: bool = Field(False, description="allow .pt/.bin pickle weights (they can run code)")
 
 
 class SubjectSource(_Frozen):
@@ -172,6 +174,21 @@ class ScoreConfig(_FlowConfig):
 
     scoring: ScoringParams
     generations: tuple[str, ...] | None = Field(None, description="generation ids; None: all unscored")
+
+
+_Config = TypeVar("_Config", bound=BaseModel)
+
+
+def with_trusted_pickle(config: _Config) -> _Config:
+    """`config` with trust_pickle on for every ModelRef and ClipRef in it (`cones run --trust-pickle`)."""
+    updates: dict[str, object] = {}
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if isinstance(value, (ModelRef, ClipRef)):
+            updates[name] = value.model_copy(update={"trust_pickle": True})
+        elif isinstance(value, BaseModel) and (trusted := with_trusted_pickle(value)) is not value:
+            updates[name] = trusted
+    return config.model_copy(update=updates) if updates else config
 
 
 def mask_params(discovery: DiscoveryParams, *, seed: int) -> dict[str, object]:

@@ -21,6 +21,12 @@ OPTIONAL_COMPONENTS = ("vae",)
 # file must not be able to import arbitrary code).
 ALLOWED_LIBRARIES = ("diffusers", "transformers")
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+# Every way to opt in, named in each pickle refusal; all of them exist (tests/flows/test_trust_pickle.py
+# checks the flag against `cones run --help` and the fields against the config models).
+TRUST_PICKLE_HINT = (
+    "If you trust the source, opt in: trust_pickle=True in Python, `trust_pickle: true` on the config's "
+    "model (ModelRef) or scoring.clip (ClipRef), or `cones run <flow> --config FILE --trust-pickle`."
+)
 WEIGHTED_COMPONENTS = ("unet", "text_encoder", "vae")
 
 
@@ -82,7 +88,7 @@ def _check_weights(folder: Path, component: str, *, trust_pickle: bool) -> bool:
         raise ModelLoadError(
             f"{component}: only pickle weights found ({', '.join(pickles)}) in {folder}. Pickle files can run "
             "arbitrary code when loaded. Convert them to safetensors (e.g. load once in a sandbox and "
-            "save_pretrained(..., safe_serialization=True)), or pass trust_pickle=True (--trust-pickle) if you trust the source."
+            f"save_pretrained(..., safe_serialization=True)). {TRUST_PICKLE_HINT}"
         )
     raise ModelLoadError(f"{component}: no weights file in {folder}; expected a *.safetensors file saved by save_pretrained.")
 
@@ -183,7 +189,7 @@ def load_clip_scorer(
     if weights.suffix in PICKLE_SUFFIXES and not trust_pickle:
         raise ModelLoadError(
             f"CLIP weights {weights} are a pickle file, which can run arbitrary code when loaded. Convert to "
-            "safetensors, or pass trust_pickle=True (--trust-pickle) if you trust the source."
+            f"safetensors (safetensors.torch.save_file(state_dict, ...)). {TRUST_PICKLE_HINT}"
         )
     if model_name not in open_clip.list_models():
         config = weights.parent / f"{model_name}.json"

@@ -202,7 +202,8 @@ def _load_model(ref: ModelRef, pid: int):
 def _load_clip(ref: ClipRef, pid: int):
     from cones_tasks.loading import load_clip_scorer
 
-    return load_clip_scorer(ref.model_name, ref.weights_path, device=ref.device), threading.Lock()
+    scorer = load_clip_scorer(ref.model_name, ref.weights_path, device=ref.device, trust_pickle=ref.trust_pickle)
+    return scorer, threading.Lock()
 
 
 @contextlib.contextmanager
