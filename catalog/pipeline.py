@@ -32,6 +32,12 @@ def subject_image_uris(catalog: Catalog, subject: str) -> list[str]:
     return [r["uri"] for r in rows]
 
 
+def subject_image_hashes(catalog: Catalog, subject: str) -> set[str]:
+    """Content hashes of the reference images the catalog already holds for `subject`."""
+    rows = catalog.query("SELECT content_hash FROM subject_images WHERE subject = ?", [subject]).to_pylist()
+    return {r["content_hash"] for r in rows}
+
+
 def existing_generation_ids(catalog: Catalog, ids: Sequence[str]) -> set[str]:
     """The subset of `ids` already in `generations` (one query for a whole grid)."""
     if not ids:

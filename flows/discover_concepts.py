@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from catalog import load_catalog, params_hash
@@ -60,6 +60,11 @@ def discover_concepts(config: DiscoverConfig) -> dict[str, str]:
         ],
         runner=config.runner,
         label="discover-concepts",
+    )
+    cached = sum(r["skipped"] for r in results)
+    get_run_logger().info(
+        "discover-concepts: %d of %d masks already in the catalog (skipped), %d discovered", cached, len(results),
+        len(results) - cached,
     )
     lines = ["# Concept neurons", "", "| subject | neurons | mask | |", "|---|---|---|---|"]
     lines += [f"| {r['subject']} | {r['neurons']} | `{r['mask_id'][:12]}` | {'cached' if r['skipped'] else 'new'} |" for r in results]

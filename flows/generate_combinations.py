@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from catalog import Generation, generation_id, load_catalog, params_hash
@@ -122,6 +122,10 @@ def generate_combinations(config: GenerateConfig) -> dict[str, Any]:
     resolved = resolve_masks(config.catalog, config.model, config.subjects, config.discovery, config.discovery_seed)
     items, done = plan_generations(config, resolved)
     todo = [it for it in items if it["id"] not in done]
+    get_run_logger().info(
+        "generate-combinations: %d of %d generations already in the catalog (skipped), %d to generate", len(done),
+        len(items), len(todo),
+    )
     written = fan_out(generate_batch, batch_calls(config, todo), runner=config.runner, label="generate-combinations")
     summary = (
         f"# Generation\n\n{len(items)} combinations × seeds in the grid; {len(done)} already in the catalog, "

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from catalog import SubjectImage, load_catalog
+from catalog.pipeline import subject_image_hashes
 from catalog.sources import list_image_files
 from cones_tasks.config import IngestConfig, IngestParams, SubjectSource
 from cones_tasks.ingest import ingest_images
@@ -28,6 +29,7 @@ def ingest_subject(catalog_uri: str, source: SubjectSource, params: IngestParams
         raise NoUsableImagesError(f"no usable image for subject {source.subject_id!r}:\n{report.summary()}")
     catalog = load_catalog(catalog_uri)
     catalog.write_subject(source.subject_id, class_word=source.class_word)
+    stored = subject_image_hashes(catalog, source.subject_id)  # a rerun stores only the images still missing
     images = [
         SubjectImage(
             subject=source.subject_id,
@@ -37,11 +39,14 @@ def ingest_subject(catalog_uri: str, source: SubjectSource, params: IngestParams
             height=image.height,
         )
         for image in report.accepted
+        if image.content_hash not in stored
     ]
-    catalog.write_subject_images(source.subject_id, images)
+    if images:
+        catalog.write_subject_images(source.subject_id, images)
     return {
         "subject": source.subject_id,
         "accepted": len(report.accepted),
+        "already_stored": len(report.accepted) - len(images),
         "rejected": [(r.name, r.reason) for r in report.rejected],
         "duplicates": [(d.name, d.duplicate_of) for d in report.duplicates],
     }
@@ -59,6 +64,11 @@ def ingest_subjects(config: IngestConfig) -> dict[str, Any]:
     )
     ingested = [r for r in results if isinstance(r, dict)]
     failed = {s.subject_id: str(r) for s, r in zip(config.subjects, results) if isinstance(r, BaseException)}
+    accepted, skipped = sum(r["accepted"] for r in ingested), sum(r["already_stored"] for r in ingested)
+    get_run_logger().info(
+        "ingest-subjects: %d of %d accepted images already in the catalog (skipped), %d stored", skipped, accepted,
+        accepted - skipped,
+    )
     create_markdown_artifact(key="ingest-summary", markdown=_summary(ingested, failed), description="ingest-subjects")
     if not ingested:
         raise NoUsableImagesError("no subject could be ingested:\n" + "\n".join(f"- {k}: {v}" for k, v in failed.items()))

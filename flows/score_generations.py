@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 import numpy as np
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from catalog import ClipScore, load_catalog
@@ -62,8 +62,16 @@ def score_generations(config: ScoreConfig) -> dict[str, Any]:
     scoring = config.scoring
     scorers = ([clip_scorer_name(scoring.clip)] if scoring.clip else []) + ([JUDGE] if scoring.judge else [])
     calls = []
+    logger = get_run_logger()
     for scorer in scorers:
         todo = generations_without_scores(catalog, scorer=scorer, ids=config.generations)
+        if config.generations is not None:
+            logger.info(
+                "score-generations: %s: %d of %d generations already scored (skipped), %d to score", scorer,
+                len(config.generations) - len(todo), len(config.generations), len(todo),
+            )
+        else:
+            logger.info("score-generations: %s: %d generations to score", scorer, len(todo))
         calls += [
             {"catalog_uri": config.catalog, "rows": batch, "scorer": scorer, "clip": scoring.clip, "batch_size": scoring.batch_size}
             for batch in batched(todo, scoring.task_batch)
