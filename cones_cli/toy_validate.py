@@ -1,4 +1,4 @@
-"""`cones toy validate`: the paper's claims measured on the toy world (issue #4 item 6).
+"""`cones toy validate`: the paper's claims measured on the toy world, per composition strategy.
 
 Registered on the `cones toy` app when imported (cones_cli/toy.py imports this module).
 """
@@ -18,7 +18,14 @@ from cones_cli.toy import JSON, _default, app
 @app.command("validate")
 def validate(
     model: Path = typer.Option(None, help="Diffusers folder (default: the shipped toy model)."),
-    subjects: int = typer.Option(4, min=2, help="How many of the named toy subjects (first N)."),
+    subjects: int = typer.Option(6, min=2, help="How many of the named toy subjects (first N)."),
+    quick: bool = typer.Option(
+        False, "--quick", help="The recommended setting only (no selection, no ceilings), 48 images per line, multi 2 and 3; "
+        "prints {strategy, single, context, crosstalk, multi} for it."
+    ),
+    strategy: list[str] = typer.Option(
+        None, help="Composition strategies to report: union (the paper's) and/or token. Default: both; --quick: token."
+    ),
     n: int = typer.Option(100, min=1, help="Images judged per reported line."),
     select_n: int = typer.Option(48, min=1, help="Images per candidate when choosing hyper-parameters."),
     steps: int = typer.Option(25, min=1, help="Sampling steps per image."),
@@ -31,7 +38,7 @@ def validate(
         "(e.g. '{\"rounds\": 3, \"steps\": 8, \"threshold_value\": 0.005}')."
     ),
     prompts: list[str] = typer.Option(
-        ["class"], help="Discovery's conditioning, each tried with every candidate: 'class' ('a triangle', the paper's) "
+        ["context"], help="Discovery's conditioning, each tried with every candidate: 'class' ('a triangle', the paper's) "
         "and/or 'context' ('a triangle on snow', each reference's background). Repeat to try both."
     ),
     as_json: bool = JSON,
@@ -39,7 +46,8 @@ def validate(
     """Discovery on ≥ 2 toy subjects, judged: single (masked vs not), context, cross-talk, unions, bytes."""
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.neurons.discovery import DiscoveryParams
-    from cones_tasks.neurons.validate import DEFAULT_CANDIDATES, ValidateParams, validate_toy
+    from cones_tasks.neurons.composition import COMPOSITIONS
+    from cones_tasks.neurons.validate import DEFAULT_CANDIDATES, RECOMMENDED, ValidateParams, validate_toy
     from cones_tasks.toyworld.judge import judge
     from cones_tasks.toyworld.subjects import TOY_SUBJECTS
 
@@ -47,14 +55,26 @@ def validate(
         raise typer.BadParameter(f"there are {len(TOY_SUBJECTS)} toy subjects", param_hint="--subjects")
     if unknown := sorted(set(prompts) - {"class", "context"}):
         raise typer.BadParameter(f"unknown prompt mode(s) {unknown}; use class and/or context", param_hint="--prompts")
+    strategies = tuple(strategy or (["token"] if quick else COMPOSITIONS))
+    if unknown := sorted(set(strategies) - set(COMPOSITIONS)):
+        raise typer.BadParameter(f"unknown strategy {unknown}; use {' and/or '.join(COMPOSITIONS)}", param_hint="--strategy")
     sweep = DEFAULT_CANDIDATES
     if candidates is not None:
         sweep = tuple(DiscoveryParams.model_validate(c) for c in json.loads(candidates.read_text()))
     refine = DiscoveryParams.model_validate_json(union_refine) if union_refine else None
     params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance,
-                            union_refine=refine, prompt_modes=tuple(prompts))
+                            union_refine=refine, prompt_modes=tuple(prompts), strategies=strategies)
+    if quick:
+        sweep = tuple(RECOMMENDED[s] for s in strategies)
+        params = params.model_copy(update={
+            "images_per_line": 48 if n == 100 else n, "sample_steps": 20 if steps == 25 else steps, "multi_sizes": (2, 3),
+            "ceilings": False, "prompt_modes": ("context",),
+        })
     start = time.perf_counter()
     result = validate_toy(load_diffusion_model(_default(model, "TOY_MODEL_DIR")), TOY_SUBJECTS[:subjects], judge,
                           candidates=sweep, params=params, progress=not as_json)
     result["wall_s"] = time.perf_counter() - start
+    if quick:  # the recommended strategy's lines first, flat, then the rest
+        first = strategies[0]
+        result = {"strategy": first, **result["strategies"][first], "wall_s": result["wall_s"], "details": result}
     emit(result, as_json=as_json, title="toy validate")

@@ -43,23 +43,47 @@ class DiscoveryParams(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Defaults are iterative (Cones Alg. 1): on the toy model the first-order score predicts the loss drop of
-    # shutting 1 neuron to 0.1% but shutting the top 200 at once RAISES the loss 52% (neurons share rows);
-    # 20 rounds × 10 neurons lowered it (docs/discovery.md, "What we measured").
-    steps: int = Field(10, ge=1, description="score-accumulation steps per round")
-    batch_size: int = Field(4, ge=1, description="subject images per step")
+    # The defaults are what validation chose (docs/research/composition.md): word-scoped neurons chosen by
+    # `fit`, 200 gradient steps over 6 references at a time. Every knob is relative to the model (steps of
+    # the word rows' RMS, a tolerance in the same unit, no neuron budget), so the same values apply to an
+    # SD-scale space (19 M neurons) as to the toy model's 45 k. With objective 'score' keep the rounds
+    # iterative (Cones Alg. 1): on the toy model shutting the top 200 at once RAISED the loss 52 %
+    # (neurons share rows) where 20 rounds × 10 neurons lowered it (docs/discovery.md).
+    steps: int = Field(20, ge=1, description="score: accumulation steps per round; fit: gradient steps per round")
+    batch_size: int = Field(6, ge=1, description="subject images per step")
     threshold: Literal["tau", "fraction", "top_k"] = Field(
         "fraction", description="tau: shut every neuron with mean score > value; fraction/top_k: a budget"
     )
     threshold_value: float = Field(0.002, description="τ, the fraction of the space, or k")
-    rounds: int = Field(10, ge=1, description="1: one-shot; >1: iterative, shutting as it goes")
+    rounds: int = Field(10, ge=1, description="score: 1 one-shot, >1 iterative, shutting as it goes; fit: steps × rounds steps")
     rho: float = Field(0.0, ge=0.0, description="soft step θ ← θ − ρ·θ²·∂L/∂θ between steps (0: off)")
     prior_weight: float = Field(0.0, ge=0.0, description="λ of the prior-preservation term (0: off)")
     attention: Literal["cross", "self", "both"] = Field("cross", description="which attention layers hold neurons")
     eval_draws: int = Field(4, ge=0, description="fixed (t, ε) draws per image for the report's before/after loss")
+    scope: Literal["prompt", "word"] = Field(
+        "word",
+        description="where the shut neurons act: 'prompt', every text token (the paper); 'word', only the rows of the "
+        "subject's class word (token composition, docs/composition.md)",
+    )
+    objective: Literal["score", "fit"] = Field(
+        "fit",
+        description="how neurons are chosen: 'score', rounds of θ·∂L/∂θ (the paper); 'fit' (scope 'word' only), the word "
+        "rows' edit learned by gradient steps, then the weights whose zeroing makes it",
+    )
+    learning_rate: float = Field(0.1, gt=0.0, description="fit: Adam step on the word rows' edit, in units of their RMS")
+    key_step: float = Field(0.2, gt=0.0, description="fit: the key projections' step as a fraction of learning_rate")
+    fit_tolerance: float = Field(
+        1e-3, ge=0.0, description="fit: stop adding weights to an output once it gains less than this × the rows' RMS"
+    )
 
     @model_validator(mode="after")
     def _threshold_value_fits_mode(self) -> DiscoveryParams:
+        if self.objective == "fit" and self.scope != "word":
+            raise ValueError("objective 'fit' learns an edit of the class word's rows: it needs scope 'word'")
+        if self.scope == "word" and self.attention != "cross":
+            raise ValueError("scope 'word' acts on text tokens, which only cross-attention reads: use attention 'cross'")
+        if self.scope == "word" and self.prior_weight > 0:
+            raise ValueError("scope 'word' does not take a prior-preservation term yet; set prior_weight=0")
         v = self.threshold_value
         if self.threshold == "fraction" and not 0.0 < v <= 1.0:
             raise ValueError(f"threshold 'fraction' needs 0 < threshold_value <= 1, got {v}")
@@ -85,6 +109,7 @@ def discover_concept_neurons(
     *,
     prior_images: np.ndarray | None = None,
     prior_prompt: str | None = None,
+    class_word: str | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -101,7 +126,13 @@ def discover_concept_neurons(
     prompt per image: the prior term must not borrow the first reference's context).
     Deterministic on CPU for a given seed (all randomness comes from one CPU generator;
     `generator`, if given, replaces it for the steps, while `seed` still fixes the report's eval draws).
+    class_word: the subject's class word ("dog"), which every prompt must name; required by
+    params.scope 'word', whose neurons act at that word's rows only.
     """
+    if params.scope == "word" and not class_word:
+        raise ValueError(
+            "scope 'word' shuts neurons at the class word's rows: pass class_word (e.g. 'dog', named in every class prompt)"
+        )
     if params.prior_weight > 0 and prior_images is None:
         raise ValueError(
             "prior_weight > 0 needs prior_images: generate a few images of the class prompt with the base model "
@@ -123,11 +154,21 @@ def discover_concept_neurons(
 
     shut_flat = torch.zeros(space.size, dtype=torch.bool)
     bar = tqdm(total=params.steps * params.rounds, desc=f"discover {class_prompt!r}", disable=not progress)
+    extra: dict[str, Any] = {}
     with _frozen(unet):
-        losses, rounds, mean_scores = _shut_in_rounds([problem], space, params, shut_flat, gen, bar)
-        mask = ConceptMask.from_indices(space, np.flatnonzero(shut_flat.numpy()))
-        eval_before = problem.eval_loss(None, draws=params.eval_draws, seed=seed)
-        eval_after = problem.eval_loss(_split(space, shut_flat, problem.device), draws=params.eval_draws, seed=seed)
+        if params.scope == "word":
+            from cones_tasks.neurons.word_discovery import discover_at_word
+
+            prompts = _prompts_for(class_prompt, len(problem.x0))
+            mask, extra = discover_at_word(problem, model, space, params, class_word, prompts, gen, bar)
+            bar.close()
+            losses, rounds, mean_scores = extra.pop("loss_curve"), extra.pop("rounds"), torch.zeros(space.size)
+            eval_before, eval_after = None, None  # the every-token eval loss does not apply to a word-scoped mask
+        else:
+            losses, rounds, mean_scores = _shut_in_rounds([problem], space, params, shut_flat, gen, bar)
+            mask = ConceptMask.from_indices(space, np.flatnonzero(shut_flat.numpy()))
+            eval_before = problem.eval_loss(None, draws=params.eval_draws, seed=seed)
+            eval_after = problem.eval_loss(_split(space, shut_flat, problem.device), draws=params.eval_draws, seed=seed)
 
     report = {
         "class_prompt": class_prompt,
@@ -146,6 +187,8 @@ def discover_concept_neurons(
         "time_s": time.perf_counter() - started,
         "seed": seed,
         "params": params.model_dump(),
+        "class_word": class_word,
+        **extra,
     }
     return DiscoveryResult(mask=mask, report=report, scores=mean_scores.numpy())
 
@@ -179,7 +222,8 @@ def refine_union(
     model,
     subjects: Sequence[tuple[np.ndarray, str]],
     union: ConceptMask,
-    params: DiscoveryParams = DiscoveryParams(rounds=3, threshold_value=0.002),
+    params: DiscoveryParams = DiscoveryParams(scope="prompt", objective="score", rounds=3, steps=10, batch_size=4,
+                                              threshold_value=0.002),
     *,
     seed: int = 0,
     progress: bool = True,
@@ -198,6 +242,8 @@ def refine_union(
         raise ValueError("refine_union needs at least 2 subjects; for one subject use discover_concept_neurons")
     if params.prior_weight > 0:
         raise ValueError("refine_union does not take a prior-preservation term; set prior_weight=0")
+    if params.scope != "prompt":
+        raise ValueError("refine_union refines the paper's every-token union: pass params with scope='prompt', objective='score'")
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     space = NeuronSpace.from_unet(model.unet, attention=params.attention)

@@ -28,7 +28,7 @@ from torch import nn
 
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 
-__all__ = ["ConceptMask", "MaskModelMismatchError", "is_masked", "per_sample", "shut"]
+__all__ = ["ConceptMask", "MaskModelMismatchError", "RowEdits", "is_masked", "per_sample", "shut"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -164,6 +164,22 @@ class ConceptMask:
 # ---------------------------------------------------------------- applying masks
 
 
+@dataclass(frozen=True)
+class RowEdits:
+    """Additive updates of some (batch element, text token) rows of the K/V projections' outputs.
+
+    Word-scoped masks (cones_tasks.neurons.word_scope) act through these: row n of the update is
+    added to output [batch[n], rows[n], :] of every layer named in `values` ([N, out] each).
+    `batch_size`, when set, is the UNet batch they were built for; a forward of another batch
+    size is refused rather than edited at the wrong elements.
+    """
+
+    batch: torch.Tensor  # [N] int64
+    rows: torch.Tensor  # [N] int64
+    values: dict[str, torch.Tensor]  # K/V parameter name -> [N, out]
+    batch_size: int | None = None
+
+
 @contextlib.contextmanager
 def shut(unet: nn.Module, space: NeuronSpace, mask: ConceptMask) -> Iterator[None]:
     """Within the block, every forward of `unet` sees `mask`'s neurons zeroed (Cones §3.1 "shut").
@@ -176,8 +192,13 @@ def shut(unet: nn.Module, space: NeuronSpace, mask: ConceptMask) -> Iterator[Non
 
 
 @contextlib.contextmanager
-def per_sample(unet: nn.Module, space: NeuronSpace, masks: Sequence[ConceptMask | None]) -> Iterator[None]:
+def per_sample(
+    unet: nn.Module, space: NeuronSpace, masks: Sequence[ConceptMask | None], *, row_edits: RowEdits | None = None
+) -> Iterator[None]:
     """Within the block, batch element i of every UNet forward uses masks[i % len(masks)] (None: no mask).
+
+    `row_edits` are added on top (word-scoped masks), so one forward serves a batch that mixes
+    every-token and word-scoped compositions.
 
     The batch of each forward must be a multiple of G = len(masks). The `i % G`
     mapping is chosen so classifier-free guidance works unchanged: pipelines
@@ -194,21 +215,28 @@ def per_sample(unet: nn.Module, space: NeuronSpace, masks: Sequence[ConceptMask 
             m.check(space)
     modules = space.modules(unet)
     _refuse_fused_projections(unet, space)
-    if all(m is None or m.count == 0 for m in masks):
+    edited = set(row_edits.values) if row_edits is not None else set()
+    if all(m is None or m.count == 0 for m in masks) and not edited:
         yield  # nothing shut: leave the UNet's fast path alone
         return
     located = [space.locate(m.indices) if m is not None else None for m in masks]
     installed: list[nn.Linear] = []
     try:
         for e in space.entries:
-            if all(loc is None or loc[e.name].size == 0 for loc in located):
+            shuts = any(loc is not None and loc[e.name].size for loc in located)
+            if not shuts and e.name not in edited:
                 continue
             module = modules[e.name]
             # shut positions in the flattened [G, out, in] stack: sparse, so G masks cost their indices, not G dense masks
             flat = np.concatenate(
                 [loc[e.name] + g * e.numel for g, loc in enumerate(located) if loc is not None and loc[e.name].size]
+                or [np.empty(0, dtype=np.int64)]
             )
-            _install(module, _MaskedLinear(module, len(masks), torch.from_numpy(flat).to(module.weight.device)))
+            edit = None
+            if e.name in edited:
+                edit = (row_edits.batch, row_edits.rows, row_edits.values[e.name], row_edits.batch_size)
+            groups = len(masks) if shuts else 1
+            _install(module, _MaskedLinear(module, groups, torch.from_numpy(flat).to(module.weight.device), edit))
             installed.append(module)
         yield
     finally:
@@ -257,10 +285,11 @@ class _MaskedLinear:
 
     CACHE_BYTES = 64 << 20
 
-    def __init__(self, module: nn.Linear, groups: int, shut_flat: torch.Tensor) -> None:
+    def __init__(self, module: nn.Linear, groups: int, shut_flat: torch.Tensor, edit=None) -> None:
         self.module = module
         self.groups = groups
         self.shut_flat = shut_flat  # int64 indices into the flattened [G, out, in] stack
+        self.edit = edit  # (batch [N], rows [N], values [N, out], expected batch size or None): RowEdits of this layer
         self._cache: tuple[tuple[int, int, torch.dtype], torch.Tensor] | None = None
 
     def _build(self, weight: torch.Tensor) -> torch.Tensor:
@@ -268,6 +297,8 @@ class _MaskedLinear:
         return stack.index_fill(0, self.shut_flat, 0).view(self.groups, *weight.shape)
 
     def _weights(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.shut_flat.numel() == 0:
+            return weight.unsqueeze(0)  # row edits only: the layer's own weights, no copy
         small = self.groups * weight.numel() * weight.element_size() <= self.CACHE_BYTES
         if (torch.is_grad_enabled() and weight.requires_grad) or not small:
             return self._build(weight)
@@ -282,7 +313,7 @@ class _MaskedLinear:
         w = self._weights(module.weight)  # [G, out, in]
         groups = w.shape[0]
         if groups == 1:
-            return F.linear(x, w[0], module.bias)
+            return self._edit(x, F.linear(x, w[0], module.bias))
         batch = x.shape[0]
         if batch % groups:
             raise ValueError(
@@ -293,7 +324,19 @@ class _MaskedLinear:
         out = torch.einsum("rgni,goi->rgno", xr, w)
         if module.bias is not None:
             out = out + module.bias
-        return out.reshape(*x.shape[:-1], w.shape[1])
+        return self._edit(x, out.reshape(*x.shape[:-1], w.shape[1]))
+
+    def _edit(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out [B, T, out] with the row edits added at their (batch element, token) rows."""
+        if self.edit is None:
+            return out
+        batch, rows, values, expected = self.edit
+        if x.dim() != 3 or (expected is not None and x.shape[0] != expected):
+            raise ValueError(
+                f"word-scoped masks were built for a UNet batch of {expected} prompts' text states [B, T, D], but this "
+                f"forward got {tuple(x.shape)}; build the row edits for the batch the UNet is called with"
+            )
+        return out.index_put((batch, rows), values.to(out.dtype), accumulate=True)
 
 
 def _refuse_fused_projections(unet: nn.Module, space: NeuronSpace) -> None:

@@ -1,25 +1,22 @@
-"""Measuring the paper's claims on the toy world (issue #4 item 6; Cones §4).
+"""Measuring the paper's claims on the toy world, per composition strategy (Cones §4; docs/research/composition.md).
 
-For each toy subject, discovery runs on its reference renders under the class
-prompt ("a triangle"); the toy judge (rules, not a model) then reads every
-generated image back. Lines, each of `images_per_line` images spread evenly
-over subjects or combinations:
+For each toy subject, discovery runs on its reference renders; the toy judge (rules, not a
+model) then reads every generated image back. Every line is reported for each composition
+strategy (cones_tasks.neurons.composition), each with the masks its own discovery found:
 
-- single: the class prompt with the subject's mask (hit_masked) vs without
-  (hit_unmasked); a hit is an object with the subject's shape, colour and pattern.
+- single: the class prompt with the subject's mask (hit_masked) vs without (hit_unmasked); a
+  hit is an object with the subject's shape, colour and pattern.
 - context: "a triangle on snow" with the mask — the subject AND the asked background.
-- crosstalk: subject A's mask on class B's prompt (B another shape): how often
-  A's colour+pattern shows up anyway (leak, lower is better), and how often B's
-  shape is still drawn (class_kept).
-- multi: unions of k subjects' masks with "a triangle and a circle …": all k present.
-  With `union_refine`, also multi_refined: each union after a few joint discovery rounds
-  (discovery.refine_union, the "few fine-tuning steps for multi-subject" variant).
-- ceilings, no mask: single.hit_full_prompt ("a striped yellow triangle") and
-  multi_full_prompt — what the base model draws when the subject is spelled out in words.
-  A mask that makes the class word mean the subject can hardly beat the words themselves,
-  so these say how much of a gap is the method's and how much the model's.
+- crosstalk: subject A's mask on class B's prompt (B another shape): how often A's
+  colour+pattern shows up anyway (leak, lower is better), and how often B's shape is still drawn.
+- multi k: "a triangle and a circle …" with the k subjects' masks composed: all k present, the
+  mean per-subject presence, A's look painted on another subject's class, and all present with
+  the subjects named in the other order.
+- ceilings, no mask: the subjects spelled out ("a striped yellow triangle") — what the base
+  model draws when it is told in words. A mask that makes the class word mean the subject can
+  hardly beat the words themselves.
 
-Hyper-parameters are chosen on one set of sampling seeds (single.hit_masked)
+Hyper-parameters are chosen on one set of sampling seeds (the mean of single hit and context)
 and every number is reported on another, so the report is not tuned on itself.
 """
 
@@ -34,20 +31,26 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from cones_tasks.neurons.composition import COMPOSITIONS, Composition, compose, composition_for
 from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons, refine_union
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
 
-__all__ = ["DEFAULT_CANDIDATES", "ValidateParams", "validate_toy"]
+__all__ = ["DEFAULT_CANDIDATES", "RECOMMENDED", "ValidateParams", "validate_toy"]
 
-# The sweep `cones toy validate` tries by default: budgets an order of magnitude apart, iterative
-# (the default, docs/discovery.md), one one-shot line for the table, self-attention neurons too.
+# What validation chose, per strategy (docs/research/composition.md): `token` is the library's default
+# DiscoveryParams; `union` is the paper's statistic at every token, 10 % of the K/V over 30 rounds.
+RECOMMENDED: dict[str, DiscoveryParams] = {
+    "token": DiscoveryParams(),
+    "union": DiscoveryParams(scope="prompt", objective="score", threshold_value=0.1, rounds=30, steps=8, batch_size=4),
+}
+# The sweep `cones toy validate` chooses from by default: each strategy's recommendation and its nearest rivals.
 DEFAULT_CANDIDATES: tuple[DiscoveryParams, ...] = (
-    DiscoveryParams(threshold_value=0.001),
-    DiscoveryParams(threshold_value=0.002),
-    DiscoveryParams(threshold_value=0.01),
-    DiscoveryParams(threshold_value=0.002, rounds=1, steps=100),
-    DiscoveryParams(threshold_value=0.002, attention="both"),
+    RECOMMENDED["union"],
+    RECOMMENDED["union"].model_copy(update={"threshold_value": 0.03}),
+    RECOMMENDED["token"],
+    RECOMMENDED["token"].model_copy(update={"learning_rate": 0.05, "key_step": 1.0}),
+    DiscoveryParams(scope="word", objective="score", threshold_value=0.1, rounds=30, steps=8, batch_size=4),
 )
 
 
@@ -68,8 +71,11 @@ class ValidateParams(BaseModel):
     union_refine: DiscoveryParams | None = Field(
         None, description="when set, also report multi_refined: every union after these joint discovery rounds"
     )
+    strategies: tuple[Composition, ...] = Field(COMPOSITIONS, min_length=1, description="composition strategies to report")
+    ceilings: bool = Field(True, description="also report the spelled-out ceilings (no mask)")
+    reversed_order: bool = Field(True, description="also report each combination named in the other order")
     prompt_modes: tuple[Literal["class", "context"], ...] = Field(
-        ("class",), min_length=1,
+        ("context",), min_length=1,
         description="how discovery conditions the references, each tried with every candidate: 'class' is the "
         "paper's class prompt ('a triangle'); 'context' adds each reference's background ('a triangle on snow'), "
         "so the background is explained by the words and not absorbed into the mask",
@@ -85,39 +91,86 @@ def validate_toy(
     params: ValidateParams = ValidateParams(),
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run discovery for every subject × candidate, pick the best candidate, report every line.
+    """For each strategy: discovery for every subject × candidate of that strategy, pick the best, report every line.
 
     model: cones_tasks.loading.DiffusionModel (the toy model). subjects: toy subjects
     (`.id`, `.shape`, `.color`, `.pattern`; cones_tasks.toyworld.subjects). judge: image ->
-    Judgement (`.has(shape=, color=, pattern=)`, `.background`, `.unreadable`).
+    Judgement (`.has(shape=, color=, pattern=)`, `.background`, `.unreadable`). A strategy
+    with one candidate and one prompt mode is reported without a selection run.
     """
     if params.select_seed == params.report_seed:
         raise ValueError("select_seed and report_seed must differ: numbers reported on the seeds they were tuned on are optimistic")
     if len(subjects) < 2:
         raise ValueError("validate_toy needs at least 2 subjects (cross-talk and unions compare subjects)")
-    if not candidates:
-        raise ValueError("pass at least one DiscoveryParams candidate")
+    by_strategy = {s: [c for c in candidates if composition_for(c) == s] for s in params.strategies}
+    if missing := [s for s, c in by_strategy.items() if not c]:
+        raise ValueError(f"no DiscoveryParams candidate for strategies {missing} (scope 'word' is token, 'prompt' is union)")
     from cones_tasks.toyworld.subjects import reference_renders
 
     started = time.perf_counter()
     references = {s.id: reference_renders(s, n=params.reference_images, seed=params.discovery_seed) for s in subjects}
     sampler = _Sampler(model, judge, params, progress)
-
     priors = _PriorImages(model, params)
-    selection = []
-    best: tuple[tuple, DiscoveryParams, str, dict[str, ConceptMask], NeuronSpace] | None = None
-    for candidate, mode in itertools.product(candidates, params.prompt_modes):
+    n, seed = params.images_per_line, params.report_seed
+    sizes = [k for k in params.multi_sizes if k <= len(subjects)]  # unions no bigger than the subject set
+    space = NeuronSpace.from_unet(model.unet, attention="cross")
+    unmasked = _single(sampler, subjects, None, space, "union", n=n, seed=seed)
+
+    strategies = {}
+    for strategy, options in by_strategy.items():
+        found = _choose(model, sampler, priors, subjects, references, strategy, options, params)
+        chosen, mode, masks, space, selection, discovery_s = found
+        line = dict(n=n, seed=seed)
+        strategies[strategy] = {
+            "chosen_params": chosen.model_dump(),
+            "chosen_prompts": mode,
+            "selection": selection,
+            "single": {"hit_masked": _single(sampler, subjects, masks, space, strategy, **line), "hit_unmasked": unmasked},
+            **_context(sampler, subjects, masks, space, strategy, **line),
+            **_crosstalk(sampler, subjects, masks, space, strategy, **line),
+            **_multi_lines(sampler, subjects, masks, space, strategy, sizes, params, **line),
+            **(_refined_multi(sampler, model, subjects, references, masks, space, params, sizes, mode) if strategy == "union" else {}),
+            "neuron_fraction": float(np.mean([m.fraction for m in masks.values()])),
+            "bytes_per_concept": float(np.mean([len(m.to_bytes()) for m in masks.values()])),
+            "discovery_s_per_subject": discovery_s / len(subjects),
+        }
+    result = {
+        "subjects": [s.id for s in subjects],
+        "strategies": strategies,
+        "images_per_line": n,
+        "sample_steps": params.sample_steps,
+        "guidance_scale": params.guidance_scale,
+        "seeds": {"discovery": params.discovery_seed, "select": params.select_seed, "report": params.report_seed},
+    }
+    if params.ceilings:
+        result["ceilings"] = {
+            "single": _single(sampler, subjects, None, space, "union", n=n, seed=seed, spelled_out=True),
+            "multi": {str(k): _multi(sampler, subjects, None, space, "union", k=k, n=n, seed=seed)["all_present"] for k in sizes},
+        }
+    result["time_s"] = time.perf_counter() - started
+    return result
+
+
+def _choose(model, sampler, priors, subjects, references, strategy, options, params):
+    """(chosen params, prompt mode, masks, space, selection table, discovery seconds of the chosen) for one strategy."""
+    runs = list(itertools.product(options, params.prompt_modes))
+    selection, best = [], None
+    for candidate, mode in runs:
         space = NeuronSpace.from_unet(model.unet, attention=candidate.attention)
+        t0 = time.perf_counter()
         masks = {
             s.id: discover_concept_neurons(
                 model, references[s.id], _reference_prompts(s, mode, params.reference_images), candidate,
-                seed=params.discovery_seed, progress=False,
+                seed=params.discovery_seed, progress=False, class_word=s.shape,
                 prior_images=priors.of(s.shape) if candidate.prior_weight > 0 else None, prior_prompt=_class_prompt(s.shape),
             ).mask
             for s in subjects
         }
-        hit = _single(sampler, subjects, masks, space, n=params.select_images_per_line, seed=params.select_seed)
-        context = _context(sampler, subjects, masks, space, n=params.select_images_per_line, seed=params.select_seed)["context"]
+        spent = time.perf_counter() - t0
+        if len(runs) == 1:  # nothing to choose between: no selection images
+            return candidate, mode, masks, space, [], spent
+        hit = _single(sampler, subjects, masks, space, strategy, n=params.select_images_per_line, seed=params.select_seed)
+        context = _context(sampler, subjects, masks, space, strategy, n=params.select_images_per_line, seed=params.select_seed)["context"]
         fraction = float(np.mean([m.fraction for m in masks.values()]))
         selection.append({"params": candidate.model_dump(), "prompts": mode, "hit_masked": hit, "context": context,
                           "neuron_fraction": fraction})
@@ -125,36 +178,9 @@ def validate_toy(
         # overrides the background asked for is worth less. Among ties, fewer neurons.
         key = ((hit + context) / 2, -fraction)
         if best is None or key > best[0]:
-            best = (key, candidate, mode, masks, space)
-    assert best is not None
-    _, chosen, chosen_mode, masks, space = best
-
-    n, seed = params.images_per_line, params.report_seed
-    sizes = [k for k in params.multi_sizes if k <= len(subjects)]  # unions no bigger than the subject set
-    result = {
-        "subjects": [s.id for s in subjects],
-        "chosen_params": chosen.model_dump(),
-        "chosen_prompts": chosen_mode,
-        "selection": selection,
-        "single": {
-            "hit_masked": _single(sampler, subjects, masks, space, n=n, seed=seed),
-            "hit_unmasked": _single(sampler, subjects, None, space, n=n, seed=seed),
-            "hit_full_prompt": _single(sampler, subjects, None, space, n=n, seed=seed, spelled_out=True),
-        },
-        **_context(sampler, subjects, masks, space, n=n, seed=seed),
-        **_crosstalk(sampler, subjects, masks, space, n=n, seed=seed),
-        "multi": {str(k): _multi(sampler, subjects, masks, space, k=k, n=n, seed=seed) for k in sizes},
-        "multi_full_prompt": {str(k): _multi(sampler, subjects, None, space, k=k, n=n, seed=seed) for k in sizes},
-        **_refined_multi(sampler, model, subjects, references, masks, space, params, sizes, chosen_mode),
-        "neuron_fraction": float(np.mean([m.fraction for m in masks.values()])),
-        "bytes_per_concept": float(np.mean([len(m.to_bytes()) for m in masks.values()])),
-        "images_per_line": n,
-        "sample_steps": params.sample_steps,
-        "guidance_scale": params.guidance_scale,
-        "seeds": {"discovery": params.discovery_seed, "select": params.select_seed, "report": params.report_seed},
-        "time_s": time.perf_counter() - started,
-    }
-    return result
+            best = (key, candidate, mode, masks, space, spent)
+    _, candidate, mode, masks, space, spent = best
+    return candidate, mode, masks, space, selection, spent
 
 
 # ---------------------------------------------------------------- lines
@@ -189,49 +215,83 @@ def _spelled_out(subject) -> str:
     return f"a {subject.pattern} {subject.color} {subject.shape}"
 
 
-def _single(sampler, subjects, masks, space, *, n: int, seed: int, spelled_out: bool = False) -> float:
+def _applied(strategy, masks, combo) -> tuple[ConceptMask | None, list]:
+    """(every-token mask, word masks) of one image of `combo` (subjects, in prompt order) under `strategy`."""
+    if masks is None:
+        return None, []
+    return compose(strategy, [(masks[s.id], s.shape) for s in combo])
+
+
+def _single(sampler, subjects, masks, space, strategy, *, n: int, seed: int, spelled_out: bool = False) -> float:
     chosen = _spread(list(subjects), n)
     prompts = [_spelled_out(s) if spelled_out else _class_prompt(s.shape) for s in chosen]
-    verdicts = sampler.run(prompts, [masks[s.id] if masks else None for s in chosen], space, seed=seed, tag=1)
+    verdicts = sampler.run(prompts, [_applied(strategy, masks, [s]) for s in chosen], space, seed=seed, tag=1)
     return float(np.mean([_is(v, s) for v, s in zip(verdicts, chosen)]))
 
 
-def _context(sampler, subjects, masks, space, *, n: int, seed: int) -> dict[str, float]:
+def _context(sampler, subjects, masks, space, strategy, *, n: int, seed: int) -> dict[str, float]:
     from cones_tasks.toyworld.world import BACKGROUNDS
 
     pairs = _spread(list(itertools.product(subjects, BACKGROUNDS)), n)
     prompts = [f"{_class_prompt(s.shape)} on {bg}" for s, bg in pairs]
-    verdicts = sampler.run(prompts, [masks[s.id] for s, _ in pairs], space, seed=seed, tag=2)
+    verdicts = sampler.run(prompts, [_applied(strategy, masks, [s]) for s, _ in pairs], space, seed=seed, tag=2)
     hits = [_is(v, s) and v.background == bg for v, (s, bg) in zip(verdicts, pairs)]
     backgrounds = [not v.unreadable and v.background == bg for v, (_, bg) in zip(verdicts, pairs)]
     return {"context": float(np.mean(hits)), "context_background_kept": float(np.mean(backgrounds))}
 
 
-def _crosstalk(sampler, subjects, masks, space, *, n: int, seed: int) -> dict[str, float]:
+def _crosstalk(sampler, subjects, masks, space, strategy, *, n: int, seed: int) -> dict[str, float]:
+    """A's mask under class B's prompt. Under `token` the mask needs its word in the prompt, and B's
+    prompt has none, so nothing is shut: the line then measures that the mask stays out of other
+    classes' prompts, which is what `token` promises."""
     pairs = [(a, b) for a in subjects for b in subjects if b.shape != a.shape]
     if not pairs:
         return {"crosstalk": float("nan"), "crosstalk_class_kept": float("nan")}
     pairs = _spread(pairs, n)
-    verdicts = sampler.run([_class_prompt(b.shape) for _, b in pairs], [masks[a.id] for a, _ in pairs], space, seed=seed, tag=3)
+    applied = [_applied(strategy, masks, [a]) if strategy == "union" else (None, []) for a, _ in pairs]
+    verdicts = sampler.run([_class_prompt(b.shape) for _, b in pairs], applied, space, seed=seed, tag=3)
     leak = [not v.unreadable and v.has(color=a.color, pattern=a.pattern) for v, (a, _) in zip(verdicts, pairs)]
     kept = [not v.unreadable and v.has(shape=b.shape) for v, (_, b) in zip(verdicts, pairs)]
     return {"crosstalk": float(np.mean(leak)), "crosstalk_class_kept": float(np.mean(kept))}
 
 
-def _multi(sampler, subjects, masks, space, *, k: int, n: int, seed: int, unions: dict | None = None) -> float:
-    """All k subjects present. masks None: the spelled-out prompt, no mask (the ceiling);
-    `unions` (combination -> mask) replaces the plain union of the subjects' masks."""
+def _multi_lines(sampler, subjects, masks, space, strategy, sizes, params: ValidateParams, *, n: int, seed: int) -> dict[str, Any]:
+    """multi (all present per k) and multi_detail (per subject, A's look on B, the other order)."""
+    detail = {}
+    for k in sizes:
+        line = _multi(sampler, subjects, masks, space, strategy, k=k, n=n, seed=seed)
+        if params.reversed_order:
+            line["reversed"] = _multi(sampler, subjects, masks, space, strategy, k=k, n=n, seed=seed, reverse=True)["all_present"]
+        detail[str(k)] = line
+    return {"multi": {k: v["all_present"] for k, v in detail.items()}, "multi_detail": detail}
+
+
+def _multi(sampler, subjects, masks, space, strategy, *, k: int, n: int, seed: int, unions: dict | None = None,
+           reverse: bool = False) -> dict[str, float]:
+    """k subjects in one prompt ("a triangle and a circle"), named in `subjects` order (or reversed).
+    masks None: the spelled-out prompt, no mask (the ceiling); `unions` (combination -> mask)
+    replaces the plain union of the subjects' masks."""
     from cones_tasks.combinations import subjects_phrase
 
     combos = _spread(list(itertools.combinations(subjects, k)), n)
+    named = [tuple(reversed(c)) if reverse else c for c in combos]
     if masks is None:
-        prompts = [" and ".join(_spelled_out(s) for s in combo) for combo in combos]
-        union = dict.fromkeys(combos)
+        prompts = [" and ".join(_spelled_out(s) for s in combo) for combo in named]
+        applied = [(None, [])] * len(named)
     else:
-        prompts = [subjects_phrase([s.shape for s in combo]) for combo in combos]
-        union = unions or {combo: _union(masks, combo) for combo in set(combos)}
-    verdicts = sampler.run(prompts, [union[c] for c in combos], space, seed=seed, tag=10 + k)
-    return float(np.mean([all(_is(v, s) for s in combo) for v, combo in zip(verdicts, combos)]))
+        prompts = [subjects_phrase([s.shape for s in combo]) for combo in named]
+        applied = [(unions[c], []) if unions else _applied(strategy, masks, combo) for c, combo in zip(combos, named)]
+    verdicts = sampler.run(prompts, applied, space, seed=seed, tag=10 + k + (50 if reverse else 0))
+    present = [[_is(v, s) for s in combo] for v, combo in zip(verdicts, named)]
+    looks = [
+        not v.unreadable and v.has(shape=b.shape, color=a.color, pattern=a.pattern)
+        for v, combo in zip(verdicts, named) for a in combo for b in combo if a.shape != b.shape
+    ]
+    return {
+        "all_present": float(np.mean([all(p) for p in present])),
+        "per_subject": float(np.mean([x for p in present for x in p])),
+        "look_on_other": float(np.mean(looks)) if looks else float("nan"),
+    }
 
 
 def _union(masks, combo) -> ConceptMask:
@@ -239,12 +299,12 @@ def _union(masks, combo) -> ConceptMask:
 
 
 def _refined_multi(sampler, model, subjects, references, masks, space, params: ValidateParams, sizes, mode: str) -> dict[str, Any]:
-    """multi_refined: the multi line again, each union first refined by a few joint rounds (refine_union)."""
+    """multi_refined (union only): the multi line again, each union first refined by a few joint rounds (refine_union)."""
     refine = params.union_refine
     if refine is None:
         return {}
-    if refine.attention != space.attention:  # the union lives in the chosen candidate's space
-        refine = refine.model_copy(update={"attention": space.attention})
+    if refine.attention != space.attention or refine.scope != "prompt":  # the union lives in the chosen candidate's space
+        refine = refine.model_copy(update={"attention": space.attention, "scope": "prompt", "objective": "score"})
     lines, added = {}, []
     for k in sizes:
         unions = {}
@@ -253,7 +313,8 @@ def _refined_multi(sampler, model, subjects, references, masks, space, params: V
             result = refine_union(model, parts, _union(masks, combo), refine, seed=params.discovery_seed, progress=False)
             unions[combo] = result.mask
             added.append(result.report["added"])
-        lines[str(k)] = _multi(sampler, subjects, masks, space, k=k, n=params.images_per_line, seed=params.report_seed, unions=unions)
+        lines[str(k)] = _multi(sampler, subjects, masks, space, "union", k=k, n=params.images_per_line,
+                               seed=params.report_seed, unions=unions)["all_present"]
     return {"multi_refined": lines, "multi_refined_added_neurons": float(np.mean(added)) if added else 0.0}
 
 
@@ -286,13 +347,18 @@ class _Sampler:
     def __init__(self, model, judge, params: ValidateParams, progress: bool) -> None:
         self.model, self.judge, self.params, self.progress = model, judge, params, progress
 
-    def run(self, prompts: list[str], masks: list[ConceptMask | None], space: NeuronSpace, *, seed: int, tag: int) -> list:
+    def run(self, prompts: list[str], applied: list[tuple[ConceptMask | None, list]], space: NeuronSpace, *, seed: int, tag: int) -> list:
+        """applied[i]: (every-token mask or None, word masks) of image i (composition.compose)."""
         from cones_tasks.sampling import sample
 
         seeds = _line_seeds(seed, tag, len(prompts))
+        masks = [m for m, _ in applied]
+        words = [w for _, w in applied]
         use_masks = masks if any(m is not None for m in masks) else None
+        use_words = words if any(words) else None
         images = sample(
             self.model, prompts, seeds=seeds, steps=self.params.sample_steps, guidance_scale=self.params.guidance_scale,
-            masks=use_masks, space=space if use_masks else None, batch_size=self.params.batch_size, progress=self.progress,
+            masks=use_masks, word_masks=use_words, space=space if (use_masks or use_words) else None,
+            batch_size=self.params.batch_size, progress=self.progress,
         )
         return [self.judge(im) for im in tqdm(images, desc="judge", disable=not self.progress)]

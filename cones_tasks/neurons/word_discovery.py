@@ -1,0 +1,206 @@
+"""Discovery of word-scoped concept neurons (docs/composition.md, "Discovery at the word").
+
+Both objectives work on the K/V outputs at the class word's rows only; every other row of the
+prompt sees the UNet unchanged. With `M` the shut set and `s` the word's own text states [R, D]
+(word_scope.class_phrase_states), the word's rows of layer W receive the edit −(W ⊙ M)·s.
+
+- `score` (the paper's statistic, scoped): per round, G = ∂L/∂(row outputs) is averaged over
+  `steps` draws with the current M shut; the score of weight θ_ij is θ_ij·∂L/∂θ_ij through those
+  rows alone, Σ_r W_ij s_rj G_ri, and the round's budget of best positive scores is shut.
+- `fit`: the score is the gradient of the loss with respect to a gate on each weight at 0, one
+  step. `fit` takes many: it learns the edit Δ [R, out] of each layer's rows directly (Adam, in
+  units of the rows' RMS, kept inside what zeroing weights can reach), then picks, for every output
+  coordinate, the weights whose zeroing adds up to Δ (greedy subset sum over the `in` weights of
+  that output). The result is still a set of shut neurons, stored as sparse indices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cones_tasks.neurons.masks import ConceptMask, RowEdits, per_sample
+from cones_tasks.neurons.noising import noised_batch
+from cones_tasks.neurons.scores import round_budget, select_neurons
+from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.neurons.word_scope import class_phrase_states, mask_effects
+from cones_tasks.neurons.words import word_rows
+
+__all__ = ["discover_at_word", "project_edit"]
+
+
+def discover_at_word(problem, model, space: NeuronSpace, params, class_word: str, prompts: Sequence[str], gen, bar) -> tuple[ConceptMask, dict[str, Any]]:
+    """Word-scoped discovery for one subject: returns its mask and the objective's report entries.
+
+    problem: discovery._Problem (references, their prompts' text states, the DDPM process).
+    prompts: the references' prompts, one per image (or one for all), each naming `class_word`.
+    """
+    states = class_phrase_states(model, class_word).to(problem.device)  # [R, D]
+    spans = [word_rows(model.tokenizer, p, [class_word])[0] for p in prompts]
+    if len({len(s) for s in spans}) != 1:
+        raise ValueError(f"class word {class_word!r} tokenizes differently across the reference prompts {list(prompts)}")
+    if params.objective == "fit":
+        deltas, fit_report = _fit_edit(problem, space, params, states, spans, gen, bar)
+        shut, projection = project_edit(problem.unet, space, states, deltas, tolerance=params.fit_tolerance)
+        mask = ConceptMask.from_indices(space, shut)
+        return mask, {**fit_report, **projection}
+    return _score_rounds(problem, space, params, states, spans, gen, bar)
+
+
+# ---------------------------------------------------------------- shared: the loss with a row edit
+
+
+def _rows_of_batch(spans, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch element, token row) of the word in each drawn image: [n·R] each."""
+    chosen = [spans[i] if len(spans) > 1 else spans[0] for i in idx.tolist()]
+    batch = torch.tensor([b for b, span in enumerate(chosen) for _ in span], device=device)
+    rows = torch.tensor([r for span in chosen for r in span], device=device)
+    return batch, rows
+
+
+def _edited_loss(problem, space, edit: dict[str, torch.Tensor], spans, gen) -> torch.Tensor:
+    """Concept loss of one drawn batch with `edit` ({name: [R, out]}) added at the word's rows."""
+    idx = problem._batch_indices(problem.x0.shape[0], problem.batch_size, gen)
+    cond = problem.cond if problem.cond.shape[0] == 1 else problem.cond[idx.to(problem.cond.device)]
+    batch = noised_batch(problem.scheduler, problem.x0[idx], generator=gen)
+    n = len(idx)
+    b, r = _rows_of_batch(spans, idx, problem.device)
+    edits = RowEdits(batch=b, rows=r, values={k: v.repeat(n, 1) for k, v in edit.items()}, batch_size=n)
+    text = cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
+    with per_sample(problem.unet, space, [None], row_edits=edits):
+        pred = problem.unet(batch.noisy.to(problem.dtype), batch.timesteps, encoder_hidden_states=text).sample
+    return F.mse_loss(pred.float(), batch.target.float())
+
+
+def _row_scale(unet, space, states) -> dict[str, torch.Tensor]:
+    """RMS of each layer's unedited K/V output at the word's rows: the unit the fit moves in."""
+    modules = space.modules(unet)
+    return {
+        e.name: (states @ modules[e.name].weight.detach().float().T).pow(2).mean().sqrt().clamp_min(1e-8)
+        for e in space.entries
+    }
+
+
+def _reach(unet, space, states) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the box [lo, hi] ([R, out] each) that zeroing weights can move each row output by."""
+    modules = space.modules(unet)
+    out = {}
+    for e in space.entries:
+        c = modules[e.name].weight.detach().float()[None] * states[:, None, :]  # [R, out, in] contributions
+        out[e.name] = (-c.clamp(min=0).sum(-1), -c.clamp(max=0).sum(-1))
+    return out
+
+
+# ---------------------------------------------------------------- objective: fit
+
+
+def _fit_edit(problem, space, params, states, spans, gen, bar):
+    rows = states.shape[0]
+    scale = _row_scale(problem.unet, space, states)
+    reach = _reach(problem.unet, space, states)
+    units = {e.name: torch.zeros(rows, e.shape[0], device=problem.device, requires_grad=True) for e in space.entries}
+    keys = {e.name for e in space.entries if _is_key(problem.unet, e)}
+    groups = [
+        {"params": [units[n] for n in units if n not in keys], "lr": params.learning_rate},
+        # keys decide which image positions read the word; a slower key step keeps the word where the
+        # model put it (measured: key steps at 0.2× the value step drew pairs 0.32 vs 0.27 at 1×)
+        {"params": [units[n] for n in units if n in keys], "lr": params.learning_rate * params.key_step},
+    ]
+    opt = torch.optim.Adam([g for g in groups if g["params"]])
+    losses = []
+    total = params.steps * params.rounds
+    for _ in range(total):
+        edit = {n: units[n] * scale[n] for n in units}
+        loss = _edited_loss(problem, space, edit, spans, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # stay where shutting weights can reach
+            for n, u in units.items():
+                lo, hi = reach[n]
+                u.copy_(torch.maximum(torch.minimum(u, hi / scale[n]), lo / scale[n]))
+        losses.append(float(loss.detach()))
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    deltas = {n: (units[n] * scale[n]).detach() for n in units}
+    return deltas, {"loss_curve": losses, "rounds": [{"round": 0, "fit_steps": total, "mean_loss": float(np.mean(losses))}]}
+
+
+def _is_key(unet, entry) -> bool:
+    # to_k vs to_v by module identity on the owning Attention, not by parsing the name
+    parent = unet.get_submodule(entry.module_name.rsplit(".", 1)[0])
+    return parent.to_k is unet.get_submodule(entry.module_name)
+
+
+@torch.no_grad()
+def project_edit(unet, space: NeuronSpace, states: torch.Tensor, deltas: dict[str, torch.Tensor], *, tolerance: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Global indices of the weights whose zeroing makes each layer's row outputs move by `deltas`.
+
+    For output coordinate i of a layer, zeroing weight j moves the word's rows by e_ij = −W_ij·s_j
+    (a vector over the R rows). Greedy subset sum: repeatedly add the j that brings the residual
+    closest to 0, while it shrinks by more than `tolerance` × the row's RMS. All coordinates of a
+    layer step together ([out, in, R] tensors).
+    """
+    modules = space.modules(unet)
+    scale = _row_scale(unet, space, states)
+    chosen, err_num, err_den = [], 0.0, 0.0
+    for e in space.entries:
+        w = modules[e.name].weight.detach().float()
+        effect = -(w[:, :, None] * states.T[None, :, :])  # [out, in, R]
+        residual = deltas[e.name].T.clone()  # [out, R]: what the shut weights still have to add
+        taken = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+        step = tolerance * float(scale[e.name])
+        for _ in range(w.shape[1]):
+            after = (residual[:, None, :] - effect).norm(dim=-1).masked_fill(taken, float("inf"))  # [out, in]
+            best, j = after.min(dim=1)
+            better = best < residual.norm(dim=-1) - step
+            if not bool(better.any()):
+                break
+            i = torch.nonzero(better).squeeze(1)
+            taken[i, j[i]] = True
+            residual[i] -= effect[i, j[i]]
+        local = torch.nonzero(taken.reshape(-1)).squeeze(1).cpu().numpy().astype(np.int64)
+        chosen.append(local + e.offset)
+        err_num += float(residual.pow(2).sum())
+        err_den += float(deltas[e.name].pow(2).sum())
+    return np.concatenate(chosen), {"projection_error": err_num / max(err_den, 1e-20)}
+
+
+# ---------------------------------------------------------------- objective: score
+
+
+def _score_rounds(problem, space, params, states, spans, gen, bar):
+    modules = space.modules(problem.unet)
+    rows = states.shape[0]
+    shut = torch.zeros(space.size, dtype=torch.bool)
+    losses, rounds = [], []
+    for r in range(params.rounds):
+        mask = ConceptMask.from_indices(space, np.flatnonzero(shut.numpy()))
+        base = mask_effects(problem.unet, space, mask, states) if mask.count else {}
+        grads = {e.name: torch.zeros(rows, e.shape[0], device=problem.device) for e in space.entries}
+        round_losses = []
+        for _ in range(params.steps):
+            probe = {e.name: torch.zeros(rows, e.shape[0], device=problem.device, requires_grad=True) for e in space.entries}
+            edit = {n: p + base[n] if n in base else p for n, p in probe.items()}
+            loss = _edited_loss(problem, space, edit, spans, gen)
+            g = torch.autograd.grad(loss, list(probe.values()))
+            for n, gi in zip(probe, g):
+                grads[n] += gi
+            round_losses.append(float(loss.detach()))
+            bar.update(1)
+        # θ_ij·∂L/∂θ_ij through the word's rows: W_ij Σ_r s_rj G_ri (mean G over the round's steps)
+        scores = torch.cat([
+            (modules[e.name].weight.detach().float() * ((grads[e.name] / params.steps).T @ states)).reshape(-1).cpu()
+            for e in space.entries
+        ])
+        budget = round_budget(mode=params.threshold, value=params.threshold_value, size=space.size, rounds=params.rounds, round_index=r)
+        picked = select_neurons(scores.numpy(), excluded=shut.numpy(), mode=params.threshold, value=params.threshold_value, budget=budget)
+        shut[torch.from_numpy(picked)] = True
+        losses.extend(round_losses)
+        rounds.append({"round": r, "selected": int(picked.size), "mean_loss": float(np.mean(round_losses))})
+    return ConceptMask.from_indices(space, np.flatnonzero(shut.numpy())), {"loss_curve": losses, "rounds": rounds}
