@@ -64,11 +64,17 @@ def generate(
     device: Device = "cpu",
     dtype: Dtype = "float32",
     threads: Threads = 1,
+    composition: Annotated[
+        str, typer.Option(help="also time two-subject images composed this way (union or token) against union: ratio_to_union")
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Images/s: per-sample masked batch vs unmasked batch vs one at a time with shut; target masked ≥ 0.9 × unmasked."""
     from cones_tasks.neurons.benchmarks import bench_generate
 
+    if composition is not None and composition not in ("union", "token"):
+        raise typer.BadParameter(f"unknown composition {composition!r}; use union or token", param_hint="--composition")
     unet, tokens = _unet(preset, device, dtype, threads)
-    result = bench_generate(unet, tokens=tokens, combinations=combinations, steps=steps, density=density, repeats=repeats)
+    result = bench_generate(unet, tokens=tokens, combinations=combinations, steps=steps, density=density, repeats=repeats,
+                            composition=composition)
     emit({"preset": preset, "threads": threads, **result}, as_json=as_json, title="cones bench generate")

@@ -167,9 +167,6 @@ def _run_demo(workdir: Path, *, n_subjects: int) -> dict:
             "model": {"path": str(TOY_MODEL_DIR)},
             "subjects": [{"subject_id": s.id, "class_word": s.class_word, "uri": str(folders[s.id])} for s in chosen],
             "ingest": {"min_side": 16},  # toy renders are 16 px
-            # What `cones toy validate` chose on the shipped model (README, "The paper's claims"): a 3 % budget
-            # over 30 rounds; the 0.2 % default suits SD-scale spaces (19 M neurons), not this one (45 k).
-            "discovery": {"threshold_value": 0.03, "rounds": 30, "steps": 8},
             # 15 solver steps: the toy model's images settle by then, and 56 images fit the 10-minute budget.
             # Guidance 3, as in eval-model and validate (6 drew worse shapes, issue #3).
             "grid": {"max_k": 3, "templates": ["{subjects}", "{subjects} on night"], "seeds": [0, 1], "steps": 15,

@@ -83,6 +83,12 @@ class GenerationGrid(_Frozen):
     seeds: tuple[int, ...] = Field((0,), min_length=1)
     steps: int = Field(25, ge=1, description="denoising steps")
     guidance_scale: float = Field(7.5, ge=0.0)
+    composition: Literal["union", "token"] = Field(
+        "token",
+        description="how a combination's masks act together: 'token', each subject's mask at its own class word (the "
+        "default: validation's best, docs/research/composition.md); 'union', the paper's union at every token. The "
+        "discovery parameters must match: scope 'word' for token, 'prompt' for union",
+    )
     sample_batch: int = Field(8, ge=1, description="images per UNet forward (per-sample masks)")
     task_batch: int = Field(64, ge=1, description="combinations per Prefect task: bigger batches, less orchestration overhead")
 
@@ -93,9 +99,9 @@ class GenerationGrid(_Frozen):
             check_template(template)
         return value
 
-    def sampler_settings(self) -> dict[str, float | int]:
-        """What changes the pixels (part of every generation id); batching does not."""
-        return {"steps": self.steps, "guidance_scale": self.guidance_scale}
+    def sampler_settings(self) -> dict[str, float | int | str]:
+        """What changes the pixels (part of every generation id and its `params`); batching does not."""
+        return {"steps": self.steps, "guidance_scale": self.guidance_scale, "composition": self.composition}
 
 
 class ScoringParams(_Frozen):
@@ -161,12 +167,21 @@ class DiscoverConfig(_FlowConfig):
     seed: int = 0
 
 
+def _composition_fits_discovery(config):
+    from cones_tasks.neurons.composition import check_composition
+
+    check_composition(config.grid.composition, config.discovery)
+    return config
+
+
 class GenerateConfig(_FlowConfig):
     model: ModelRef
     subjects: tuple[str, ...] = Field(min_length=1)
     discovery: DiscoveryParams = Field(DiscoveryParams(), description="which masks to use: those found with these params")
     discovery_seed: int = Field(0, description="… and this discovery seed")
     grid: GenerationGrid = GenerationGrid()
+
+    _composition = model_validator(mode="after")(_composition_fits_discovery)
 
 
 class ScoreConfig(_FlowConfig):
@@ -216,6 +231,8 @@ class CustomizeConfig(_FlowConfig):
     scoring: ScoringParams | None = None
     report: bool = True
     report_top: int | None = Field(200, ge=1, description="image grids for the best N combinations (None: all)")
+
+    _composition = model_validator(mode="after")(_composition_fits_discovery)
 
     _subjects_unique = field_validator("subjects")(_unique_ids)
 

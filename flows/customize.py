@@ -77,6 +77,8 @@ def customize(config: CustomizeConfig) -> dict[str, Any]:
             "generations": len(generation_ids),
             "generated in this run": generated["new"],
             "model": config.model.path,
+            "composition": config.grid.composition,
+            "discovery": ", ".join(f"{k}={v}" for k, v in config.discovery.model_dump().items()),
             "wall time before report (s)": round(time.perf_counter() - started, 1),
         }
         result["report_uri"] = write_report(config.catalog, generation_ids, summary, config.report_top)
@@ -84,7 +86,8 @@ def customize(config: CustomizeConfig) -> dict[str, Any]:
         key="customize-summary",
         markdown=(
             f"# Customization run\n\n- subjects: {', '.join(subjects)}\n- failed: {ingested['failed'] or 'none'}\n"
-            f"- generations: {len(generation_ids)} ({generated['new']} new)\n- report: {result['report_uri']}\n"
+            f"- generations: {len(generation_ids)} ({generated['new']} new), composition {config.grid.composition}\n"
+            f"- report: {result['report_uri']}\n"
         ),
         description="customize",
     )

@@ -41,7 +41,9 @@ def discover_subject(
         if not uris:
             raise ValueError(f"subject {subject!r} has no images in the catalog; run ingest-subjects for it first")
         images = np.stack([fit_to_resolution(decode_rgb(catalog.get_bytes(u)), model.resolution) for u in uris])
-        result = discover_concept_neurons(model, images, class_phrase(class_word), params, seed=seed, progress=False)
+        result = discover_concept_neurons(
+            model, images, class_phrase(class_word), params, class_word=class_word, seed=seed, progress=False
+        )
     catalog.write_model(space, source=model.source, attention=params.attention)
     stats = {k: result.report[k] for k in _STATS_KEYS if k in result.report}
     mask_id = catalog.write_mask(subject=subject, mask=result.mask, params=identity, stats=stats)

@@ -1,8 +1,9 @@
-"""`generate-combinations`: every k-subset of subjects × template × seed, batched (issue #6; Cones §3.3).
+"""`generate-combinations`: every k-subset of subjects × template × seed, batched (Cones §3.3).
 
-Each combination is generated with the union of its subjects' concept masks, per sample in one
-batched UNet forward (cones_tasks.neurons.masks.per_sample), so a task of many combinations
-costs about what the same batch costs unmasked. Tasks take batches of combinations: with
+Each combination is generated with its subjects' concept masks composed by the grid's strategy
+(cones_tasks.neurons.composition: each mask at its own class word, or the paper's union), per
+sample in one batched UNet forward, so a task of many combinations costs about what the same
+batch costs unmasked. Tasks take batches of combinations: with
 Prefect's ~10–20 ms per task, one task per image would cost more than the image at toy scale.
 Generation ids are content keys; the ones already in the catalog are not generated again.
 """
@@ -19,6 +20,7 @@ from catalog.pipeline import existing_generation_ids
 from cones_tasks.combinations import batched, enumerate_combinations
 from cones_tasks.config import DiscoveryParams, GenerateConfig, GenerationGrid, ModelRef, mask_params
 from cones_tasks.ingest import encode_png
+from cones_tasks.neurons.composition import compose
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.sampling import sample
@@ -64,6 +66,11 @@ def generate_batch(
     with model_session(model_ref) as model:  # hold the model (and a gpu slot) only while sampling
         space = NeuronSpace.from_unet(model.unet, attention=attention)
         for chunk in batched(items, grid.sample_batch):
+            # subjects in prompt order with their class words: token composition finds each one's word by it
+            applied = [
+                compose(grid.composition, [(subject_masks[mid], word) for mid, word in zip(it["mask_ids"], it["class_words"])])
+                for it in chunk
+            ]
             images.extend(
                 sample(
                     model,
@@ -71,7 +78,8 @@ def generate_batch(
                     seeds=[it["seed"] for it in chunk],
                     steps=grid.steps,
                     guidance_scale=grid.guidance_scale,
-                    masks=[_union([subject_masks[mid] for mid in it["mask_ids"]]) for it in chunk],
+                    masks=[mask for mask, _ in applied],
+                    word_masks=[words for _, words in applied],
                     space=space,
                 )  # uint8 [B, H, W, 3]
             )
@@ -87,10 +95,6 @@ def generate_batch(
     return len(generations)
 
 
-def _union(masks: list[ConceptMask]) -> ConceptMask:
-    return masks[0].union(*masks[1:])
-
-
 def plan_generations(config: GenerateConfig, resolved: dict[str, Any]) -> tuple[list[dict[str, Any]], set[str]]:
     """Every grid item with its content-keyed generation id, and the ids the catalog already holds."""
     items = []
@@ -102,7 +106,8 @@ def plan_generations(config: GenerateConfig, resolved: dict[str, Any]) -> tuple[
             subjects=combo.subjects, prompt=combo.prompt, seed=combo.seed, model_fingerprint=resolved["model_fingerprint"],
             mask_ids=mask_ids, params=config.grid.sampler_settings(),
         )
-        items.append({"id": gid, "subjects": list(combo.subjects), "prompt": combo.prompt, "seed": combo.seed, "mask_ids": mask_ids})
+        items.append({"id": gid, "subjects": list(combo.subjects), "prompt": combo.prompt, "seed": combo.seed, "mask_ids": mask_ids,
+                      "class_words": [resolved["class_words"][s] for s in combo.subjects]})
     return items, existing_generation_ids(load_catalog(config.catalog), [it["id"] for it in items])
 
 

@@ -173,7 +173,7 @@ def _random_masks(space: NeuronSpace, count: int, density: float, seed: int) -> 
 
 
 def bench_generate(unet: nn.Module, *, tokens: int, combinations: int = 8, steps: int = 2, density: float = 0.01,
-                   guidance_scale: float = 7.5, repeats: int = 5, seed: int = 0) -> dict:
+                   guidance_scale: float = 7.5, repeats: int = 5, seed: int = 0, composition: str | None = None) -> dict:
     """Images/s: B combinations with per-sample masks in one batch vs unmasked vs one at a time with `shut`.
 
     Each image is a classifier-free-guided DDIM denoise of `steps` steps (batch doubled to
@@ -212,12 +212,62 @@ def bench_generate(unet: nn.Module, *, tokens: int, combinations: int = 8, steps
             with shut(unet, space, mask):
                 denoise(x_t[i : i + 1], text[i : i + 1])
 
-    runs: dict[str, list[float]] = {"masked": [], "unmasked": [], "sequential": []}
+    kinds = {"masked": masked, "unmasked": unmasked, "sequential": sequential}
+    if composition is not None:
+        kinds.update(_composition_runs(unet, space, denoise, x_t, text, combinations, density, seed, composition))
+    runs: dict[str, list[float]] = {name: [] for name in kinds}
     masked(), unmasked()  # warm-up (allocator, kernels)
-    for _ in range(repeats):  # interleaved: load on a shared machine hits all three alike
-        for name, fn in (("masked", masked), ("unmasked", unmasked), ("sequential", sequential)):
+    for name in kinds:
+        if name.startswith("pair_"):
+            kinds[name]()
+    for _ in range(repeats):  # interleaved: load on a shared machine hits every kind alike
+        for name, fn in kinds.items():
             runs[name].append(_timed(fn, device))
     ips = {name: combinations / min(ts) for name, ts in runs.items()}
-    return {"masked_batch_ips": ips["masked"], "unmasked_batch_ips": ips["unmasked"], "sequential_ips": ips["sequential"],
-            "masked_over_unmasked": ips["masked"] / ips["unmasked"], "combinations": combinations, "steps": steps,
-            "density": density, "neurons": space.size, "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+    out = {"masked_batch_ips": ips["masked"], "unmasked_batch_ips": ips["unmasked"], "sequential_ips": ips["sequential"],
+           "masked_over_unmasked": ips["masked"] / ips["unmasked"], "combinations": combinations, "steps": steps,
+           "density": density, "neurons": space.size, "device": str(device), "dtype": str(dtype).removeprefix("torch.")}
+    if composition is not None:
+        # side by side in one run: two subjects per image, composed by `composition` vs by the paper's union
+        out.update({"composition": composition, "composition_ips": ips[f"pair_{composition}"],
+                    "union_ips": ips["pair_union"], "ratio_to_union": ips["pair_union"] / ips[f"pair_{composition}"]})
+    return out
+
+
+def _composition_runs(unet, space, denoise, x_t, text, combinations, density, seed, composition) -> dict[str, Callable[[], None]]:
+    """Two-subject batches composed as the paper's union and as `composition`, for `ratio_to_union`.
+
+    Token composition's per-batch work is included in its timing: building each subject's row
+    edit from its mask (word_scope.mask_effects) and adding it at rows 2 and 5 of each prompt.
+    """
+    from cones_tasks.neurons.masks import RowEdits
+    from cones_tasks.neurons.word_scope import mask_effects
+
+    if composition not in ("union", "token"):
+        raise ValueError(f"unknown composition {composition!r}; choose union or token")
+    pairs = [_random_masks(space, 2, density, seed + 1 + i) for i in range(combinations)]
+    unions = [a.union(b) for a, b in pairs]
+    gen = torch.Generator().manual_seed(seed)
+    states = torch.randn(combinations, 2, text.shape[-1], generator=gen).to(text.device)  # each subject's word state [D]
+
+    def union() -> None:
+        with per_sample(unet, space, unions):
+            denoise(x_t, text)
+
+    def token() -> None:
+        values: dict[str, list[torch.Tensor]] = {e.name: [] for e in space.entries}
+        for i, masks in enumerate(pairs):
+            for j, mask in enumerate(masks):
+                effects = mask_effects(unet, space, mask, states[i, j : j + 1])
+                for e in space.entries:
+                    values[e.name].append(effects.get(e.name, torch.zeros(1, e.shape[0], device=text.device)))
+        batch = torch.tensor([combinations + i for i in range(combinations) for _ in range(2)], device=text.device)
+        rows = torch.tensor([2, 5] * combinations, device=text.device)
+        edits = RowEdits(batch=batch, rows=rows, values={k: torch.cat(v) for k, v in values.items()}, batch_size=2 * combinations)
+        with per_sample(unet, space, [None], row_edits=edits):
+            denoise(x_t, text)
+
+    runs = {"pair_union": union}
+    if composition == "token":
+        runs["pair_token"] = token
+    return runs

@@ -75,6 +75,11 @@ class DiscoveryParams(BaseModel):
     fit_tolerance: float = Field(
         1e-3, ge=0.0, description="fit: stop adding weights to an output once it gains less than this × the rows' RMS"
     )
+    composed: int = Field(
+        0, ge=0, le=2,
+        description="scope 'word': composed two-object images per reference (docs/composition.md): 0 off, 1 the subject "
+        "on alternating sides, 2 on both sides",
+    )
 
     @model_validator(mode="after")
     def _threshold_value_fits_mode(self) -> DiscoveryParams:
@@ -147,6 +152,9 @@ def discover_concept_neurons(
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     unet = model.unet
     space = NeuronSpace.from_unet(unet, attention=params.attention)
+    mentions = None
+    if params.scope == "word" and params.composed:
+        images, class_prompt, mentions = _with_composed(model, images, class_prompt, class_word, params.composed, seed)
     problem = _Problem.build(
         model, space, images, class_prompt, prior_images, params.prior_weight, params.batch_size, gen,
         prior_prompt=prior_prompt,
@@ -160,7 +168,7 @@ def discover_concept_neurons(
             from cones_tasks.neurons.word_discovery import discover_at_word
 
             prompts = _prompts_for(class_prompt, len(problem.x0))
-            mask, extra = discover_at_word(problem, model, space, params, class_word, prompts, gen, bar)
+            mask, extra = discover_at_word(problem, model, space, params, class_word, prompts, gen, bar, mentions=mentions)
             bar.close()
             losses, rounds, mean_scores = extra.pop("loss_curve"), extra.pop("rounds"), torch.zeros(space.size)
             eval_before, eval_after = None, None  # the every-token eval loss does not apply to a word-scoped mask
@@ -191,6 +199,41 @@ def discover_concept_neurons(
         **extra,
     }
     return DiscoveryResult(mask=mask, report=report, scores=mean_scores.numpy())
+
+
+# How composed references' other object is drawn: the base model's own sampler defaults (sampling.sample).
+_COMPOSED_STEPS = 25
+_COMPOSED_GUIDANCE = 3.0
+
+
+def _with_composed(model, images, class_prompt, class_word, per_reference: int, seed: int):
+    """References plus composed two-object images (cones_tasks.neurons.composed), their prompts and mentions.
+
+    Each reference i gets, beside it, an object the base model drew for reference i's own prompt
+    (its own seed), on the right (the subject is the first mention) and, with 2 per reference, on
+    the left (the second mention).
+    """
+    from cones_tasks.neurons.composed import compose_side_by_side, composed_prompts
+    from cones_tasks.neurons.noising import model_resolution
+    from cones_tasks.ingest import fit_to_resolution
+    from cones_tasks.sampling import sample
+
+    prompts = _prompts_for(class_prompt, len(images))
+    if isinstance(class_prompt, str):
+        prompts = prompts * len(images)
+    size = model_resolution(model)
+    refs = np.stack([fit_to_resolution(im, size) for im in images])
+    others = sample(model, prompts, seeds=[seed * 1_000 + 900 + i for i in range(len(refs))], steps=_COMPOSED_STEPS,
+                    guidance_scale=_COMPOSED_GUIDANCE)
+    composed, composed_text, mentions = [], [], [0] * len(refs)
+    for i, (ref, other, prompt) in enumerate(zip(refs, others, prompts)):
+        doubled, _ = composed_prompts(prompt, class_word)
+        sides = (0, 1) if per_reference == 2 else (i % 2,)
+        for side in sides:
+            composed.append(compose_side_by_side(ref, other) if side == 0 else compose_side_by_side(other, ref))
+            composed_text.append(doubled)
+            mentions.append(side)
+    return np.concatenate([refs, np.stack(composed)]), prompts + composed_text, mentions
 
 
 def subject_loss(

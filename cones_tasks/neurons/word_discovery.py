@@ -34,14 +34,20 @@ from cones_tasks.neurons.words import word_rows
 __all__ = ["discover_at_word", "project_edit"]
 
 
-def discover_at_word(problem, model, space: NeuronSpace, params, class_word: str, prompts: Sequence[str], gen, bar) -> tuple[ConceptMask, dict[str, Any]]:
+def discover_at_word(
+    problem, model, space: NeuronSpace, params, class_word: str, prompts: Sequence[str], gen, bar,
+    *, mentions: Sequence[int] | None = None,
+) -> tuple[ConceptMask, dict[str, Any]]:
     """Word-scoped discovery for one subject: returns its mask and the objective's report entries.
 
     problem: discovery._Problem (references, their prompts' text states, the DDPM process).
-    prompts: the references' prompts, one per image (or one for all), each naming `class_word`.
+    prompts: the images' prompts, one per image (or one for all), each naming `class_word`.
+    mentions: which mention of `class_word` in each prompt is the subject's (default: the first;
+    composed references name the class twice, composed.py).
     """
     states = class_phrase_states(model, class_word).to(problem.device)  # [R, D]
-    spans = [word_rows(model.tokenizer, p, [class_word])[0] for p in prompts]
+    mentions = list(mentions) if mentions is not None else [0] * len(prompts)
+    spans = [word_rows(model.tokenizer, p, [class_word] * (m + 1))[m] for p, m in zip(prompts, mentions)]
     if len({len(s) for s in spans}) != 1:
         raise ValueError(f"class word {class_word!r} tokenizes differently across the reference prompts {list(prompts)}")
     if params.objective == "fit":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cones_tasks.config import CustomizeConfig, GenerationGrid, RunnerConfig, ScoringParams
+from cones_tasks.config import CustomizeConfig, GenerateConfig, GenerationGrid, RunnerConfig, ScoringParams
 
 MINIMAL = {
     "catalog": "/tmp/cat",
@@ -45,7 +45,7 @@ def test_configs_are_frozen_and_parts_validate():
     grid = GenerationGrid(templates=("{subjects} on snow",), seeds=(1, 2))
     with pytest.raises(ValidationError):
         grid.max_k = 2  # type: ignore[misc]
-    assert grid.sampler_settings() == {"steps": 25, "guidance_scale": 7.5}
+    assert grid.sampler_settings() == {"steps": 25, "guidance_scale": 7.5, "composition": "token"}  # all change pixels
     with pytest.raises(ValidationError, match="threads run in this process"):
         RunnerConfig(kind="threads", address="tcp://x:8786")
     with pytest.raises(ValidationError, match="nothing to do"):
@@ -69,3 +69,15 @@ def test_a_bad_subject_id_is_one_error_not_two(subject_id):
     with pytest.raises(ValidationError, match="at least one subject"):
         CustomizeConfig.model_validate({**MINIMAL, "subjects": []})
     assert CustomizeConfig.model_json_schema()["properties"]["subjects"]["minItems"] == 1
+
+
+def test_the_composition_must_match_how_the_masks_were_discovered():
+    base = {"catalog": "c", "model": {"path": "m"}, "subjects": ["a"]}
+    assert GenerateConfig.model_validate(base).grid.composition == "token"  # the defaults agree
+    paper = {"scope": "prompt", "objective": "score"}
+    GenerateConfig.model_validate({**base, "discovery": paper, "grid": {"composition": "union"}})
+    with pytest.raises(ValidationError, match="set discovery.scope to 'prompt', or use composition 'token'"):
+        GenerateConfig.model_validate({**base, "grid": {"composition": "union"}})
+    with pytest.raises(ValidationError, match="set discovery.scope to 'word'"):
+        CustomizeConfig.model_validate({**base, "subjects": [{"subject_id": "a", "class_word": "dog", "uri": "x"}],
+                                        "discovery": paper})

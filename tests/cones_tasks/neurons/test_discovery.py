@@ -18,6 +18,11 @@ PROMPT = "a dog"
 QUICK = dict(steps=4, batch_size=4, eval_draws=2, rounds=1)
 
 
+def paper_params(**knobs) -> DiscoveryParams:
+    """The paper's discovery: θ·∂L/∂θ scores at every token (these tests are about that statistic)."""
+    return DiscoveryParams(**{"scope": "prompt", "objective": "score", **knobs})
+
+
 @pytest.fixture(scope="module")
 def subject() -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
@@ -30,7 +35,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def one_shot(model, subject):
-    return discover_concept_neurons(model, subject, PROMPT, DiscoveryParams(**QUICK, threshold_value=0.05), seed=3, progress=False)
+    return discover_concept_neurons(model, subject, PROMPT, paper_params(**QUICK, threshold_value=0.05), seed=3, progress=False)
 
 
 def _loss_with(model, images, mask, space) -> float:
@@ -45,11 +50,11 @@ def _loss_with(model, images, mask, space) -> float:
 
 
 def test_same_seed_same_result_other_seed_differs(model, subject, one_shot):
-    again = discover_concept_neurons(model, subject, PROMPT, DiscoveryParams(**QUICK, threshold_value=0.05), seed=3, progress=False)
+    again = discover_concept_neurons(model, subject, PROMPT, paper_params(**QUICK, threshold_value=0.05), seed=3, progress=False)
     assert again.mask == one_shot.mask
     assert again.report["loss_curve"] == one_shot.report["loss_curve"]
     np.testing.assert_array_equal(again.scores, one_shot.scores)
-    other = discover_concept_neurons(model, subject, PROMPT, DiscoveryParams(**QUICK, threshold_value=0.05), seed=4, progress=False)
+    other = discover_concept_neurons(model, subject, PROMPT, paper_params(**QUICK, threshold_value=0.05), seed=4, progress=False)
     assert other.report["loss_curve"] != one_shot.report["loss_curve"]
 
 
@@ -57,7 +62,7 @@ def test_shutting_the_found_neurons_lowers_the_subject_loss_more_than_random_neu
     space = NeuronSpace.from_unet(model.unet)
     found = {}
     for rounds in (1, 10):
-        params = DiscoveryParams(steps=10, batch_size=4, threshold_value=0.05, rounds=rounds)
+        params = paper_params(steps=10, batch_size=4, threshold_value=0.05, rounds=rounds)
         found[rounds] = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
     rand = ConceptMask.from_indices(space, np.random.default_rng(1).choice(space.size, found[1].mask.count, replace=False))
     base, random_ = _loss_with(model, subject, None, space), _loss_with(model, subject, rand, space)
@@ -75,18 +80,18 @@ def test_thresholds_give_the_promised_counts(model, subject, one_shot):
     assert one_shot.mask.count == round(0.05 * space.size)
     top = np.argsort(-one_shot.scores, kind="stable")[: one_shot.mask.count]
     assert set(one_shot.mask.indices.tolist()) == set(top.tolist())
-    k = discover_concept_neurons(model, subject, PROMPT, DiscoveryParams(**QUICK, threshold="top_k", threshold_value=17),
+    k = discover_concept_neurons(model, subject, PROMPT, paper_params(**QUICK, threshold="top_k", threshold_value=17),
                                  seed=3, progress=False)
     assert k.mask.count == 17
     tau = float(np.quantile(one_shot.scores, 0.9))
-    t = discover_concept_neurons(model, subject, PROMPT, DiscoveryParams(**QUICK, threshold="tau", threshold_value=tau),
+    t = discover_concept_neurons(model, subject, PROMPT, paper_params(**QUICK, threshold="tau", threshold_value=tau),
                                  seed=3, progress=False)
     np.testing.assert_array_equal(t.mask.indices, np.flatnonzero(one_shot.scores > tau))
     assert t.mask.count == int((one_shot.scores > tau).sum()) == pytest.approx(0.1 * space.size, abs=2)
 
 
 def test_iterative_rounds_shut_as_they_go(model, subject):
-    params = DiscoveryParams(steps=2, batch_size=4, rounds=3, threshold_value=0.05, eval_draws=0)
+    params = paper_params(steps=2, batch_size=4, rounds=3, threshold_value=0.05, eval_draws=0)
     result = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
     space = NeuronSpace.from_unet(model.unet)
     assert [r["selected"] for r in result.report["rounds"]] == [21, 21, 22]
@@ -103,7 +108,7 @@ def test_discovery_never_writes_the_model(model, subject):
     unet.requires_grad_(True)
     unet.conv_in.weight.requires_grad_(False)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    params = DiscoveryParams(steps=2, batch_size=2, rounds=2, rho=0.5, threshold_value=0.02, eval_draws=0)
+    params = paper_params(steps=2, batch_size=2, rounds=2, rho=0.5, threshold_value=0.02, eval_draws=0)
     result = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
     assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
     assert all(p.grad is None for p in unet.parameters())
@@ -116,7 +121,7 @@ def test_discovery_never_writes_the_model(model, subject):
 def test_v_prediction_and_prior_preservation_run(subject):
     model = tiny_model(0, prediction_type="v_prediction")
     prior = np.random.default_rng(5).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
-    params = DiscoveryParams(steps=2, batch_size=2, rounds=1, prior_weight=1.0, threshold="top_k", threshold_value=10, eval_draws=1)
+    params = paper_params(steps=2, batch_size=2, rounds=1, prior_weight=1.0, threshold="top_k", threshold_value=10, eval_draws=1)
     result = discover_concept_neurons(model, subject, PROMPT, params, prior_images=prior, seed=0, progress=False)
     assert result.report["prediction_type"] == "v_prediction" and result.mask.count == 10
     with pytest.raises(ValueError, match="prior_images"):
@@ -127,7 +132,7 @@ def test_prior_term_is_conditioned_on_the_prior_prompt_not_a_reference_context(s
     # with one prompt per image, the prior images belong to the bare class prompt (they were sampled for it)
     model = tiny_model(0)
     prior = np.random.default_rng(5).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
-    params = DiscoveryParams(steps=3, batch_size=2, rounds=1, prior_weight=1.0, threshold="top_k", threshold_value=10, eval_draws=1)
+    params = paper_params(steps=3, batch_size=2, rounds=1, prior_weight=1.0, threshold="top_k", threshold_value=10, eval_draws=1)
     contexts = [PROMPT + " on grass", PROMPT + " on sand"] * (len(subject) // 2)
     with pytest.raises(ValueError, match="prior_prompt"):
         discover_concept_neurons(model, subject, contexts, params, prior_images=prior, seed=0, progress=False)
@@ -142,13 +147,13 @@ def test_prior_term_is_conditioned_on_the_prior_prompt_not_a_reference_context(s
 
 def test_bad_params_and_images_are_clear_errors(model):
     with pytest.raises(ValidationError, match="extra"):
-        DiscoveryParams(learning_rate=1e-3)
+        DiscoveryParams(lr=1e-3)
     with pytest.raises(ValidationError, match="0 < threshold_value <= 1"):
         DiscoveryParams(threshold="fraction", threshold_value=5)
     with pytest.raises(ValidationError, match="whole threshold_value"):
         DiscoveryParams(threshold="top_k", threshold_value=0.5)
     with pytest.raises(ValueError, match=r"uint8 \[N, H, W, 3\]"):
-        discover_concept_neurons(model, np.zeros((2, 8, 8, 3), dtype=np.float32), PROMPT, DiscoveryParams(**QUICK), progress=False)
+        discover_concept_neurons(model, np.zeros((2, 8, 8, 3), dtype=np.float32), PROMPT, paper_params(**QUICK), progress=False)
 
 
 def test_images_of_another_size_are_fitted_to_the_model(model):
@@ -177,7 +182,7 @@ def test_latent_models_go_through_the_vae(subject):
         dist = vae.encode(torch.from_numpy(subject).permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist
     eps = torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(x0, (dist.mean + dist.std * eps) * 0.18215)  # a posterior sample, scaled
-    params = DiscoveryParams(steps=2, batch_size=2, rounds=1, threshold="top_k", threshold_value=8, eval_draws=1)
+    params = paper_params(steps=2, batch_size=2, rounds=1, threshold="top_k", threshold_value=8, eval_draws=1)
     first = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
     again = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
     assert first.mask.count == 8 and first.mask == again.mask
@@ -191,7 +196,7 @@ def test_fp16_unet_scores_like_fp32_even_when_gradients_are_below_fp16_range(sub
         def encode_prompts(self, prompts):
             return super().encode_prompts(prompts) * 1e-6
 
-    params = DiscoveryParams(steps=4, batch_size=4, rounds=1, threshold_value=0.05, eval_draws=0)
+    params = paper_params(steps=4, batch_size=4, rounds=1, threshold_value=0.05, eval_draws=0)
     fp32 = tiny_model(0)
     fp16 = tiny_model(0)
     fp16.unet.half()
@@ -204,11 +209,11 @@ def test_fp16_unet_scores_like_fp32_even_when_gradients_are_below_fp16_range(sub
 
 
 def test_subject_loss_matches_the_report_and_refuses_foreign_masks(model, subject, one_shot):
-    params = DiscoveryParams(**QUICK, threshold_value=0.05)
+    params = paper_params(**QUICK, threshold_value=0.05)
     assert subject_loss(model, subject, PROMPT, draws=params.eval_draws, seed=3) == one_shot.report["eval_loss_unmasked"]
     masked = subject_loss(model, subject, PROMPT, mask=one_shot.mask, draws=params.eval_draws, seed=3)
     assert masked == one_shot.report["eval_loss_masked"]
-    small_batches = DiscoveryParams(steps=1, batch_size=1, rounds=1, eval_draws=2)
+    small_batches = paper_params(steps=1, batch_size=1, rounds=1, eval_draws=2)
     again = discover_concept_neurons(model, subject, PROMPT, small_batches, seed=3, progress=False)
     assert again.report["eval_loss_unmasked"] == one_shot.report["eval_loss_unmasked"]  # draws independent of batch_size
     other = tiny_model(1)
@@ -219,7 +224,7 @@ def test_subject_loss_matches_the_report_and_refuses_foreign_masks(model, subjec
 def test_refine_union_adds_neurons_that_lower_the_joint_loss(model, subject):
     """Multi-subject variant: start from the union shut, add the neurons that help both subjects' losses."""
     other = np.random.default_rng(9).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
-    params = DiscoveryParams(steps=4, batch_size=4, rounds=2, threshold_value=0.02, eval_draws=2)
+    params = paper_params(steps=4, batch_size=4, rounds=2, threshold_value=0.02, eval_draws=2)
     a = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False).mask
     b = discover_concept_neurons(model, other, "a cat", params, seed=0, progress=False).mask
     union = a.union(b)
@@ -239,7 +244,7 @@ def test_refine_union_adds_neurons_that_lower_the_joint_loss(model, subject):
 
 def test_one_prompt_per_image(model, subject):
     """Context-matched discovery ("a dog on grass" for a photo on grass): one prompt per image."""
-    params = DiscoveryParams(steps=4, batch_size=2, rounds=2, threshold_value=0.02, eval_draws=2)
+    params = paper_params(steps=4, batch_size=2, rounds=2, threshold_value=0.02, eval_draws=2)
     single = discover_concept_neurons(model, subject, PROMPT, params, seed=0, progress=False)
     same = discover_concept_neurons(model, subject, [PROMPT] * len(subject), params, seed=0, progress=False)
     assert same.mask == single.mask and same.report["eval_loss_masked"] == pytest.approx(single.report["eval_loss_masked"])
