@@ -23,6 +23,12 @@ from prefect.tasks import exponential_backoff
 from cones_tasks.config import ClipRef, ModelRef, RunnerConfig
 
 GPU_LIMIT = "gpu"
+# A run killed while it holds the `gpu` slot (SIGKILL, the out-of-memory killer) never releases it:
+# the Prefect server takes it back once the slot's lease runs out (its repossessor service looks
+# every 15 s; https://docs.prefect.io/v3/develop/global-concurrency-limits). Prefect's default
+# lease is 300 s, so every other run waited up to ~5 min after such a crash; the holder renews
+# at 3/4 of the lease, so a 60 s lease costs one small request per 45 s of model work.
+GPU_LEASE_S = 60.0
 
 
 def _transient(task, task_run, state) -> bool:
@@ -116,7 +122,7 @@ def gpu_slot() -> Iterator[None]:
     if TaskRunContext.get() is None:
         yield
         return
-    with concurrency(GPU_LIMIT, occupy=1, strict=False):
+    with concurrency(GPU_LIMIT, occupy=1, strict=False, lease_duration=GPU_LEASE_S):
         yield
 
 

@@ -9,12 +9,15 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+
+import httpx
 
 CONES = str(Path(sys.executable).with_name("cones"))
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +39,27 @@ def cones_env(prefect_home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until the Prefect API at `api_url` answers /health; fails if `proc` (its server) exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"prefect server at {api_url} not healthy after {timeout} s")
+
+
 class ConesRun:
     """One `cones ...` process in a session of its own; stderr lines are kept with the time they arrived."""
 
@@ -45,6 +69,7 @@ class ConesRun:
             start_new_session=True,
         )
         self.lines: list[tuple[float, str]] = []
+        self._cursor = 0  # lines before it were seen by wait_for
         self.stdout = ""
         self._changed = threading.Condition()
         self._readers = [
@@ -76,16 +101,15 @@ class ConesRun:
         self.stdout = self.proc.stdout.read()
 
     def wait_for(self, pattern: re.Pattern[str] | str, *, timeout: float = 300) -> re.Match[str]:
-        """The first stderr line matching `pattern`, waiting for it; fails if the process ends first."""
+        """The next stderr line matching `pattern` after the last one waited for; fails if the process ends first."""
         pattern = re.compile(pattern) if isinstance(pattern, str) else pattern
         deadline = time.monotonic() + timeout
-        seen = 0
         with self._changed:
             while True:
-                for _, line in self.lines[seen:]:
-                    if match := pattern.search(line):
+                while self._cursor < len(self.lines):
+                    self._cursor += 1
+                    if match := pattern.search(self.lines[self._cursor - 1][1]):
                         return match
-                seen = len(self.lines)
                 if self.proc.poll() is not None and not self._readers[0].is_alive():
                     raise AssertionError(f"cones exited ({self.proc.returncode}) before {pattern.pattern!r}:\n{self.log[-3000:]}")
                 if time.monotonic() > deadline:

@@ -1,10 +1,16 @@
-"""Real Prefect for flow tests: one temporary API server per test session (~10 s to start)."""
+"""Real Prefect for flow tests: one temporary API server per test session (~10 s to start), or a full
+`prefect server start` for the tests that need its services (workers, lease expiry)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+from cones_runs import free_port, wait_healthy
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +41,35 @@ def tiny_model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-model")
     write_pipeline(out, build_unet(seed=0), build_text_encoder(seed=0), build_scheduler())
     return out
+
+
+@pytest.fixture()
+def prefect_server(tmp_path):
+    """`prefect server start` on a random loopback port with its own PREFECT_HOME; yields the env to use.
+
+    Unlike prefect_api's temporary server, it runs the server's background services (the
+    repossessor that takes back expired concurrency leases, the scheduler)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+    }
+    log = open(tmp_path / "server.log", "wb")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    proc = subprocess.Popen(
+        [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        wait_healthy(env["PREFECT_API_URL"], proc)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

@@ -13,10 +13,9 @@ import subprocess
 import sys
 import time
 
-import httpx
 import pytest
 
-from cones_runs import SERVER, SUBFLOW, ConesRun, alive, cones_env, descendants, session_members
+from cones_runs import SERVER, SUBFLOW, ConesRun, alive, cones_env, descendants, free_port, session_members, wait_healthy
 from cones_tasks.toyworld.subjects import TOY_SUBJECTS, write_subject_folders
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
@@ -115,14 +114,14 @@ def test_a_stale_server_from_an_earlier_crash_is_not_reused_and_the_run_finishes
     """What Prefect's own temporary server leaves after a SIGKILL: an orphan on the profile's database,
     here also stopped (SIGSTOP) so that it accepts connections and never answers."""
     env = _own_server_env(tmp_path)
-    stale_port = _free_port()
+    stale_port = free_port()
     stale = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1",
          "--port", str(stale_port), "--log-level", "error"],
         env={**env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}, start_new_session=True,
     )
     try:
-        _wait_healthy(stale_port, stale)
+        wait_healthy(f"http://127.0.0.1:{stale_port}/api", stale)
         stale.send_signal(signal.SIGSTOP)
         config = _config(tmp_path, {"subjects": _subjects(tmp_path), "ingest": {"min_side": 16}})
         run = ConesRun(["run", "ingest", "--config", config, "--json"], env)
@@ -157,22 +156,3 @@ def test_the_context_manager_changes_nothing_under_a_user_server(prefect_api):
     with temporary_api_server() as url:
         assert url is None and descendants(os.getpid()).keys() <= before.keys()
     assert os.environ["PREFECT_API_URL"] == prefect_api
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"stale server exited with {proc.returncode}"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"stale server not healthy after {timeout} s")

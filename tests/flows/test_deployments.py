@@ -3,15 +3,12 @@ process workers, runs triggered through the API (issue #6, item 4). Slow: ~3–5
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from cones_tasks.toyworld.subjects import TOY_SUBJECTS, write_subject_folders
@@ -19,54 +16,6 @@ from cones_tasks.toyworld.subjects import TOY_SUBJECTS, write_subject_folders
 REPO = Path(__file__).resolve().parents[2]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"prefect server at {url} not healthy after {timeout} s")
-
-
-@pytest.fixture()
-def server(tmp_path):
-    """`prefect server start` on a random loopback port with its own PREFECT_HOME; yields the env to use."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-        "PREFECT_WORKER_PREFETCH_SECONDS": "1",
-    }
-    log = open(tmp_path / "server.log", "wb")
-    proc = subprocess.Popen(
-        [PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    try:
-        _wait_healthy(env["PREFECT_API_URL"], proc)
-        yield env
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> str:
@@ -96,13 +45,13 @@ def _wait_runs(run_ids: list[str], timeout: float = 600) -> None:
     raise TimeoutError(f"flow runs {run_ids} not finished after {timeout} s")
 
 
-def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(server, tmp_path, monkeypatch, tiny_model_dir):
+def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(prefect_server, tmp_path, monkeypatch, tiny_model_dir):
     from catalog import load_catalog
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     subjects = TOY_SUBJECTS[:4]  # the subject set named in deployments/prefect.yaml
     write_subject_folders(tmp_path / "subjects", subjects, n=4)
-    env = {**server, "CONES_CATALOG": str(tmp_path / "catalog"), "CONES_MODEL": str(tiny_model_dir),
+    env = {**prefect_server, "CONES_CATALOG": str(tmp_path / "catalog"), "CONES_MODEL": str(tiny_model_dir),
            "CONES_SUBJECTS": str(tmp_path / "subjects")}
 
     _run([PREFECT, "work-pool", "create", "cones-process", "--type", "process"], env)
@@ -119,7 +68,7 @@ def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(server, tmp_
                 [PREFECT, "worker", "start", "--pool", "cones-process", "--name", name, "--limit", "1"],
                 env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             ))
-        with temporary_settings({PREFECT_API_URL: server["PREFECT_API_URL"]}):
+        with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
             catalog_uri, model = env["CONES_CATALOG"], {"path": env["CONES_MODEL"]}
             ids = [s.id for s in subjects]
             fast = {"steps": 2, "batch_size": 2, "eval_draws": 1}
