@@ -41,6 +41,9 @@ def validate(
         ["context"], help="Discovery's conditioning, each tried with every candidate: 'class' ('a triangle', the paper's) "
         "and/or 'context' ('a triangle on snow', each reference's background). Repeat to try both."
     ),
+    scene_references: int = typer.Option(
+        0, min=0, help="Token strategy: also hand discovery N captioned renders of each subject beside another object."
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Discovery on ≥ 2 toy subjects, judged: single (masked vs not), context, cross-talk, unions, bytes."""
@@ -63,7 +66,8 @@ def validate(
         sweep = tuple(DiscoveryParams.model_validate(c) for c in json.loads(candidates.read_text()))
     refine = DiscoveryParams.model_validate_json(union_refine) if union_refine else None
     params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance,
-                            union_refine=refine, prompt_modes=tuple(prompts), strategies=strategies)
+                            union_refine=refine, prompt_modes=tuple(prompts), strategies=strategies,
+                            scene_references=scene_references)
     if quick:
         sweep = tuple(RECOMMENDED[s] for s in strategies)
         params = params.model_copy(update={

@@ -67,6 +67,32 @@ def reference_renders(subject: ToySubject, *, n: int = 6, seed: int = 0) -> np.n
     return np.stack(images)
 
 
+def scene_references(subject: ToySubject, *, n: int = 12, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """uint8 [n, H, W, 3] and captions: the subject beside another object, left and right in turn.
+
+    What a user with photos of their subject among other things would hand over, captioned: the
+    subject by its class phrase ("a triangle"), the other object in full ("a dotted red square"),
+    named left to right, on alternating backgrounds. The other object is always of another class,
+    so the subject is the first mention of its class word.
+    """
+    from cones_tasks.toyworld.captions import describe
+    from cones_tasks.toyworld.render import random_attributes
+
+    rng = np.random.default_rng([seed, 7, *map(ord, subject.id)])
+    me = (subject.shape, subject.color, subject.pattern)
+    images, captions = [], []
+    for i, background in enumerate(reference_backgrounds(n)):
+        other = random_attributes(rng)
+        while other[0] == subject.shape:
+            other = random_attributes(rng)
+        attrs = [me, other] if i % 2 == 0 else [other, me]
+        objects = place_objects(rng, attrs, order="left-to-right")
+        phrases = [f"a {o.shape}" if (o.shape, o.color, o.pattern) == me else describe(o) for o in objects]
+        images.append(render(Scene(background, objects)))
+        captions.append(f"{' and '.join(phrases)} on {background}")
+    return np.stack(images), captions
+
+
 def write_subject_folders(root: str | Path, subjects=TOY_SUBJECTS, *, n: int = 6, seed: int = 0) -> dict[str, Path]:
     """One folder of PNGs per subject under `root`; returns {subject id: folder}."""
     folders = {}

@@ -77,6 +77,11 @@ def test_customize_end_to_end_and_a_rerun_does_only_missing_work(prefect_api, tm
 
     gens = catalog.query("SELECT count(*) AS n, count(DISTINCT id) AS d FROM generations").to_pylist()[0]
     assert gens == {"n": 12, "d": 12}
+    # every generation records the composition strategy it was made with (the default: token), queryable in SQL
+    made_with = catalog.query(
+        "SELECT json_extract_string(params, '$.composition') AS composition, count(*) AS n FROM generations GROUP BY ALL"
+    ).to_pylist()
+    assert made_with == [{"composition": "token", "n": 12}]
     scores = catalog.query(
         "SELECT metric, count(*) AS n FROM clip_scores GROUP BY metric ORDER BY metric"
     ).to_pylist()
@@ -89,6 +94,7 @@ def test_customize_end_to_end_and_a_rerun_does_only_missing_work(prefect_api, tm
     ]
 
     soup = BeautifulSoup(catalog.get_bytes(full["report_uri"]).decode(), "html.parser")
+    assert "composition" in soup.get_text() and "token" in soup.get_text()  # the report says how images were composed
     grids = soup.select("section.combination div.image-grid")
     assert len(grids) == 6 * 2  # one grid per (subjects, prompt) combination
     assert all(len(g.find_all("img")) == 1 for g in grids)

@@ -121,3 +121,21 @@ def test_bad_names_are_refused_with_the_choices():
         ObjectSpec("hexagon", "red", "plain", 8, 8, 4)
     with pytest.raises(ValueError, match="striped-yellow-triangle"):
         ToySubject.parse("yellow/triangle")
+
+
+def test_scene_references_show_the_subject_beside_another_object_named_in_order():
+    from cones_tasks.toyworld.judge import judge
+    from cones_tasks.toyworld.subjects import TOY_SUBJECTS, scene_references
+
+    subject = TOY_SUBJECTS[1]  # dotted-blue-circle
+    images, captions = scene_references(subject, n=6, seed=0)
+    assert images.shape == (6, 16, 16, 3) and len(captions) == 6
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        verdict = judge(image)
+        assert len(verdict.objects) == 2 and caption.split().count(subject.shape) == 1
+        left, right = sorted(verdict.objects, key=lambda o: o.cx)
+        mine = left if i % 2 == 0 else right  # the subject alternates sides, and the caption follows left to right
+        assert (mine.shape, mine.color, mine.pattern) == (subject.shape, subject.color, subject.pattern)
+        assert caption.startswith(f"a {subject.shape} and ") == (i % 2 == 0)
+    again, _ = scene_references(subject, n=6, seed=0)
+    assert (again == images).all()  # seeded
