@@ -126,6 +126,12 @@ class Catalog:
         ]
         return self.commit("subject_images", rows)
 
+    def write_subject_captions(self, subject: str, captions: Mapping[str, str]) -> int:
+        """Captions ({content hash: caption}) of reference images the subject already has."""
+        self._require_subjects({subject})
+        rows = [{"subject": subject, "content_hash": h, "caption": c} for h, c in captions.items()]
+        return self.commit("subject_captions", rows) if rows else 0
+
     def write_mask(
         self, *, subject: str, mask: MaskLike, params: Mapping[str, Any], stats: Mapping[str, Any] | None = None
     ) -> str:

@@ -32,6 +32,15 @@ def subject_image_uris(catalog: Catalog, subject: str) -> list[str]:
     return [r["uri"] for r in rows]
 
 
+def subject_image_captions(catalog: Catalog, subject: str) -> dict[str, str]:
+    """{image URI: caption} of a subject's captioned reference images."""
+    rows = catalog.query(
+        "SELECT i.uri, c.caption FROM subject_images i JOIN subject_captions c USING (subject, content_hash) "
+        "WHERE i.subject = ?", [subject]
+    ).to_pylist()
+    return {r["uri"]: r["caption"] for r in rows}
+
+
 def subject_image_hashes(catalog: Catalog, subject: str) -> set[str]:
     """Content hashes of the reference images the catalog already holds for `subject`."""
     rows = catalog.query("SELECT content_hash FROM subject_images WHERE subject = ?", [subject]).to_pylist()

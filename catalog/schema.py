@@ -42,6 +42,16 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("created", TS),
         ]
     ),
+    # Captions of reference photos that show the subject with other things (docs/composition.md, "Scene photos");
+    # a photo without a row here is conditioned on the bare class phrase.
+    "subject_captions": pa.schema(
+        [
+            ("subject", pa.string()),
+            ("content_hash", pa.string()),  # the subject_images row it describes
+            ("caption", pa.string()),
+            ("created", TS),
+        ]
+    ),
     "concept_masks": pa.schema(
         [
             ("mask_id", pa.string()),  # hash(subject, model_fingerprint, params_hash)
@@ -87,6 +97,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "model_layers": ("model_fingerprint", "name"),
     "subjects": ("id",),
     "subject_images": ("subject", "content_hash"),
+    "subject_captions": ("subject", "content_hash"),
     "concept_masks": ("mask_id",),
     "generations": ("id",),
     "clip_scores": ("generation", "metric", "target", "scorer"),

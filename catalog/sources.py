@@ -12,6 +12,13 @@ from catalog.errors import CatalogURIError
 
 # Files every OS drops into folders; never a user's image, so not worth a rejection line.
 _IGNORED = {".DS_Store", "Thumbs.db", "desktop.ini"}
+# Optional, beside the photos: {"file name": "caption"} for photos that show the subject with other things
+# (docs/composition.md, "Scene photos").
+CAPTIONS_FILE = "captions.json"
+
+
+class CaptionsFileError(ValueError):
+    """A subject folder's captions.json that is not a JSON object of file name -> caption."""
 
 
 class SourceNotFoundError(CatalogURIError, FileNotFoundError):
@@ -34,8 +41,29 @@ def list_image_files(uri: str, *, max_files: int = 1000, **storage_options: obje
         raise SourceNotFoundError(f"subject source {uri!r} is a file; point at the folder that holds the images")
     entries = [e for e in fs.ls(root, detail=True) if e.get("type") == "file"]
     files = sorted(
-        (e["name"] for e in entries if e["name"].rsplit("/", 1)[-1] not in _IGNORED and not e["name"].rsplit("/", 1)[-1].startswith("._")),
+        (e["name"] for e in entries if e["name"].rsplit("/", 1)[-1] not in _IGNORED | {CAPTIONS_FILE}
+         and not e["name"].rsplit("/", 1)[-1].startswith("._")),
     )
     if len(files) > max_files:
         raise ValueError(f"subject folder {uri!r} holds {len(files)} files, over the limit of {max_files}; a subject needs 3–20 photos")
     return [(path.rsplit("/", 1)[-1], fs.cat_file(path)) for path in files]
+
+
+def read_captions(uri: str, **storage_options: object) -> dict[str, str]:
+    """The folder's captions.json as {file name: caption}; {} when there is none."""
+    import json
+
+    fs, root = fsspec.core.url_to_fs(str(uri), **storage_options)
+    path = f"{root.rstrip('/')}/{CAPTIONS_FILE}"
+    if not fs.exists(path):
+        return {}
+    try:
+        captions = json.loads(fs.cat_file(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CaptionsFileError(f"{uri}/{CAPTIONS_FILE} is not valid JSON ({exc}); write an object of file name -> caption") from exc
+    if not isinstance(captions, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in captions.items()):
+        raise CaptionsFileError(
+            f"{uri}/{CAPTIONS_FILE} must be a JSON object of file name -> non-empty caption, e.g. "
+            '{"beach.jpg": "a dog and a red ball on sand"}'
+        )
+    return {k: " ".join(v.split()) for k, v in captions.items()}

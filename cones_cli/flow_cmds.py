@@ -160,7 +160,9 @@ def _run_demo(workdir: Path, *, n_subjects: int) -> dict:
     if not clip.is_file():
         console.print(f"[yellow]note:[/yellow] no toy CLIP at {clip} (`cones toy train-clip`); scoring with the judge only")
     chosen = TOY_SUBJECTS[:n_subjects]
-    folders = write_subject_folders(workdir / "subjects", chosen)
+    # Six photos of each subject alone and twelve captioned photos of it beside another object: discovery
+    # learns from the latter to keep each subject at its own object (docs/research/composition.md).
+    folders = write_subject_folders(workdir / "subjects", chosen, scenes=12)
     config = CustomizeConfig.model_validate(
         {
             "catalog": str(workdir / "catalog"),

@@ -290,3 +290,36 @@ def decode_rgb(data: bytes) -> np.ndarray:
     """Image bytes written by this pipeline → RGB uint8 `[H, W, 3]`."""
     with Image.open(io.BytesIO(data)) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+class CaptionError(ValueError):
+    """A caption that names no accepted photo, or does not name the subject's class word."""
+
+
+def check_captions(subject_id: str, class_word: str, captions: dict[str, str], report: IngestReport) -> dict[str, str]:
+    """{content hash: caption} for the accepted photos that `captions` ({file name: caption}) describes.
+
+    A caption must name a photo of the folder and the subject's class word (discovery finds the
+    subject by it, docs/composition.md). A caption of a duplicate photo goes to the photo it
+    duplicates. Raises CaptionError naming every bad entry.
+    """
+    import re
+
+    by_name = {im.name: im.content_hash for im in report.accepted}
+    by_name.update({d.name: d.content_hash for d in report.duplicates})
+    word = re.compile(rf"(?<![\w-]){re.escape(class_word)}(?![\w-])", re.IGNORECASE)
+    problems, out = [], {}
+    for name, caption in sorted(captions.items()):
+        if name not in by_name:
+            problems.append(f"{name!r} is not an accepted photo of the folder")
+        elif not word.search(caption):
+            problems.append(f"the caption of {name!r} ({caption!r}) does not name the class word {class_word!r}")
+        else:
+            out[by_name[name]] = caption
+    if problems:
+        raise CaptionError(
+            f"captions.json of subject {subject_id!r}: " + "; ".join(problems)
+            + ". Each entry maps a photo's file name to a caption that names the subject by its class word, "
+            f"e.g. \"a {class_word} and a red ball on sand\""
+        )
+    return out

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from catalog import load_catalog, params_hash
-from catalog.pipeline import subject_image_uris
+from catalog.pipeline import subject_image_captions, subject_image_uris
 from cones_tasks.combinations import class_phrase
 from cones_tasks.config import DiscoverConfig, DiscoveryParams, ModelRef, mask_params
 from cones_tasks.ingest import decode_rgb, fit_to_resolution
@@ -41,8 +41,12 @@ def discover_subject(
         if not uris:
             raise ValueError(f"subject {subject!r} has no images in the catalog; run ingest-subjects for it first")
         images = np.stack([fit_to_resolution(decode_rgb(catalog.get_bytes(u)), model.resolution) for u in uris])
+        # a photo of the subject alone is conditioned on its class phrase (Cones §3.1); a captioned scene
+        # photo on its caption, which names the subject by its class word (docs/composition.md)
+        captions = subject_image_captions(catalog, subject)
+        prompts = [captions.get(u, class_phrase(class_word)) for u in uris]
         result = discover_concept_neurons(
-            model, images, class_phrase(class_word), params, class_word=class_word, seed=seed, progress=False
+            model, images, prompts if captions else prompts[0], params, class_word=class_word, seed=seed, progress=False
         )
     catalog.write_model(space, source=model.source, attention=params.attention)
     stats = {k: result.report[k] for k in _STATS_KEYS if k in result.report}

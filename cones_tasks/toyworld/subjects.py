@@ -93,13 +93,27 @@ def scene_references(subject: ToySubject, *, n: int = 12, seed: int = 0) -> tupl
     return np.stack(images), captions
 
 
-def write_subject_folders(root: str | Path, subjects=TOY_SUBJECTS, *, n: int = 6, seed: int = 0) -> dict[str, Path]:
-    """One folder of PNGs per subject under `root`; returns {subject id: folder}."""
+def write_subject_folders(
+    root: str | Path, subjects=TOY_SUBJECTS, *, n: int = 6, seed: int = 0, scenes: int = 0
+) -> dict[str, Path]:
+    """One folder of PNGs per subject under `root`; returns {subject id: folder}.
+
+    `scenes` > 0 adds that many scene photos (scene_references) and their captions.json, the way
+    a user hands over photos of the subject among other things (docs/composition.md).
+    """
+    import json
+
     folders = {}
     for subject in subjects:
         folder = Path(root) / subject.id
         folder.mkdir(parents=True, exist_ok=True)
         for i, image in enumerate(reference_renders(subject, n=n, seed=seed)):
             Image.fromarray(image).save(folder / f"{i:02d}.png")
+        if scenes:
+            images, captions = scene_references(subject, n=scenes, seed=seed)
+            names = [f"scene-{i:02d}.png" for i in range(scenes)]
+            for name, image in zip(names, images):
+                Image.fromarray(image).save(folder / name)
+            (folder / "captions.json").write_text(json.dumps(dict(zip(names, captions)), indent=1))
         folders[subject.id] = folder
     return folders
