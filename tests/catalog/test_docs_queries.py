@@ -59,8 +59,9 @@ def populated(request, space, tmp_path_factory):
     for combo, prompt in [(("cat", "dog", "fox"), "a dog, a cat and a fox"), (("cat", "dog"), "a dog and a cat"),
                           (("dog",), "a dog in the snow")]:
         for seed in range(4):
+            made_with = {"composition": "token"} if len(combo) == 2 else {}  # the third kind predates strategies
             g = Generation(combo, prompt, seed, cat.put_bytes(f"{prompt}{seed}".encode(), suffix=".png"),
-                           space.fingerprint, tuple(ids[s] for s in combo))
+                           space.fingerprint, tuple(ids[s] for s in combo), params=made_with)
             gens.append(g)
             scores += [ClipScore(g.key(), "image_image", s, 0.5 + 0.1 * seed / len(combo), "toy-clip") for s in combo]
             scores.append(ClipScore(g.key(), "image_text", prompt, 0.2 + 0.05 * len(combo), "toy-clip"))
@@ -88,7 +89,7 @@ def test_each_command_line_query_runs(populated, sql):
 
 def test_doc_queries_answer_their_questions(populated):
     cat, space = populated
-    overlap, combos, layers, storage, params, missing, prompts = (cat.query(q).to_pylist() for q in QUERIES)
+    overlap, combos, layers, storage, params, missing, prompts, compositions = (cat.query(q).to_pylist() for q in QUERIES)
     assert (overlap[0]["subject_a"], overlap[0]["subject_b"]) == ("cat", "dog")
     assert combos == [{"combination": ["cat", "dog", "fox"], "mean_score": pytest.approx(0.55), "images": 4}]
     assert len(layers) == 4 * len(space.entries)
@@ -99,3 +100,5 @@ def test_doc_queries_answer_their_questions(populated):
     assert '"threshold":0.1' in params[0]["params"] and params[0]["masks"] == 3
     assert missing == [{"id": "owl", "class_word": "bird", "images": 2}]
     assert prompts[0]["prompt"] == "a dog in the snow"
+    assert compositions == [{"composition": "token", "k": 2, "images": 4},
+                            {"composition": "union", "k": 1, "images": 4}, {"composition": "union", "k": 3, "images": 4}]
