@@ -87,7 +87,7 @@ class World:
     home: Path
     snapshots: dict[str, Path]  # step → the catalog as it stood when that step began
     tasks: dict[str, int]  # step → its tasks in the first run
-    task_s: dict[str, float]  # step → its seconds per task in the first run
+    task_s: dict[str, float]  # step → seconds between two of its commits in the first run
     grid_ids: set[str]
     images: int  # accepted reference images, all subjects
     space: NeuronSpace  # the model's, from its weights
@@ -112,13 +112,20 @@ def world(tmp_path_factory, tiny_model_dir, prefect_api) -> World:
     assert run.finish(timeout=600) == 0, run.log[-5000:]
     ended = {phase: _arrival(run, r"Flow run '[^']*' - Finished in state", after=began[phase]) for phase in PHASES}
     tasks = {phase: sum(f"Task run '{TASKS[phase]}-" in line and "Finished" in line for _, line in run.lines) for phase in PHASES}
-    task_s = {phase: max(0.1, (ended[phase] - began[phase]) / tasks[phase]) for phase in PHASES}
+    task_s = {phase: _commit_interval(run, phase, began[phase], ended[phase], tasks[phase]) for phase in PHASES}
     catalog = load_catalog(str(catalog_dir))
     grid_ids = {r["id"] for r in catalog.query("SELECT id FROM generations").to_pylist()}
     assert len(grid_ids) == GRID_SIZE == run.result()["generations"]
     images = catalog.query("SELECT count(*) AS n FROM subject_images").to_pylist()[0]["n"]
     space = NeuronSpace.from_unet(load_diffusion_model(tiny_model_dir).unet)
     return World(root, tiny_model_dir, root / "prefect-home", snapshots, tasks, task_s, grid_ids, images, space)
+
+
+def _commit_interval(run: ConesRun, phase: str, began: float, ended: float, tasks: int) -> float:
+    """Seconds from one of the step's task commits to the next (the whole step's time with one task)."""
+    done = [t for t, line in run.lines if began <= t <= ended and f"Task run '{TASKS[phase]}-" in line and "Finished" in line]
+    span = (done[-1] - done[0]) / (len(done) - 1) if len(done) > 1 else ended - began
+    return max(0.05, span)
 
 
 def _copy(catalog: Path, to: Path) -> Path:
@@ -280,7 +287,7 @@ def _reclaim_gpu_slot() -> None:
 def crash_trials(world: World, per_phase: int, *, seed: int) -> list[Trial]:
     rng = random.Random(seed)
     trials = [run_trial(world, phase, rng, i * len(PHASES) + k) for i in range(per_phase) for k, phase in enumerate(PHASES)]
-    print("\n" + summary(trials))
+    print("\n" + summary(world, trials))
     # Most kills land inside the step they aim at; a kill that lands early in the next step (the
     # first run's timing is a guide, not a promise) is still a crash, checked the same way.
     landed = collections.Counter(t.killed_in for t in trials)
@@ -288,15 +295,29 @@ def crash_trials(world: World, per_phase: int, *, seed: int) -> list[Trial]:
     return trials
 
 
-def summary(trials: list[Trial]) -> str:
+def _partial(world: World, trial: Trial) -> bool:
+    """Whether the kill left the step it landed in half done: some of its rows stored, not all."""
+    state = trial.after_kill
+    done, whole = {
+        "ingest-subjects": (state.images, world.images),
+        "discover-concepts": (state.masks, len(SUBJECTS)),
+        "generate-combinations": (len(state.generations), GRID_SIZE),
+        "score-generations": (len(state.scored), GRID_SIZE),
+    }.get(trial.killed_in, (0, 0))
+    return 0 < done < whole
+
+
+def summary(world: World, trials: list[Trial]) -> str:
     landed = collections.Counter(t.killed_in for t in trials)
+    partial = collections.Counter(t.killed_in for t in trials if _partial(world, t))
     lines = [
-        f"{len(trials)} trials; kills per step: " + ", ".join(f"{p} {landed[p]}" for p in (*PHASES, "finished") if landed[p]),
+        f"{len(trials)} trials; kills per step (of which left it half done): "
+        + ", ".join(f"{p} {landed[p]} ({partial[p]})" for p in (*PHASES, "finished") if landed[p]),
         f"rows lost {sum(t.lost for t in trials)}, doubled {sum(t.doubled for t in trials)}",
-        "target | killed in | its tasks done + s | after kill: masks, generations, scored | rerun generated",
+        "target | killed in | its tasks done + s | after kill: images, masks, generations, scored | rerun generated",
     ]
     lines += [
-        f"{t.target} | {t.killed_in} | {t.tasks_done} + {t.delay_s:.2f} | {t.after_kill.masks}, {len(t.after_kill.generations)}, "
+        f"{t.target} | {t.killed_in} | {t.tasks_done} + {t.delay_s:.2f} | {t.after_kill.images}, {t.after_kill.masks}, {len(t.after_kill.generations)}, "
         f"{len(t.after_kill.scored)} | {t.new_generations}"
         for t in trials
     ]
