@@ -20,8 +20,8 @@ def validate(
     model: Path = typer.Option(None, help="Diffusers folder (default: the shipped toy model)."),
     subjects: int = typer.Option(6, min=2, help="How many of the named toy subjects (first N)."),
     quick: bool = typer.Option(
-        False, "--quick", help="The recommended setting only (no selection, no ceilings), 48 images per line, multi 2 and 3; "
-        "prints {strategy, single, context, crosstalk, multi} for it."
+        False, "--quick", help="The recommended setting only (token, word-scoped fit, 12 scene photos per subject; no "
+        "selection, no ceilings), 48 images per line, multi 2 and 3; prints {strategy, single, context, crosstalk, multi}."
     ),
     strategy: list[str] = typer.Option(
         None, help="Composition strategies to report: union (the paper's) and/or token. Default: both; --quick: token."
@@ -42,7 +42,8 @@ def validate(
         "and/or 'context' ('a triangle on snow', each reference's background). Repeat to try both."
     ),
     scene_references: int = typer.Option(
-        0, min=0, help="Token strategy: also hand discovery N captioned renders of each subject beside another object."
+        None, min=0, help="Token strategy: also hand discovery N captioned renders of each subject beside another object "
+        "(scene photos, docs/composition.md). Default: 12 with --quick (the recommended setting), else 0."
     ),
     as_json: bool = JSON,
 ) -> None:
@@ -67,7 +68,7 @@ def validate(
     refine = DiscoveryParams.model_validate_json(union_refine) if union_refine else None
     params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance,
                             union_refine=refine, prompt_modes=tuple(prompts), strategies=strategies,
-                            scene_references=scene_references)
+                            scene_references=scene_references if scene_references is not None else (12 if quick else 0))
     if quick:
         sweep = tuple(RECOMMENDED[s] for s in strategies)
         params = params.model_copy(update={
@@ -80,5 +81,6 @@ def validate(
     result["wall_s"] = time.perf_counter() - start
     if quick:  # the recommended strategy's lines first, flat, then the rest
         first = strategies[0]
-        result = {"strategy": first, **result["strategies"][first], "wall_s": result["wall_s"], "details": result}
+        result = {"strategy": first, **result["strategies"][first], "scene_references": params.scene_references,
+                  "wall_s": result["wall_s"], "details": result}
     emit(result, as_json=as_json, title="toy validate")
