@@ -16,7 +16,6 @@ prompt sees the UNet unchanged. With `M` the shut set and `s` the word's own tex
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
