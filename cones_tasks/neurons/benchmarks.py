@@ -240,8 +240,7 @@ def _composition_runs(unet, space, denoise, x_t, text, combinations, density, se
     Token composition's per-batch work is included in its timing: building each subject's row
     edit from its mask (word_scope.mask_effects) and adding it at rows 2 and 5 of each prompt.
     """
-    from cones_tasks.neurons.masks import RowEdits
-    from cones_tasks.neurons.word_scope import mask_effects
+    from cones_tasks.neurons.word_scope import mask_effects, stack_row_edits
 
     if composition not in ("union", "token"):
         raise ValueError(f"unknown composition {composition!r}; choose union or token")
@@ -255,15 +254,12 @@ def _composition_runs(unet, space, denoise, x_t, text, combinations, density, se
             denoise(x_t, text)
 
     def token() -> None:
-        values: dict[str, list[torch.Tensor]] = {e.name: [] for e in space.entries}
-        for i, masks in enumerate(pairs):
-            for j, mask in enumerate(masks):
-                effects = mask_effects(unet, space, mask, states[i, j : j + 1])
-                for e in space.entries:
-                    values[e.name].append(effects.get(e.name, torch.zeros(1, e.shape[0], device=text.device)))
-        batch = torch.tensor([combinations + i for i in range(combinations) for _ in range(2)], device=text.device)
-        rows = torch.tensor([2, 5] * combinations, device=text.device)
-        edits = RowEdits(batch=batch, rows=rows, values={k: torch.cat(v) for k, v in values.items()}, batch_size=2 * combinations)
+        # subject j of combination i at row (2, 5)[j] of the conditional half, as word_row_edits stacks them
+        mentions = [
+            (combinations + i, ((2, 5)[j],), mask_effects(unet, space, mask, states[i, j : j + 1]))
+            for i, masks in enumerate(pairs) for j, mask in enumerate(masks)
+        ]
+        edits = stack_row_edits(space, mentions, device=text.device, batch_size=2 * combinations)
         with per_sample(unet, space, [None], row_edits=edits):
             denoise(x_t, text)
 

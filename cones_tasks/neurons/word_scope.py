@@ -34,7 +34,7 @@ from cones_tasks.neurons.masks import ConceptMask, RowEdits
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.words import word_rows
 
-__all__ = ["WordMask", "class_phrase_states", "mask_effects", "word_row_edits"]
+__all__ = ["WordMask", "class_phrase_states", "mask_effects", "stack_row_edits", "word_row_edits"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def word_row_edits(
         )
     states: dict[str, torch.Tensor] = {}
     effects: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    batch, rows, lengths, values = [], [], [], {e.name: [] for e in space.entries}
+    mentions = []
     for i, (prompt, scoped) in enumerate(zip(prompts, subjects)):
         if not scoped:
             continue
@@ -109,24 +109,31 @@ def word_row_edits(
             key = (wm.mask.content_hash, wm.class_word)
             if key not in effects:
                 effects[key] = mask_effects(model.unet, space, wm.mask, states[wm.class_word])
-            batch.extend([batch_offset + i] * len(span))
-            rows.extend(span)
-            lengths.append(len(span))
-            for e in space.entries:
-                values[e.name].append(effects[key].get(e.name))
-    if not batch:
+            mentions.append((batch_offset + i, span, effects[key]))
+    return stack_row_edits(space, mentions, device=next(model.unet.parameters()).device, batch_size=batch_size)
+
+
+def stack_row_edits(
+    space: NeuronSpace, mentions: Sequence[tuple[int, Sequence[int], dict[str, torch.Tensor]]], *, device,
+    batch_size: int | None,
+) -> RowEdits | None:
+    """One RowEdits from subject mentions: (UNet batch element, its token rows, mask_effects at those rows).
+
+    Layers no mention edits are left out; a mention whose mask shuts nothing in an edited layer
+    adds zeros there, so every layer's values line up with the same (batch, rows) pairs.
+    """
+    if not mentions:
         return None
-    device = next(model.unet.parameters()).device
+    batch = [b for b, rows, _ in mentions for _ in rows]
+    rows = [r for _, span, _ in mentions for r in span]
     per_layer = {}
     for e in space.entries:
-        parts = values[e.name]
-        if all(p is None for p in parts):
+        if all(e.name not in eff for _, _, eff in mentions):
             continue
-        out_features = e.shape[0]
-        # one [R, out] block per subject mention (zeros where its mask shuts nothing in this layer)
-        per_layer[e.name] = torch.cat(
-            [p if p is not None else torch.zeros(n, out_features, device=device) for p, n in zip(parts, lengths)]
-        )
+        # one [R, out] block per subject mention
+        per_layer[e.name] = torch.cat([
+            eff[e.name] if e.name in eff else torch.zeros(len(span), e.shape[0], device=device) for _, span, eff in mentions
+        ])
     return RowEdits(
         batch=torch.tensor(batch, device=device), rows=torch.tensor(rows, device=device), values=per_layer,
         batch_size=batch_size,
