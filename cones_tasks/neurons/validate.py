@@ -308,10 +308,6 @@ def _multi(sampler, subjects, masks, space, strategy, *, k: int, n: int, seed: i
     }
 
 
-def _union(masks, combo) -> ConceptMask:
-    return masks[combo[0].id].union(*(masks[s.id] for s in combo[1:]))
-
-
 def _refined_multi(sampler, model, subjects, references, masks, space, params: ValidateParams, sizes, mode: str) -> dict[str, Any]:
     """multi_refined (union only): the multi line again, each union first refined by a few joint rounds (refine_union)."""
     refine = params.union_refine
@@ -324,7 +320,7 @@ def _refined_multi(sampler, model, subjects, references, masks, space, params: V
         unions = {}
         for combo in itertools.combinations(subjects, k):
             parts = [(references[s.id], _reference_prompts(s, mode, params.reference_images)) for s in combo]
-            result = refine_union(model, parts, _union(masks, combo), refine, seed=params.discovery_seed, progress=False)
+            result = refine_union(model, parts, _applied("union", masks, combo)[0], refine, seed=params.discovery_seed, progress=False)
             unions[combo] = result.mask
             added.append(result.report["added"])
         lines[str(k)] = _multi(sampler, subjects, masks, space, "union", k=k, n=params.images_per_line,
