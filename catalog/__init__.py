@@ -1,4 +1,4 @@
-"""Storage for cones: Parquet tables on any fsspec store, read through DuckDB (issue #5).
+"""Storage for cones: Parquet tables on any fsspec store, read through DuckDB (docs/catalog.md).
 
 The only package that knows Parquet, DuckDB or fsspec. Start with `load_catalog(uri)`.
 """

@@ -1,4 +1,4 @@
-"""Measurements behind `cones bench storage` (issue #4) and `cones bench catalog` (issue #5).
+"""Measurements behind `cones bench storage` and `cones bench catalog` (targets in README, "What we measured").
 
 Masks here are uniform random sets: the hardest case for the codec (no
 structure to exploit beyond the entropy bound) and a fair one for Jaccard.

@@ -1,4 +1,4 @@
-"""The catalog: typed writes of immutable Parquet commits, DuckDB reads (issue #5).
+"""The catalog: typed writes of immutable Parquet commits, DuckDB reads (docs/catalog.md).
 
 Writers never share a database file: every batch is one Parquet file, named by
 a hash of its rows' primary keys and published atomically (catalog/store.py),
@@ -59,7 +59,7 @@ from cones_tasks.codec import encode_indices
 
 # Row groups of ~4 MB: rows are sorted by key, so min/max statistics let a
 # point lookup read one small group (100,000 masks: ~140 MB of blobs) instead
-# of decompressing a whole column (issue #5: lookup ≤ 50 ms).
+# of decompressing a whole column (target: a point lookup ≤ 50 ms, `cones bench catalog`).
 _ROW_GROUP_BYTES = 4 << 20
 _ROW_GROUP_ROWS = (1024, 128 * 1024)
 
@@ -71,7 +71,7 @@ class Catalog:
         self.store = store
         # Internal lookups (find_mask, referential checks) reuse one connection:
         # opening a DuckDB database costs ~30 ms, over the 50 ms point-lookup
-        # budget (issue #5). Views are rebuilt only when a table's files change.
+        # budget (`cones bench catalog`). Views are rebuilt only when a table's files change.
         self._lookup_lock = threading.Lock()
         self._lookup_con: duckdb.DuckDBPyConnection | None = None
         self._lookup_pid = 0

@@ -1,4 +1,4 @@
-"""`cones catalog compact`: merge a table's files into one sorted base file (issue #5).
+"""`cones catalog compact`: merge a table's files into one sorted base file (docs/catalog.md, "How it stays correct").
 
 Steps per table, each safe to crash after:
 1. snapshot the live files F;

@@ -1,4 +1,4 @@
-"""Dataset export for the dataset-generation team (issue #6, item 6): `cones export --where … --to URI`.
+"""Dataset export for the dataset-generation team (docs/pipeline.md): `cones export --where … --to URI`.
 
 Writes, under the target URI (any fsspec store):
 

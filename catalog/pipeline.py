@@ -1,6 +1,6 @@
-"""The queries the pipeline's flows ask of the catalog (issue #6): what is done, what is missing.
+"""The queries the pipeline's flows ask of the catalog (docs/pipeline.md): what is done, what is missing.
 
-The catalog is the source of truth for a rerun (issue #6, item 2): each flow asks here which
+The catalog is the source of truth for a rerun (docs/pipeline.md, "Crashes"): each flow asks here which
 work already has rows and does only the rest. Flows stay free of SQL; this is the only place
 these questions are phrased.
 """

@@ -1,4 +1,4 @@
-"""Table schemas and primary keys (issue #5, "Build" 1). Documented in docs/catalog.md.
+"""Table schemas and primary keys. Documented in docs/catalog.md.
 
 Every table has a content-derived primary key: a repeated commit of the same
 rows is a no-op, and readers drop duplicates by key (`catalog/views.py`).

@@ -1,4 +1,4 @@
-"""Read a subject's input folder from any fsspec URI (issue #6, item 1: "a folder or URI per subject").
+"""Read a subject's input folder from any fsspec URI: a folder or URI per subject.
 
 The catalog is the only package that touches fsspec; ingest validation itself
 (cones_tasks/ingest.py) takes plain `(name, bytes)` pairs.

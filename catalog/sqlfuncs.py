@@ -1,4 +1,4 @@
-"""Mask functions for SQL over encoded masks (issue #5, "Reads").
+"""Mask functions for SQL over encoded masks (docs/catalog.md).
 
     mask_size(m)                  -> BIGINT   header only, no decoding
     mask_intersection_size(a, b)  -> BIGINT

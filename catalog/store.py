@@ -1,4 +1,4 @@
-"""Immutable files on any fsspec store, published atomically (issue #5, "Writes").
+"""Immutable files on any fsspec store, published atomically (docs/catalog.md).
 
 Layout under the catalog root:
 

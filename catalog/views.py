@@ -3,7 +3,7 @@
 Duplicates by primary key can exist across files (a batch re-committed with
 other rows, or a compaction's output next to its inputs before the tombstone
 lands); each view removes them. Deduplicating 10M rows costs DuckDB ~1.5 s,
-so the view only does the work it must (issue #5: aggregate over 10M rows
+so the view only does the work it must (target: an aggregate over 10M rows in
 ≤ 2 s): a compacted base is already unique, so it is anti-joined with the
 (small) deduplicated tail of commits since the last compaction.
 """

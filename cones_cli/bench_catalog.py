@@ -1,4 +1,4 @@
-"""`cones bench storage` (issue #4) and `cones bench catalog` (issue #5)."""
+"""`cones bench storage` and `cones bench catalog`."""
 
 from __future__ import annotations
 

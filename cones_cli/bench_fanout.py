@@ -1,4 +1,4 @@
-"""`cones bench fanout`: Prefect's orchestration overhead at ≥ 10,000 combinations (issue #6, "Must show").
+"""`cones bench fanout`: Prefect's orchestration overhead at ≥ 10,000 combinations (target: overhead ≤ 5 % of the run).
 
 The same generation work is run twice, side by side, on a small random UNet (8 px, the toy
 world's text encoder) with random 1 % concept masks — small so that 10,000 images fit in

@@ -1,4 +1,4 @@
-"""Benchmarks registered on `cones bench` (see cones_cli/bench.py): discovery and masked generation (issue #4)."""
+"""Benchmarks registered on `cones bench` (see cones_cli/bench.py): discovery and masked generation."""
 
 from __future__ import annotations
 

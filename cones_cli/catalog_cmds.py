@@ -1,4 +1,4 @@
-"""`cones sql` and `cones catalog compact` (issue #5). Heavy imports happen inside commands."""
+"""`cones sql` and `cones catalog compact`. Heavy imports happen inside commands."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`cones run <flow> --config file.json`, `cones export`, `cones demo` (issue #6). Heavy imports inside commands."""
+"""`cones run <flow> --config file.json`, `cones export`, `cones demo` (docs/pipeline.md). Heavy imports inside commands."""
 
 from __future__ import annotations
 
@@ -170,7 +170,7 @@ def _run_demo(workdir: Path, *, n_subjects: int) -> dict:
             "subjects": [{"subject_id": s.id, "class_word": s.class_word, "uri": str(folders[s.id])} for s in chosen],
             "ingest": {"min_side": 16},  # toy renders are 16 px
             # 15 solver steps: the toy model's images settle by then, and 56 images fit the 10-minute budget.
-            # Guidance 3, as in eval-model and validate (6 drew worse shapes, issue #3).
+            # Guidance 3, as in eval-model and validate (6 drew worse shapes; docs/research/toy-model.md).
             "grid": {"max_k": 3, "templates": ["{subjects}", "{subjects} on night"], "seeds": [0, 1], "steps": 15,
                      "guidance_scale": 3.0, "sample_batch": 56},
             "scoring": {

@@ -121,5 +121,5 @@ def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default:
     emit(result, as_json=as_json, title="toy model")
 
 
-# Registers `cones toy validate` (issue #4) on this app.
+# Registers `cones toy validate` on this app.
 from cones_cli import toy_validate  # noqa: E402,F401

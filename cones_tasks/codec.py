@@ -1,4 +1,4 @@
-"""Lossless storage codec for concept masks (issue #4, "Storage codec").
+"""Lossless storage codec for concept masks (Cones §4: store indices, not dense tensors).
 
 A concept is a sorted set of global neuron indices out of a universe of N
 maskable K/V weights (19,169,280 for SD-1.5 cross-attention). The paper's
@@ -15,7 +15,7 @@ tries a few schemes and keeps the smallest (the scheme byte tags it):
 
 * RICE: gaps between consecutive indices, Golomb-Rice coded. Gaps of a random
   set are geometric, for which Rice coding with the best k is within ~1% of
-  the entropy at every density (issue #4: ≤ 1.10× at 0.001/0.01/0.1).
+  the entropy at every density (`cones bench storage`: ≤ 1.10× at 0.001/0.01/0.1).
 * SHUFFLE_ZSTD: gaps as little-endian u32/u64, byte-shuffled, zstd. Wins on
   structured masks (runs of adjacent neurons in one layer).
 * BITMAP_ZSTD: the dense bitmap, zstd. Wins for long contiguous runs.

@@ -1,4 +1,4 @@
-"""The generation grid: every k-subset of subjects × prompt templates × seeds (issue #6, item 1).
+"""The generation grid: every k-subset of subjects × prompt templates × seeds (docs/pipeline.md).
 
 Cones §3.3: shutting the union of several subjects' concept neurons makes a prompt that names
 their *class words* generate them together, so a template's `{subjects}` slot is filled with

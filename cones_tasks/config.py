@@ -1,7 +1,7 @@
-"""Typed, frozen configuration: one model per flow, composed of small parts (issue #6, item 1).
+"""Typed, frozen configuration: one model per flow, composed of small parts (docs/config.md).
 
 Every model is frozen with `extra="forbid"`, so a misspelt key or a wrong type is refused
-with the field named (issue #6, item 7), and Prefect renders each flow's config as a form.
+with the field named, and Prefect renders each flow's config as a form.
 Presets (deployments/prefect.yaml, `cones run customize --config`) hold only non-default values.
 """
 
@@ -118,7 +118,7 @@ class ScoringParams(_Frozen):
 
 
 class RunnerConfig(_Frozen):
-    """Where tasks run: threads in this process (default), a Dask cluster, or Ray (issue #6, item 3)."""
+    """Where tasks run: threads in this process (default), a Dask cluster, or Ray (docs/pipeline.md, "Fan-out, concurrency, retries")."""
 
     kind: Literal["threads", "dask", "ray"] = "threads"
     address: str | None = Field(None, description="dask scheduler (tcp://host:8786) or ray address; None: start a local one")

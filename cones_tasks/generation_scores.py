@@ -1,4 +1,4 @@
-"""Scores of generated images (issue #6, item 1: "score-generations"), as plain functions.
+"""Scores of generated images (the `score-generations` flow), as plain functions.
 
 - image alignment: mean cosine similarity of a generation's CLIP embedding to the embeddings
   of one subject's reference images (Cones §4, "image alignment", as in DreamBooth/Custom

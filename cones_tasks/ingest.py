@@ -1,4 +1,4 @@
-"""Validate and normalise a subject's reference images (issue #6, item 7).
+"""Validate and normalise a subject's reference images (docs/pipeline.md, "Bad input (ingest)").
 
 Input is `(name, bytes)` pairs — where the bytes come from (a folder, `s3://`) is the
 catalog's business (`catalog.sources.list_image_files`). Output is RGB uint8 pixels with

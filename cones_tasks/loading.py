@@ -1,6 +1,6 @@
 """Load a diffusion model (diffusers folder layout) and a CLIP scorer (open_clip), local files only.
 
-One code path for the toy model and a real Stable Diffusion checkpoint (issue #2 item 7): the
+One code path for the toy model and a real Stable Diffusion checkpoint: the
 folder's `model_index.json` names each component's library and class, as `DiffusionPipeline`
 does; nothing here knows which model it is given.
 """

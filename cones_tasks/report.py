@@ -1,4 +1,4 @@
-"""A static HTML report of a customization run (issue #6, item 5).
+"""A static HTML report of a customization run (docs/pipeline.md).
 
 One self-contained file: images and plots are embedded as `data:` URIs, so the report opens
 offline, from any store, with no server and no sibling files. One image grid per subject

@@ -42,7 +42,7 @@ def _transient(task, task_run, state) -> bool:
     return True
 
 
-# Every pipeline task: retries with exponential backoff and jitter (issue #6, item 2): 2 s, 4 s,
+# Every pipeline task: retries with exponential backoff and jitter: 2 s, 4 s,
 # 8 s ± 50 %. No Prefect result caching: the catalog already makes reruns skip finished work,
 # and hashing a batch of a thousand combinations for a cache key is pure overhead.
 TASK_OPTIONS = {
@@ -168,8 +168,8 @@ def fan_out(
     """Submit `task(**call)` for every call on the configured runner; results in call order.
 
     keep_failures: a failed call's exception takes its place in the list instead of failing the
-    flow, so one bad subject never loses the others (issue #6, item 7). A progress artifact shows
-    how many batches are done while the flow fans out (issue #6, item 5).
+    flow, so one bad subject never loses the others. A progress artifact shows
+    how many batches are done while the flow fans out.
     """
     if not calls:
         return []

@@ -1,9 +1,9 @@
-"""`compact-catalog`: merge each table's commit files into one sorted base file, on a schedule (issue #6).
+"""`compact-catalog`: merge each table's commit files into one sorted base file, on a schedule.
 
 Every committed batch of a run is one Parquet file; after a large run a table is thousands of
 them, and queries pay for each (`cones bench catalog`: a 10 M-row aggregate took 5–9 s
 uncompacted, 0.64 s compacted). Safe beside running writers and readers: the catalog's
-compaction (issue #5) tombstones only the files it merged and deletes them after `grace_s`.
+compaction (docs/catalog.md) tombstones only the files it merged and deletes them after `grace_s`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`customize`: the parent flow — ingest → discover → generate → score → report (issue #6).
+"""`customize`: the parent flow — ingest → discover → generate → score → report (docs/pipeline.md).
 
 Each step is a child flow run (visible on its own in Prefect) reading and writing the catalog,
 so a rerun after a crash skips every step's finished work. A subject that fails to ingest is

@@ -1,4 +1,4 @@
-"""`discover-concepts`: one task per subject → a concept mask in the catalog (issue #6; Cones §3).
+"""`discover-concepts`: one task per subject → a concept mask in the catalog (Cones §3).
 
 A subject whose mask for this model (weight fingerprint) and these parameters is already in
 the catalog is skipped, so a rerun after a crash does only the subjects that are missing.

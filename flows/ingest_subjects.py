@@ -1,4 +1,4 @@
-"""`ingest-subjects`: a folder or URI per subject → validated, content-hashed images in the catalog (issue #6)."""
+"""`ingest-subjects`: a folder or URI per subject → validated, content-hashed images in the catalog."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`score-generations`: open_clip image/text alignment and, on the toy world, the judge's presence (issue #6).
+"""`score-generations`: open_clip image/text alignment and, on the toy world, the judge's presence.
 
 Each scorer scores only generations it has not scored yet (the catalog says which), in batches.
 """

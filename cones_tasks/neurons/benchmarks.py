@@ -1,4 +1,4 @@
-"""Cost of discovery and of per-sample masked generation (issue #4, "Must show").
+"""Cost of discovery and of per-sample masked generation (`cones bench discovery`, `cones bench generate`).
 
 - `bench_discovery`: one Cones score step (forward, backward w.r.t. K/V only,
   θ·∂L/∂θ accumulation) vs one plain fine-tuning step of the same K/V weights

@@ -1,4 +1,4 @@
-"""Concept-neuron discovery: the Cones algorithm (ICML 2023, §3.1–3.2; issue #4 "Discovery").
+"""Concept-neuron discovery: the Cones algorithm (ICML 2023, §3.1–3.2; docs/discovery.md).
 
 For a subject with a few images and its class prompt ("a photo of a dog", no
 rare token), the concept-implanting loss L is the ordinary diffusion loss of
@@ -271,7 +271,7 @@ def refine_union(
     seed: int = 0,
     progress: bool = True,
 ) -> DiscoveryResult:
-    """A few more discovery rounds for a multi-subject union (issue #4: "a few fine-tuning steps for multi-subject").
+    """A few more discovery rounds for a multi-subject union (Cones §3.3: a few fine-tuning steps for multi-subject generation).
 
     Each subject's neurons were found alone, so shutting the union can undo what one subject's
     neurons did for another (they share K/V rows). Starting from `union` shut, every step sums

@@ -1,4 +1,4 @@
-"""Concept masks: sets of shut neurons, their algebra, and applying them (issue #4, "Masks", "Per-sample masks").
+"""Concept masks: sets of shut neurons, their algebra, and applying them (docs/discovery.md).
 
 A `ConceptMask` is a sorted set of global neuron indices of one `NeuronSpace`
 (never a dense float tensor: the public notebook's defect). Applying a mask

@@ -1,4 +1,4 @@
-"""The diffusion loss Cones scores neurons with, in the model's own parametrisation (issue #4, "Discovery").
+"""The diffusion loss Cones scores neurons with, in the model's own parametrisation (Cones §3.1).
 
 The public notebook noised latents with an LMS scheduler's `add_noise` and
 never called `scale_model_input`, so the UNet saw inputs from a distribution it

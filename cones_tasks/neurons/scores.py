@@ -1,4 +1,4 @@
-"""Choosing which neurons to shut from their scores (Cones §3.1; issue #4 "threshold as τ or a budget").
+"""Choosing which neurons to shut from their scores (Cones §3.1: a threshold τ, or a budget).
 
 A neuron's score s = θ·∂L/∂θ is the first-order drop of the concept loss L
 if θ is set to zero (L(θ=0) ≈ L − θ·∂L/∂θ). Positive scores are neurons

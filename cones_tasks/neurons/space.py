@@ -1,4 +1,4 @@
-"""The neuron space of a diffusion UNet (issue #4, "Neuron space").
+"""The neuron space of a diffusion UNet (docs/discovery.md).
 
 Cones (§3.1) calls every scalar weight of the K and V projections of the
 UNet's attention layers a "neuron". A `NeuronSpace` lays those weights out as

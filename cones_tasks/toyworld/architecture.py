@@ -1,10 +1,10 @@
-"""The toy text-to-image model's anatomy (issue #3): Stable Diffusion's, shrunk.
+"""The toy text-to-image model's anatomy (docs/research/toy-model.md): Stable Diffusion's, shrunk.
 
 - UNet: diffusers `UNet2DConditionModel`, pixel space (no VAE), two levels (16 and 8 px) with
   cross-attention at both and in the mid block — the K/V projections are where concept
   neurons live (Cones §3.1).
-- Text encoder: a transformers `CLIPTextModel`, random and **frozen**. The feasibility runs in
-  issue #3 found that a frozen text side lets conditioning emerge in a few hundred CPU steps,
+- Text encoder: a transformers `CLIPTextModel`, random and **frozen**. The feasibility runs
+  (docs/research/toy-model.md) found that a frozen text side lets conditioning emerge in a few hundred CPU steps,
   while a jointly trained one reached only 0.59 colour accuracy. Frozen is also what SD does.
 - Scheduler: DDPM with a cosine schedule (better than linear at 16 px, where a linear schedule
   destroys the image too early).

@@ -8,7 +8,7 @@ from cones_tasks.toyworld.captions import random_caption
 from cones_tasks.toyworld.render import random_scene, render
 
 # Mostly one or two objects (what the prompts ask for most), a few crowded scenes so
-# that unions of 3–4 subjects (issue #4) have something to draw on.
+# that unions of 3–4 subjects have something to draw on.
 OBJECT_COUNT_WEIGHTS = {1: 0.55, 2: 0.35, 3: 0.07, 4: 0.03}
 
 

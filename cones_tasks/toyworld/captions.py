@@ -1,4 +1,4 @@
-"""Captions for toy scenes, from full to partial (issue #2).
+"""Captions for toy scenes, from full to partial.
 
 Partial captions ("a circle") cover every colour and pattern, so the class word
 alone carries a diverse prior — the prior concept neurons select from (Cones §3).

@@ -1,4 +1,4 @@
-"""The toy CLIP's text tower as a frozen transformers `CLIPTextModel` (issue #3).
+"""The toy CLIP's text tower as a frozen transformers `CLIPTextModel`.
 
 Stable Diffusion conditions on a *pretrained*, frozen text encoder whose per-token states already
 carry meaning, and with a causal mask each token also carries the words before it: in "a red

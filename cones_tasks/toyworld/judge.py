@@ -1,4 +1,4 @@
-"""The ground-truth judge: reads each object's attributes back from a toy image (issue #2).
+"""The ground-truth judge: reads each object's attributes back from a toy image.
 
 Rules, not a learned classifier, so its verdicts mean exactly what the renderer means:
 1. every pixel goes to its nearest palette entry (backgrounds, object colours, their darkened

@@ -1,4 +1,4 @@
-"""Seeded procedural renderer for the toy world (issue #2).
+"""Seeded procedural renderer for the toy world.
 
 Hard-edged pixels, no anti-aliasing: every pixel is exactly a palette colour, which is
 what lets the judge read attributes back with rules.

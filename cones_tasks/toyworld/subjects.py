@@ -1,4 +1,4 @@
-"""The named toy subjects (issue #2): what a user would hand over — a few photos of one thing.
+"""The named toy subjects: what a user would hand over — a few photos of one thing.
 
 A subject is one shape × colour × pattern instance; its class word is the shape. Reference
 renders vary position, size and background, as a user's photos vary the scene.

@@ -1,4 +1,4 @@
-"""Does a frozen text encoder bind colours to shapes? A linear probe on its token states (issue #3).
+"""Does a frozen text encoder bind colours to shapes? A linear probe on its token states (docs/research/toy-model.md).
 
 The toy model fails two-object prompts by binding: on "a yellow triangle and a blue circle" it
 draws both colours, then two triangles or swapped colours. Cross-attention can only place "blue"

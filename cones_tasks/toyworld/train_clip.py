@@ -1,4 +1,4 @@
-"""Train the toy CLIP (issue #2 item 6): a small open_clip model on toy image–caption pairs.
+"""Train the toy CLIP: a small open_clip model on toy image–caption pairs.
 
 Registered through `open_clip.add_model_config`, trained with open_clip's own `ClipLoss`, and
 shipped in open_clip's local-model form (config JSON + safetensors), so the scorer loads it

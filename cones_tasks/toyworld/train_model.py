@@ -1,4 +1,4 @@
-"""Train the toy text-to-image model from scratch (issue #3): `cones toy train-model`.
+"""Train the toy text-to-image model from scratch (docs/research/toy-model.md): `cones toy train-model`.
 
 Seeded: AdamW with warm-up and cosine decay, EMA weights (what ships). Writes the diffusers
 folder layout, a loss curve PNG and a training log. Runs on CPU or a GPU. By default each step's
@@ -111,7 +111,7 @@ def _drop_local_path(config: Path) -> None:
 def caption_gap(unet, encode, scheduler, *, seed: int, n: int = 256) -> float:
     """Relative increase of the denoising error with a wrong caption vs the right one.
 
-    ~0 means the model ignores its prompt (the failure issue #3 started from)."""
+    ~0 means the model ignores its prompt (the failure the toy model's first runs started from; docs/research/toy-model.md)."""
     rng = np.random.default_rng(seed)
     images, captions = random_batch(rng, n, p_full=1.0)
     x0 = to_model_range(images)

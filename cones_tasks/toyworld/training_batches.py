@@ -1,4 +1,4 @@
-"""The toy model's training data: images, caption token ids, noise and timesteps (issue #3).
+"""The toy model's training data: images, caption token ids, noise and timesteps.
 
 Two streams, both seeded:
 - "per-step" (TrainingBatches): step `s` of a run with seed `k` sees the batch drawn from `(k, s)`
