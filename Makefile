@@ -34,7 +34,7 @@ clean-venv:
 # the second was cut by the clock, which --stop-at repeats), the last two on 2 CPU cores (batch
 # 64, left-to-right; 62 min to 7,230, then 32 min with half the scenes pairs, stopped at 8,750
 # once every target was met). Same data, noise and schedule on any device; bit-equal weights
-# only on the device that trained them (docs/gpu-h100.md, "Second lease").
+# only on the device that trained them (docs/research/gpu-h100.md, "Second lease").
 TOY_OUT ?= toy-model-rebuilt
 TOY_DEVICE ?= cuda
 toy-model: $(STAMP)

@@ -28,11 +28,11 @@ from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 from cones_tasks.toyworld.captions import class_prompt
 from cones_tasks.toyworld.judge import judge
-from cones_tasks.toyworld.subjects import TOY_SUBJECTS, reference_backgrounds, reference_renders
-
-
-def looks_like(verdict, subject) -> bool:
-    return not verdict.unreadable and verdict.has(shape=subject.shape, color=subject.color, pattern=subject.pattern)
+from cones_tasks.toyworld.subjects import (
+    TOY_SUBJECTS,
+    context_prompts,
+    reference_renders,
+)
 
 
 def run(model, overrides: dict, *, n: int, seed0: int) -> dict:
@@ -41,7 +41,7 @@ def run(model, overrides: dict, *, n: int, seed0: int) -> dict:
     started = time.perf_counter()
     masks = {}
     for s in TOY_SUBJECTS:
-        prompts = [f"{class_prompt(s.shape)} on {bg}" for bg in reference_backgrounds(6)]
+        prompts = context_prompts(s, 6)
         masks[s.id] = discover_concept_neurons(model, reference_renders(s, n=6), prompts, params, class_word=s.shape,
                                                progress=False).mask
     discovery_s = time.perf_counter() - started
@@ -53,18 +53,18 @@ def run(model, overrides: dict, *, n: int, seed0: int) -> dict:
                         masks=[mask] * n, word_masks=[words] * n)
         return [judge(im) for im in images]
 
-    single = {s.id: np.mean([looks_like(v, s) for v in judged(class_prompt(s.shape), [s])]) for s in TOY_SUBJECTS}
+    single = {s.id: np.mean([v.shows(s) for v in judged(class_prompt(s.shape), [s])]) for s in TOY_SUBJECTS}
     context = {
-        s.id: np.mean([looks_like(v, s) and v.background == bg for bg in ("snow", "night")
+        s.id: np.mean([v.shows(s) and v.background == bg for bg in ("snow", "night")
                        for v in judged(f"{class_prompt(s.shape)} on {bg}", [s])])
         for s in TOY_SUBJECTS
     }
     pairs = {}
     for a, b in itertools.permutations(TOY_SUBJECTS, 2):
         verdicts = judged(subjects_phrase([a.shape, b.shape]), [a, b])
-        pairs[f"{a.id}+{b.id}"] = [float(np.mean([looks_like(v, a) and looks_like(v, b) for v in verdicts])),
-                                   float(np.mean([looks_like(v, a) for v in verdicts])),
-                                   float(np.mean([looks_like(v, b) for v in verdicts]))]
+        pairs[f"{a.id}+{b.id}"] = [float(np.mean([v.shows(a) and v.shows(b) for v in verdicts])),
+                                   float(np.mean([v.shows(a) for v in verdicts])),
+                                   float(np.mean([v.shows(b) for v in verdicts]))]
     return {
         "overrides": overrides, "n": n, "single": float(np.mean(list(single.values()))),
         "context": float(np.mean(list(context.values()))), "pair_both": float(np.mean([p[0] for p in pairs.values()])),

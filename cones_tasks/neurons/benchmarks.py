@@ -92,7 +92,7 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
     """Seconds (min over repeats) of one Cones score step vs one K/V fine-tuning step, interleaved (same UNet, same batch).
 
     `profile` > 0 adds each step's top operators by self time (device time on a GPU) under torch.profiler, so a
-    gap between the two steps can be traced to its operators (the H100's 10 ms, docs/gpu-h100.md)."""
+    gap between the two steps can be traced to its operators (the H100's 10 ms, docs/research/gpu-h100.md)."""
     from diffusers import DDPMScheduler
 
     first = next(unet.parameters())

@@ -201,9 +201,9 @@ def _reference_prompts(subject, mode: str, n: int) -> str | list[str]:
     """Discovery's conditioning for `subject`'s n references (ValidateParams.prompt_modes)."""
     if mode == "class":
         return _class_prompt(subject.shape)
-    from cones_tasks.toyworld.subjects import reference_backgrounds
+    from cones_tasks.toyworld.subjects import context_prompts
 
-    return [f"{_class_prompt(subject.shape)} on {background}" for background in reference_backgrounds(n)]
+    return context_prompts(subject, n)
 
 
 def _with_scenes(subject, images, prompts, params: ValidateParams):
@@ -218,10 +218,6 @@ def _with_scenes(subject, images, prompts, params: ValidateParams):
 def _spread(items: Sequence, n: int) -> list:
     """n items, cycling through `items` so each gets n // len(items) or one more."""
     return [items[i % len(items)] for i in range(n)]
-
-
-def _is(verdict, subject) -> bool:
-    return not verdict.unreadable and verdict.has(shape=subject.shape, color=subject.color, pattern=subject.pattern)
 
 
 def _spelled_out(subject) -> str:
@@ -240,7 +236,7 @@ def _single(sampler, subjects, masks, space, strategy, *, n: int, seed: int, spe
     chosen = _spread(list(subjects), n)
     prompts = [_spelled_out(s) if spelled_out else _class_prompt(s.shape) for s in chosen]
     verdicts = sampler.run(prompts, [_applied(strategy, masks, [s]) for s in chosen], space, seed=seed, tag=1)
-    return float(np.mean([_is(v, s) for v, s in zip(verdicts, chosen)]))
+    return float(np.mean([v.shows(s) for v, s in zip(verdicts, chosen)]))
 
 
 def _context(sampler, subjects, masks, space, strategy, *, n: int, seed: int) -> dict[str, float]:
@@ -249,7 +245,7 @@ def _context(sampler, subjects, masks, space, strategy, *, n: int, seed: int) ->
     pairs = _spread(list(itertools.product(subjects, BACKGROUNDS)), n)
     prompts = [f"{_class_prompt(s.shape)} on {bg}" for s, bg in pairs]
     verdicts = sampler.run(prompts, [_applied(strategy, masks, [s]) for s, _ in pairs], space, seed=seed, tag=2)
-    hits = [_is(v, s) and v.background == bg for v, (s, bg) in zip(verdicts, pairs)]
+    hits = [v.shows(s) and v.background == bg for v, (s, bg) in zip(verdicts, pairs)]
     backgrounds = [not v.unreadable and v.background == bg for v, (_, bg) in zip(verdicts, pairs)]
     return {"context": float(np.mean(hits)), "context_background_kept": float(np.mean(backgrounds))}
 
@@ -296,7 +292,7 @@ def _multi(sampler, subjects, masks, space, strategy, *, k: int, n: int, seed: i
         prompts = [subjects_phrase([s.shape for s in combo]) for combo in named]
         applied = [(unions[c], []) if unions else _applied(strategy, masks, combo) for c, combo in zip(combos, named)]
     verdicts = sampler.run(prompts, applied, space, seed=seed, tag=10 + k + (50 if reverse else 0))
-    present = [[_is(v, s) for s in combo] for v, combo in zip(verdicts, named)]
+    present = [[v.shows(s) for s in combo] for v, combo in zip(verdicts, named)]
     looks = [
         not v.unreadable and v.has(shape=b.shape, color=a.color, pattern=a.pattern)
         for v, combo in zip(verdicts, named) for a in combo for b in combo if a.shape != b.shape

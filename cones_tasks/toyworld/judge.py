@@ -55,6 +55,12 @@ class Judgement:
             for o in self.objects
         )
 
+    def shows(self, subject, *, on: str | None = None) -> bool:
+        """True when the image is readable and an object wears `subject`'s colour and pattern, in the
+        subject's own shape, or in shape `on` (another class's object wearing the subject's look: cross-talk).
+        `subject` is anything with shape, color and pattern (toyworld.subjects.ToySubject)."""
+        return not self.unreadable and self.has(shape=on or subject.shape, color=subject.color, pattern=subject.pattern)
+
 
 def _components(mask: np.ndarray) -> list[np.ndarray]:
     """8-connected components of a boolean [H, W] mask, each as an [n, 2] array of (row, col)."""

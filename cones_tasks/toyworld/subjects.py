@@ -57,6 +57,14 @@ def reference_backgrounds(n: int) -> list[str]:
     return [backgrounds[i % len(backgrounds)] for i in range(n)]
 
 
+def context_prompts(subject: ToySubject, n: int) -> list[str]:
+    """One prompt per reference render, naming its background ("a triangle on snow"): discovery
+    conditioned this way leaves the background to the words, not to the mask (docs/research/validate-runs.md)."""
+    from cones_tasks.toyworld.captions import class_prompt
+
+    return [f"{class_prompt(subject.shape)} on {background}" for background in reference_backgrounds(n)]
+
+
 def reference_renders(subject: ToySubject, *, n: int = 6, seed: int = 0) -> np.ndarray:
     """uint8 [n, H, W, 3]: the subject alone, varied position and size, on reference_backgrounds(n)."""
     rng = np.random.default_rng([seed, *map(ord, subject.id)])

@@ -160,7 +160,7 @@ def train_toy_model(out: str | Path, params: TrainModelParams = TrainModelParams
         # On a GPU this process only feeds the card. Torch's default of one CPU thread per core,
         # in each training process beside the render workers, oversubscribed the CPUs: 3.3 steps/s
         # at batch 512 on an H100, ~10 at batch 128 with one thread, where two runs side by side
-        # kept ~10 each, so a run is bound by its own launch overhead (docs/gpu-h100.md).
+        # kept ~10 each, so a run is bound by its own launch overhead (docs/research/gpu-h100.md).
         torch.set_num_threads(1)
     try:
         return _train(Path(out), params, progress)

@@ -114,7 +114,7 @@ def test_toy_clip_conversion_refuses_a_folder_without_its_config(tmp_path):
 
 def test_binding_probe_reads_context_only_where_attention_carries_it():
     """The probe is at chance when attention is cut (each token only its own word), and the toy-CLIP
-    tower binds both objects' colours (docs/gpu-h100.md: the shipped random encoder loses the second)."""
+    tower binds both objects' colours (docs/research/gpu-h100.md: the shipped random encoder loses the second)."""
     from cones_tasks.toyworld.assets import toy_clip_weights
     from cones_tasks.toyworld.clip_text_encoder import text_encoder_from_toy_clip
     from cones_tasks.toyworld.text_probe import probe_binding

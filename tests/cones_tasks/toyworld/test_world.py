@@ -139,3 +139,21 @@ def test_scene_references_show_the_subject_beside_another_object_named_in_order(
         assert caption.startswith(f"a {subject.shape} and ") == (i % 2 == 0)
     again, _ = scene_references(subject, n=6, seed=0)
     assert (again == images).all()  # seeded
+
+
+def test_judgement_shows_a_subject_in_its_shape_or_carried_onto_another_class():
+    from cones_tasks.toyworld.render import place_objects
+    from cones_tasks.toyworld.world import Scene
+
+    yellow = ToySubject("triangle", "yellow", "striped")
+    # A striped yellow square beside a plain green circle: the triangle subject's look, on a square.
+    objects = place_objects(np.random.default_rng(3), [("square", "yellow", "striped"), ("circle", "green", "plain")],
+                            order="left-to-right")
+    verdict = judge(render(Scene("snow", objects)))
+    assert not verdict.unreadable
+    assert not verdict.shows(yellow)  # no triangle drawn
+    assert verdict.shows(yellow, on="square")  # its colour and pattern on the square
+    assert not verdict.shows(yellow, on="circle")
+    assert verdict.shows(ToySubject("circle", "green", "plain"))
+    noise = np.random.default_rng(0).integers(0, 256, size=(RESOLUTION, RESOLUTION, 3), dtype=np.uint8)
+    assert not judge(noise).shows(yellow)

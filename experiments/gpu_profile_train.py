@@ -1,9 +1,9 @@
-"""Profile a short toy-model training run: where does a step's time go? (docs/gpu-h100.md)
+"""Profile a short toy-model training run: where does a step's time go? (docs/research/gpu-h100.md)
 
 The first H100 lease trained at 3.3 steps/s per process, the second at ~10 (batch 128, one torch
-thread), where tens were expected. docs/gpu-session.sh runs it alone on the card, as:
+thread), where tens were expected. experiments/gpu_session.sh runs it alone on the card, as:
 
-    python3 docs/gpu-profile-train.py --device cuda --batch-size 128 --workers 5 --steps 40 --timed-steps 200
+    python3 experiments/gpu_profile_train.py --device cuda --batch-size 128 --workers 5 --steps 40 --timed-steps 200
 
 It prints the wall rate and the top operators by self CPU and self device time. A data-bound
 loop shows up as time in the DataLoader's `__next__`; a launch-bound one as many small kernels
@@ -16,7 +16,6 @@ import argparse
 import tempfile
 import time
 
-import torch
 from torch.profiler import ProfilerActivity, profile
 
 from cones_tasks.toyworld.train_model import TrainModelParams, train_toy_model
@@ -36,7 +35,7 @@ def main() -> None:
         return TrainModelParams(steps=steps, batch_size=args.batch_size, workers=args.workers, device=args.device,
                                 text_encoder=args.text_encoder, checkpoint_every=10**9, warmup=1)
 
-    # Unprofiled first: the rate a real run gets (docs/gpu-session.sh sizes its schedule from this line).
+    # Unprofiled first: the rate a real run gets (experiments/gpu_session.sh sizes its schedule from this line).
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         train_toy_model(out, params(args.timed_steps), progress=False)

@@ -1,6 +1,6 @@
-"""Why the union of two subjects' masks draws neither (README, "The paper's claims").
+"""Why the union of two subjects' masks draws neither (docs/research/validate-runs.md, run 4).
 
-    python docs/union-failures.py [MODEL_FOLDER] [--n 24] [--fraction 0.1] [--composed]
+    python -m experiments.union_failures [MODEL_FOLDER] [--n 24] [--fraction 0.1] [--composed]
 
 Discovers the first four toy subjects' masks the way `cones toy validate --prompts context`
 does (10 % of cross-attention K/V, context-matched prompts), then, under each pair's prompt
@@ -30,17 +30,19 @@ from cones_tasks.combinations import subjects_phrase
 from cones_tasks.loading import load_diffusion_model
 from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
 from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.neurons.validate import RECOMMENDED
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 from cones_tasks.toyworld.captions import class_prompt
 from cones_tasks.toyworld.judge import judge
 from cones_tasks.toyworld.render import place_objects, random_attributes, render
-from cones_tasks.toyworld.subjects import TOY_SUBJECTS, reference_backgrounds, reference_renders
+from cones_tasks.toyworld.subjects import (
+    TOY_SUBJECTS,
+    context_prompts,
+    reference_backgrounds,
+    reference_renders,
+)
 from cones_tasks.toyworld.world import Scene
-
-
-def _looks(v, shape, s) -> bool:
-    return v.has(shape=shape, color=s.color, pattern=s.pattern)
 
 
 def tally(images, a, b) -> Counter:
@@ -51,13 +53,13 @@ def tally(images, a, b) -> Counter:
             c["unreadable"] += 1
             continue
         c["two objects"] += len(v.objects) == 2
-        c["A"] += _looks(v, a.shape, a)
-        c["B"] += _looks(v, b.shape, b)
-        c["both"] += _looks(v, a.shape, a) and _looks(v, b.shape, b)
+        c["A"] += v.shows(a)
+        c["B"] += v.shows(b)
+        c["both"] += v.shows(a) and v.shows(b)
         c["A shape"] += v.has(shape=a.shape)
         c["B shape"] += v.has(shape=b.shape)
-        c["A look on B"] += a.shape != b.shape and _looks(v, b.shape, a)
-        c["B look on A"] += a.shape != b.shape and _looks(v, a.shape, b)
+        c["A look on B"] += a.shape != b.shape and v.shows(a, on=b.shape)
+        c["B look on A"] += a.shape != b.shape and v.shows(b, on=a.shape)
     return c
 
 
@@ -75,9 +77,9 @@ def composed_references(subject, partner_shape: str, *, subject_first: bool, n: 
 
 
 def run4_params(fraction: float = 0.1) -> DiscoveryParams:
-    """Validate run 4's chosen candidate (docs/validate-8750steps-context.json, chosen_params) at `fraction`."""
-    return DiscoveryParams(steps=8, batch_size=4, threshold="fraction", threshold_value=fraction, rounds=30,
-                           rho=0.0, prior_weight=0.0, attention="cross")
+    """Validate run 4's chosen candidate (docs/research/validate-8750steps-context.json, chosen_params) at
+    `fraction`: the paper's statistic at every token, which validate still recommends for union composition."""
+    return RECOMMENDED["union"].model_copy(update={"threshold_value": fraction})
 
 
 def discover(model, images, prompts, shape: str, params):
@@ -89,7 +91,7 @@ def context_masks(model, subjects, params) -> dict:
     """{subject id: mask} discovered as `cones toy validate --prompts context` does: one prompt per reference."""
     return {
         s.id: discover(model, reference_renders(s, n=6, seed=0),
-                       [f"{class_prompt(s.shape)} on {bg}" for bg in reference_backgrounds(6)], s.shape, params)
+                       context_prompts(s, 6), s.shape, params)
         for s in subjects
     }
 

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The one prepared script for a lent GPU (issues #3, #4): the SD-1.5-shaped discovery bench, a profile of one
+# The one prepared script for a lent GPU (docs/research/gpu-h100.md): the SD-1.5-shaped discovery bench, a profile of one
 # training process alone on the card, then toy-model variants trained side by side, each judged on the GPU.
 # VARIANTS lists `encoder:object-order` pairs (train-model --text-encoder / --object-order). STEPS=auto sizes the
 # cosine schedule from the timed (unprofiled) rate so that it ends near MINUTES. Runs cut short on an earlier lease resume
 # from .gpu/m-<encoder>-<order>. Run from the repo root with the wheels in .whl (diffusers, open_clip and friends
 # are not on the device image). Dry run on a CPU:
-#   DEV=cpu STEPS=4 BATCH=16 WORKERS=1 MINUTES=1 N=8 BENCH= OUT=/tmp/o bash docs/gpu-session.sh
+#   DEV=cpu STEPS=4 BATCH=16 WORKERS=1 MINUTES=1 N=8 BENCH= OUT=/tmp/o bash experiments/gpu_session.sh
 set -u
 DEV=${DEV:-cuda} STEPS=${STEPS:-auto} BATCH=${BATCH:-128} WORKERS=${WORKERS:-5} MINUTES=${MINUTES:-5} N=${N:-200}
 VARIANTS=${VARIANTS:-"random:reading toy-clip:reading"} BENCH=${BENCH-discovery} PROFILE=${PROFILE:-1}
@@ -33,14 +33,14 @@ done
 cat "$OUT/bench_sd15.jsonl"
 
 rate=""
-if [ "$PROFILE" = 1 ]; then  # where a training step's time goes, alone on the card (docs/gpu-h100.md)
-  timeout 120 python3 docs/gpu-profile-train.py --device "$DEV" --batch-size "$BATCH" --workers "$WORKERS" --steps 40 --timed-steps "${TIMED:-200}" \
+if [ "$PROFILE" = 1 ]; then  # where a training step's time goes, alone on the card (docs/research/gpu-h100.md)
+  timeout 120 python3 experiments/gpu_profile_train.py --device "$DEV" --batch-size "$BATCH" --workers "$WORKERS" --steps 40 --timed-steps "${TIMED:-200}" \
     > "$OUT/profile.txt" 2>&1; head -n 30 "$OUT/profile.txt"
   rate=$(sed -n "s/^unprofiled: .*: \([0-9.]*\) steps\/s$/\1/p" "$OUT/profile.txt")
 fi
 if [ "$STEPS" = auto ]; then
   # A run is bound by its own host time, not the card: on the second lease two runs side by side
-  # each kept 9.8 of one run's 10.75 steps/s (docs/gpu-h100.md). Assumed to hold up to two runs;
+  # each kept 9.8 of one run's 10.75 steps/s (docs/research/gpu-h100.md). Assumed to hold up to two runs;
   # beyond that, the card's share. 0.9: the margin for checkpoints, so the schedule ends in MINUTES.
   STEPS=$(python3 -c "n = len('$VARIANTS'.split()); r = float('${rate:-0}' or 0); print(min(40000, max(1500, int(0.9 * r * min(1, 2 / n) * 60 * $MINUTES))))")
 fi

@@ -1,6 +1,6 @@
-"""Where a toy model's two-object prompts fail (issue #3; README, "Where the toy model stands").
+"""Where a toy model's two-object prompts fail (docs/research/toy-model.md, "Where the toy model stands").
 
-    python docs/pair-failures.py MODEL_FOLDER [--n 96]
+    python experiments/pair_failures.py MODEL_FOLDER [--n 96]
 
 Samples the eval's pair prompts and reads each image back with the judge, then asks:
 - order: with exactly two objects found, is the first-named shape (colour) the left/top one?

@@ -1,11 +1,12 @@
 """Do concept neurons act through their own word? Shut them only at some token positions.
 
-    python docs/union-token-scope.py      (~5 min on 2 cores; output: docs/union-token-scope-8750.txt)
+    python -m experiments.union_token_scope      (from the repo root; ~5 min on 2 cores;
+                                                 output: docs/research/union-token-scope-8750.txt)
 
 An experiment, not the product's masking (cones_tasks/neurons/masks.py shuts a weight for
 every token, as the paper does).
 
-Masks are discovered as in docs/union-failures.py (whole prompt, 10 %, context prompts). At
+Masks are discovered as in experiments/union_failures.py (whole prompt, 10 %, context prompts). At
 sampling, the K/V projections of the conditional half compute the unmasked output and then, for
 each subject, overwrite the rows at that subject's token positions with its masked projection.
 The unconditional half stays unmasked. Scopes:
@@ -13,12 +14,11 @@ The unconditional half stays unmasked. Scopes:
 - "word+after": the class word and every later token up to the next subject's word (the
   causal text encoder carries the word into later states, EOS and padding included).
 """
+from __future__ import annotations
+
 import contextlib
 import itertools
-import sys
 from collections import Counter
-from importlib import import_module
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +29,13 @@ from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 from cones_tasks.toyworld.captions import class_prompt
+from cones_tasks.toyworld.judge import judge
 from cones_tasks.toyworld.subjects import TOY_SUBJECTS
-
-sys.path.insert(0, str(Path(__file__).parent))
-uf = import_module("union-failures")  # run 4's discovery, and the judge's tallies, as there
+from experiments.union_failures import (  # run 4's discovery and tallies, as there
+    context_masks,
+    run4_params,
+    tally,
+)
 
 N = 24
 SCOPES = ("word", "word+after")
@@ -93,7 +96,7 @@ def main() -> None:
     model = load_diffusion_model(TOY_MODEL_DIR)
     space = NeuronSpace.from_unet(model.unet, attention="cross")
     subjects = TOY_SUBJECTS[:4]
-    masks = uf.context_masks(model, subjects, uf.run4_params())
+    masks = context_masks(model, subjects, run4_params())
     print("discovered", flush=True)
 
     def run(prompt, shapes, mask_list, scope):
@@ -105,7 +108,7 @@ def main() -> None:
         hits = 0
         for s in subjects:
             images = run(class_prompt(s.shape), [s.shape], [masks[s.id]], scope)
-            hits += sum(uf._looks(uf.judge(im), s.shape, s) for im in images)
+            hits += sum(judge(im).shows(s) for im in images)
         print(f"single, token-scoped {scope}: {hits}/{N * len(subjects)}", flush=True)
 
     totals = {scope: Counter() for scope in SCOPES}
@@ -114,7 +117,7 @@ def main() -> None:
             continue
         prompt = subjects_phrase([a.shape, b.shape])
         for scope in SCOPES:
-            c = uf.tally(run(prompt, [a.shape, b.shape], [masks[a.id], masks[b.id]], scope), a, b)
+            c = tally(run(prompt, [a.shape, b.shape], [masks[a.id], masks[b.id]], scope), a, b)
             totals[scope].update(c)
             print(f"{a.id} + {b.id} {scope}:", dict(c), flush=True)
     for scope, c in totals.items():
