@@ -43,24 +43,26 @@ class ModelRef(_Frozen):
     """A diffusion model in diffusers folder layout (cones_tasks.loading.load_diffusion_model)."""
 
     path: str = Field(description="folder holding model_index.json, unet/, text_encoder/, tokenizer/, scheduler/")
-    device: str = "cpu"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = Field("cpu", description='torch device the model runs on: "cpu", "cuda", "cuda:1", "mps"')
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="weights and activations; float16 on a GPU halves memory (discovery keeps fp32 scores)"
+    )
     trust_pickle: bool = Field(False, description="allow .bin/.ckpt pickle weights (they can run code)")
 
 
 class ClipRef(_Frozen):
     """An open_clip model and its local weights (no hub access)."""
 
-    model_name: str
-    weights_path: str
-    device: str = "cpu"
+    model_name: str = Field(description='an open_clip model name ("ViT-L-14") or a config registered with open_clip')
+    weights_path: str = Field(description="local weights file (.safetensors; .pt/.bin need trust_pickle)")
+    device: str = Field("cpu", description='torch device the scorer runs on: "cpu", "cuda"')
     trust_pickle: bool = Field(False, description="allow .pt/.bin pickle weights (they can run code)")
 
 
 class SubjectSource(_Frozen):
     """One subject to ingest: its id, its class word (Cones §3: the prompt names the class), and where its photos are."""
 
-    subject_id: str
+    subject_id: str = Field(description="the subject's name in the catalog: letters, digits, '-', '_', '.'")
     class_word: str = Field(min_length=1, description='e.g. "dog"; the toy world uses the shape: "circle"')
     uri: str = Field(description="a folder or any fsspec URI (file://, memory://, s3://) holding the images")
 
@@ -80,9 +82,9 @@ class GenerationGrid(_Frozen):
 
     max_k: int = Field(3, ge=1, description="largest number of subjects in one combination")
     templates: tuple[str, ...] = Field(("{subjects}",), min_length=1, description="prompts with one {subjects} slot")
-    seeds: tuple[int, ...] = Field((0,), min_length=1)
+    seeds: tuple[int, ...] = Field((0,), min_length=1, description="one image per seed for every combination and template")
     steps: int = Field(25, ge=1, description="denoising steps")
-    guidance_scale: float = Field(7.5, ge=0.0)
+    guidance_scale: float = Field(7.5, ge=0.0, description="classifier-free guidance weight (SD's usual 7.5; the toy model: 3)")
     composition: Literal["union", "token"] = Field(
         "token",
         description="how a combination's masks act together: 'token', each subject's mask at its own class word (the "
@@ -107,7 +109,7 @@ class GenerationGrid(_Frozen):
 class ScoringParams(_Frozen):
     clip: ClipRef | None = Field(None, description="open_clip scorer for image and text alignment; None: skip CLIP metrics")
     judge: bool = Field(False, description="toy world only: the judge's per-subject presence")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="images per scorer forward")
     task_batch: int = Field(256, ge=1, description="generations per Prefect task")
 
     @model_validator(mode="after")
@@ -120,7 +122,9 @@ class ScoringParams(_Frozen):
 class RunnerConfig(_Frozen):
     """Where tasks run: threads in this process (default), a Dask cluster, or Ray (docs/pipeline.md, "Fan-out, concurrency, retries")."""
 
-    kind: Literal["threads", "dask", "ray"] = "threads"
+    kind: Literal["threads", "dask", "ray"] = Field(
+        "threads", description="task runner: threads in this process, a Dask cluster (extra 'dask'), or Ray (extra 'ray')"
+    )
     address: str | None = Field(None, description="dask scheduler (tcp://host:8786) or ray address; None: start a local one")
     workers: int | None = Field(None, ge=1, description="threads, or LocalCluster workers when no address is given")
 
@@ -133,13 +137,13 @@ class RunnerConfig(_Frozen):
 
 class _FlowConfig(_Frozen):
     catalog: str = Field(description="catalog URI: a local path, file://, memory:// or s3://")
-    runner: RunnerConfig = RunnerConfig()
+    runner: RunnerConfig = Field(RunnerConfig(), description="where the flow's tasks run")
 
 
 # Not Field(min_length=1): pydantic counts a tuple's items after dropping the invalid ones, so one
 # bad subject id also reported "Tuple should have at least 1 item" — two errors for one problem.
 # This check runs only once every item is valid.
-_AT_LEAST_ONE = Field(json_schema_extra={"minItems": 1})
+_AT_LEAST_ONE = Field(description="the subjects to ingest: one folder or URI each", json_schema_extra={"minItems": 1})
 
 
 def _unique_ids(value: tuple[SubjectSource, ...]) -> tuple[SubjectSource, ...]:
@@ -155,16 +159,16 @@ def _unique_ids(value: tuple[SubjectSource, ...]) -> tuple[SubjectSource, ...]:
 
 class IngestConfig(_FlowConfig):
     subjects: tuple[SubjectSource, ...] = _AT_LEAST_ONE
-    ingest: IngestParams = IngestParams()
+    ingest: IngestParams = Field(IngestParams(), description="what ingest accepts")
 
     _subjects_unique = field_validator("subjects")(_unique_ids)
 
 
 class DiscoverConfig(_FlowConfig):
-    model: ModelRef
+    model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
     subjects: tuple[str, ...] = Field(min_length=1, description="subject ids already in the catalog")
-    discovery: DiscoveryParams = DiscoveryParams()
-    seed: int = 0
+    discovery: DiscoveryParams = Field(DiscoveryParams(), description="how concept neurons are found")
+    seed: int = Field(0, description="discovery seed (noise and timesteps); part of what names a mask")
 
 
 def _composition_fits_discovery(config):
@@ -175,11 +179,11 @@ def _composition_fits_discovery(config):
 
 
 class GenerateConfig(_FlowConfig):
-    model: ModelRef
-    subjects: tuple[str, ...] = Field(min_length=1)
+    model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
+    subjects: tuple[str, ...] = Field(min_length=1, description="subject ids whose masks are in the catalog")
     discovery: DiscoveryParams = Field(DiscoveryParams(), description="which masks to use: those found with these params")
     discovery_seed: int = Field(0, description="… and this discovery seed")
-    grid: GenerationGrid = GenerationGrid()
+    grid: GenerationGrid = Field(GenerationGrid(), description="which images to generate")
 
     _composition = model_validator(mode="after")(_composition_fits_discovery)
 
@@ -187,7 +191,7 @@ class GenerateConfig(_FlowConfig):
 class ScoreConfig(_FlowConfig):
     """Scores every generation (or only `generations`) that this scorer has not scored yet."""
 
-    scoring: ScoringParams
+    scoring: ScoringParams = Field(description="how to score: open_clip, the toy judge, or both")
     generations: tuple[str, ...] | None = Field(None, description="generation ids; None: all unscored")
 
 
@@ -215,21 +219,21 @@ class CompactConfig(_Frozen):
     """`compact-catalog`: which tables (empty: all) and how long replaced files stay for readers."""
 
     catalog: str = Field(description="catalog URI: a local path, file://, memory:// or s3://")
-    tables: tuple[str, ...] = ()
+    tables: tuple[str, ...] = Field((), description="table names to compact; empty: every table")
     grace_s: float = Field(3600.0, ge=0.0, description="seconds replaced files stay readable for open snapshots")
 
 
 class CustomizeConfig(_FlowConfig):
     """The whole run: ingest → discover → generate → score → report."""
 
-    model: ModelRef
+    model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
     subjects: tuple[SubjectSource, ...] = _AT_LEAST_ONE
-    ingest: IngestParams = IngestParams()
-    discovery: DiscoveryParams = DiscoveryParams()
-    seed: int = 0
-    grid: GenerationGrid = GenerationGrid()
-    scoring: ScoringParams | None = None
-    report: bool = True
+    ingest: IngestParams = Field(IngestParams(), description="what ingest accepts")
+    discovery: DiscoveryParams = Field(DiscoveryParams(), description="how concept neurons are found")
+    seed: int = Field(0, description="discovery seed (noise and timesteps); part of what names a mask")
+    grid: GenerationGrid = Field(GenerationGrid(), description="which images to generate")
+    scoring: ScoringParams | None = Field(None, description="how to score the generations; None: no scoring")
+    report: bool = Field(True, description="write the static HTML report into the catalog")
     report_top: int | None = Field(200, ge=1, description="image grids for the best N combinations (None: all)")
 
     _composition = model_validator(mode="after")(_composition_fits_discovery)
