@@ -1,8 +1,14 @@
-"""A static HTML report of a customization run (docs/pipeline.md).
+"""A static HTML report of a customization run (docs/pipeline.md, "Results").
 
 One self-contained file: images and plots are embedded as `data:` URIs, so the report opens
-offline, from any store, with no server and no sibling files. One image grid per subject
-combination (one figure per seed), ranked by score, plus matplotlib plots of the scores.
+offline, from any store, with no server and no sibling files. At the top: the run's summary,
+its settings (composition strategy, discovery, generation), each subject's reference photos
+once, and matplotlib plots of the scores; then one image grid per subject combination (one
+figure per seed), ranked by score.
+
+Size: images go in as thumbnails (`thumbnail`: at most THUMB_SIDE px, re-encoded when larger
+than THUMB_BYTES), and grids only for the best `max_shown` combinations, so the page grows with
+`max_shown`, not with the run (a bound measured by tests/flows/test_report_browser.py).
 
 Matplotlib is used through `matplotlib.figure.Figure`, not pyplot: no global backend state,
 safe in worker threads, nothing configured at import time.
@@ -20,6 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
+THUMB_SIDE = 128  # px: the size the page shows every image at
+THUMB_BYTES = 8 * 1024  # an image this small and no wider than THUMB_SIDE goes in as stored (toy renders: ~0.5 KB)
+REFERENCES_SHOWN = 8  # reference photos per subject at the top
+
+
 @dataclass(frozen=True)
 class ReportEntry:
     """One subject combination and prompt: its images (one per seed) and mean scores per metric."""
@@ -31,19 +42,51 @@ class ReportEntry:
     scores: Mapping[str, float] = field(default_factory=dict)  # metric → mean over seeds
 
 
+@dataclass(frozen=True)
+class ReferencePhoto:
+    """One photo a subject was handed in with; `caption` for a scene photo (docs/composition.md)."""
+
+    image: bytes | None  # PNG (or JPEG) bytes as stored; None: not read (past the first REFERENCES_SHOWN)
+    caption: str | None = None
+
+
+def thumbnail(image: bytes, *, max_side: int = THUMB_SIDE, max_bytes: int = THUMB_BYTES) -> tuple[str, bytes]:
+    """(MIME type, bytes) of `image` for the page: as stored when it is small, else a JPEG of at most `max_side` px.
+
+    Never upscales: a 16 px toy render stays 16 px (the page scales it up without smoothing).
+    """
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as im:
+        if max(im.size) <= max_side and len(image) <= max_bytes and im.format in ("PNG", "JPEG"):
+            return f"image/{im.format.lower()}", image
+        small = im.convert("RGB")
+    small.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80, optimize=True)
+    return "image/jpeg", buffer.getvalue()
+
+
 def rank_entries(entries: Sequence[ReportEntry], *, metric: str) -> list[ReportEntry]:
     """Best first by `metric`; entries without it go last (stable for ties)."""
     return sorted(entries, key=lambda e: (metric not in e.scores, -e.scores.get(metric, 0.0)))
 
 
 def score_plots(entries: Sequence[ReportEntry]) -> list[tuple[str, bytes]]:
-    """PNG plots: mean of each metric by number of subjects, and each metric's distribution."""
+    """(title, PNG) of each plot of `score_figures`."""
+    return [(name, _figure_png(fig)) for name, fig in score_figures(entries)]
+
+
+def score_figures(entries: Sequence[ReportEntry]) -> list[tuple[str, object]]:
+    """(title, matplotlib Figure): mean of each metric by number of subjects, and each metric's distribution.
+
+    The title is printed once, by the page's caption under the plot, not inside the image too."""
     from matplotlib.figure import Figure
 
     metrics = sorted({m for e in entries for m in e.scores})
     if not metrics:
         return []
-    plots: list[tuple[str, bytes]] = []
+    plots: list[tuple[str, object]] = []
 
     by_k: dict[str, dict[int, list[float]]] = {m: defaultdict(list) for m in metrics}
     for entry in entries:
@@ -57,10 +100,9 @@ def score_plots(entries: Sequence[ReportEntry]) -> list[tuple[str, bytes]]:
         ax.set_xticks(ks)
     ax.set_xlabel("subjects in the combination")
     ax.set_ylabel("mean score")
-    ax.set_title("Score by number of subjects")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8)  # no axes title: the page's caption names the plot
     fig.tight_layout()
-    plots.append(("Score by number of subjects", _figure_png(fig)))
+    plots.append(("Score by number of subjects", fig))
 
     fig = Figure(figsize=(3.2 * len(metrics), 3), dpi=100)
     for i, metric in enumerate(metrics):
@@ -70,7 +112,7 @@ def score_plots(entries: Sequence[ReportEntry]) -> list[tuple[str, bytes]]:
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("score")
     fig.tight_layout()
-    plots.append(("Score distributions", _figure_png(fig)))
+    plots.append(("Score distributions", fig))
     return plots
 
 
@@ -81,9 +123,15 @@ def render_report(
     summary: Mapping[str, object],
     rank_by: str | None = None,
     max_shown: int | None = None,
+    settings: Mapping[str, Mapping[str, object]] | None = None,
+    references: Mapping[str, Sequence[ReferencePhoto]] | None = None,
 ) -> str:
     """The whole report as one HTML string (UTF-8, no external references).
 
+    `settings`: section name → setting → value (the composition strategy, the discovery and
+    generation parameters), shown under the summary. `references`: subject → the photos it was
+    handed in with, shown once at the top (the first REFERENCES_SHOWN of each) so the generated
+    images below can be compared with them.
     `max_shown`: image grids for the first N entries only (after ranking); the plots still
     cover every entry. A run over thousands of combinations would otherwise be a report of
     tens of thousands of inline images that no browser opens.
@@ -102,12 +150,42 @@ def render_report(
         '<table class="summary">',
         *(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in summary.items()),
         "</table>",
-        '<section class="plots">',
+    ]
+    if settings:
+        parts.append('<section class="settings"><h2>Settings</h2>')
+        for section, values in settings.items():
+            parts += [
+                f'<table class="setting" data-section="{esc(section)}"><caption>{esc(section)}</caption>',
+                *(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in values.items()),
+                "</table>",
+            ]
+        parts.append("</section>")
+    if references:
+        parts.append('<section class="references"><h2>Reference photos</h2>')
+        for subject, photos in references.items():
+            scenes = sum(p.caption is not None for p in photos)
+            count = f"{len(photos) - scenes} photos" + (f" and {scenes} scene photos" if scenes else "")
+            if len(photos) > REFERENCES_SHOWN:
+                count += f", the first {REFERENCES_SHOWN} shown"
+            parts += [
+                f'<div class="subject" data-subject="{esc(subject)}"><h3>{esc(subject)} <small>({count})</small></h3>',
+                '<div class="image-grid">',
+                *(
+                    f'<figure><img alt="{esc(p.caption or subject)}" src="{_data_uri(p.image)}">'
+                    f"<figcaption>{esc(p.caption or 'alone')}</figcaption></figure>"
+                    for p in photos[:REFERENCES_SHOWN]
+                    if p.image is not None
+                ),
+                "</div></div>",
+            ]
+        parts.append("</section>")
+    parts += [
+        '<section class="plots"><h2>Scores</h2><div class="plot-row">',
         *(
-            f'<figure class="plot"><img alt="{esc(name)}" src="{_data_uri(png)}"><figcaption>{esc(name)}</figcaption></figure>'
+            f'<figure class="plot"><img alt="{esc(name)}" src="data:image/png;base64,{_b64(png)}"><figcaption>{esc(name)}</figcaption></figure>'
             for name, png in score_plots(entries)
         ),
-        "</section>",
+        "</div></section>",
         f"<h2>Combinations ({len(entries)})</h2>"
         if len(shown) == len(entries)
         else f"<h2>Combinations (the best {len(shown)} of {len(entries)})</h2>",
@@ -126,6 +204,11 @@ def render_report(
             ),
             "</div></section>",
         ]
+    if len(shown) < len(entries):
+        parts.append(
+            f'<p class="rest">{len(entries) - len(shown)} more combinations are in the catalog: the leaderboard '
+            "artifact ranks them all, and <code>cones sql</code> or <code>cones export</code> reads them.</p>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -134,8 +217,14 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def _data_uri(image: bytes) -> str:
+    """A photo or generated image, as its thumbnail."""
+    mime, data = thumbnail(image)
+    return f"data:{mime};base64,{_b64(data)}"
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _figure_png(fig) -> bytes:
@@ -147,8 +236,12 @@ def _figure_png(fig) -> bytes:
 # Toy images are 16 px: scale them up without smoothing so the pixels stay readable.
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
-table.summary th{text-align:left;padding-right:1em}
-.plots{display:flex;flex-wrap:wrap;gap:1em}
+table.summary th,table.setting th{text-align:left;padding-right:1em;font-weight:600}
+.settings{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}.settings h2{width:100%;margin-bottom:0}
+table.setting{font-size:.85em}table.setting caption{text-align:left;font-weight:bold;padding:.3em 0}
+.references .subject h3{margin:.6em 0 .2em}.references small{color:#666;font-weight:normal}
+.plot-row{display:flex;flex-wrap:wrap;gap:1em}.plot{margin:0}.plot figcaption{text-align:center;font-weight:600}
+.rest{color:#555;border-top:1px solid #ddd;padding-top:.5em}
 .combination{border-top:1px solid #ddd;padding:.5em 0}
 .combination h3{margin:.2em 0}.prompt{font-style:italic;margin:.2em 0}.scores{color:#555;margin:.2em 0}
 .image-grid{display:flex;flex-wrap:wrap;gap:.5em}

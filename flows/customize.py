@@ -14,10 +14,10 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from catalog import load_catalog
-from catalog.pipeline import list_generations, mean_scores
+from catalog.pipeline import list_generations, mean_scores, subject_image_captions, subject_image_uris
 from cones_tasks import generation_scores as gs
 from cones_tasks.config import CustomizeConfig
-from cones_tasks.report import ReportEntry, render_report
+from cones_tasks.report import REFERENCES_SHOWN, ReferencePhoto, ReportEntry, render_report
 from flows._runtime import TASK_OPTIONS
 from flows.discover_concepts import discover_concepts
 from flows.generate_combinations import generate_combinations
@@ -26,10 +26,17 @@ from flows.score_generations import publish_leaderboard, score_generations
 
 
 @task(name="write-report", **TASK_OPTIONS)
-def write_report(catalog_uri: str, generation_ids: list[str], summary: dict[str, Any], top: int | None) -> str:
+def write_report(
+    catalog_uri: str,
+    generation_ids: list[str],
+    summary: dict[str, Any],
+    top: int | None,
+    settings: dict[str, dict[str, Any]] | None = None,
+) -> str:
     """Render the HTML report of these generations and store it in the catalog; returns its URI.
 
-    Images are read only for the `top` best combinations (combination_scores ranks best first)."""
+    Images are read only for the `top` best combinations (combination_scores ranks best first),
+    and each subject's first reference photos for the top of the page."""
     catalog = load_catalog(catalog_uri)
     rows = list_generations(catalog, generation_ids)
     combos = gs.combination_scores(rows, mean_scores(catalog, generation_ids))
@@ -44,9 +51,47 @@ def write_report(catalog_uri: str, generation_ids: list[str], summary: dict[str,
         )
         for rank, c in enumerate(combos)
     ]
+    subjects = sorted({s for r in rows for s in r.subjects})
     html = render_report(entries, title="Cones customization run", summary={**summary, "combinations": len(entries)},
-                         max_shown=top)
+                         max_shown=top, settings=settings, references=_reference_photos(catalog, subjects))
     return catalog.put_bytes(html.encode("utf-8"), suffix=".html")
+
+
+def _reference_photos(catalog, subjects: list[str]) -> dict[str, list[ReferencePhoto]]:
+    """Each subject's photos as handed in: those of it alone first, then the captioned scene photos;
+    only the first REFERENCES_SHOWN of each are read from the store."""
+    out = {}
+    for subject in subjects:
+        captions = subject_image_captions(catalog, subject)
+        uris = sorted(subject_image_uris(catalog, subject), key=lambda u: u in captions)  # stable: alone first
+        out[subject] = [
+            ReferencePhoto(catalog.get_bytes(u) if i < REFERENCES_SHOWN else None, captions.get(u))
+            for i, u in enumerate(uris)
+        ]
+    return out
+
+
+def run_settings(config: CustomizeConfig) -> dict[str, dict[str, Any]]:
+    """What the report shows of how the images were made: composition, discovery and generation settings."""
+    grid = config.grid
+    return {
+        "composition": {"strategy": grid.composition, "what it does": COMPOSITION_MEANING[grid.composition]},
+        "discovery": {**config.discovery.model_dump(), "seed": config.seed},
+        "generation": {
+            "subjects per combination": f"1–{grid.max_k}",
+            "prompts": " | ".join(grid.templates),
+            "seeds": ", ".join(map(str, grid.seeds)),
+            "steps": grid.steps,
+            "guidance scale": grid.guidance_scale,
+        },
+    }
+
+
+# docs/composition.md
+COMPOSITION_MEANING = {
+    "token": "each subject's concept neurons shut only at its own class word in the prompt",
+    "union": "the union of the subjects' concept neurons shut at every prompt token (Cones §3.3)",
+}
 
 
 @flow(name="customize")
@@ -77,11 +122,9 @@ def customize(config: CustomizeConfig) -> dict[str, Any]:
             "generations": len(generation_ids),
             "generated in this run": generated["new"],
             "model": config.model.path,
-            "composition": config.grid.composition,
-            "discovery": ", ".join(f"{k}={v}" for k, v in config.discovery.model_dump().items()),
             "wall time before report (s)": round(time.perf_counter() - started, 1),
         }
-        result["report_uri"] = write_report(config.catalog, generation_ids, summary, config.report_top)
+        result["report_uri"] = write_report(config.catalog, generation_ids, summary, config.report_top, run_settings(config))
     create_markdown_artifact(
         key="customize-summary",
         markdown=(

@@ -8,7 +8,7 @@ from bs4 import BeautifulSoup
 from PIL import Image
 
 from cones_tasks.combinations import enumerate_combinations
-from cones_tasks.report import ReportEntry, render_report
+from cones_tasks.report import REFERENCES_SHOWN, ReferencePhoto, ReportEntry, render_report, score_figures, thumbnail
 
 
 def _png(value: int) -> bytes:
@@ -74,5 +74,54 @@ def test_max_shown_keeps_the_best_grids_and_plots_every_entry():
     sections = soup.select("section.combination")
     best = sorted(entries, key=lambda e: -e.scores["image_alignment"])[:5]
     assert [s["data-combination"] for s in sections] == [e.combination_key for e in best]
-    assert "the best 5 of 28" in soup.find("h2").text
+    assert "the best 5 of 28" in soup.select("h2")[-1].text
+    assert "23 more combinations" in soup.select_one("p.rest").text
     assert len(soup.select("section.plots img")) == 2
+
+
+def _photo(side: int, seed: int) -> bytes:
+    """A photo-like PNG: smooth colour with grain (PNG cannot squeeze grain, so it stays large)."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 200, side)[None, :, None] + rng.integers(0, 50, (1, 1, 3))
+    pixels = np.clip(ramp + rng.normal(0, 6, (side, side, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_large_images_go_in_as_small_thumbnails_and_toy_renders_as_stored():
+    toy = _png(7)
+    assert thumbnail(toy) == ("image/png", toy)  # 16 px, a few hundred bytes: as stored, never upscaled
+    big = _photo(512, 0)
+    mime, small = thumbnail(big)
+    assert mime == "image/jpeg" and max(Image.open(io.BytesIO(small)).size) == 128
+    assert len(small) < len(big) / 20, (len(small), len(big))
+
+
+def test_references_once_at_the_top_settings_and_each_plot_titled_once():
+    entries = _entries()
+    references = {
+        "a-circle": [ReferencePhoto(_png(1)), ReferencePhoto(_png(2), caption="a circle beside a square")],
+        "b-square": [ReferencePhoto(_png(i)) for i in range(REFERENCES_SHOWN)] + [ReferencePhoto(None)] * 3,
+    }
+    settings = {"composition": {"strategy": "token"}, "discovery": {"objective": "fit", "steps": 20}}
+    soup = BeautifulSoup(
+        render_report(entries, title="t", summary={}, settings=settings, references=references), "html.parser"
+    )
+    # reference photos: one block per subject, before the plots and the combinations
+    blocks = soup.select("section.references div.subject")
+    assert [b["data-subject"] for b in blocks] == ["a-circle", "b-square"]
+    assert len(blocks[0].find_all("img")) == 2 and "1 photos and 1 scene photos" in blocks[0].h3.text
+    assert [f.text for f in blocks[0].find_all("figcaption")] == ["alone", "a circle beside a square"]
+    assert len(blocks[1].find_all("img")) == REFERENCES_SHOWN and f"the first {REFERENCES_SHOWN} shown" in blocks[1].h3.text
+    order = [s.get("class", [None])[0] for s in soup.body.find_all("section", recursive=False)]
+    assert order.index("references") < order.index("plots") < order.index("combination")
+    # settings: one table per part, every value shown
+    tables = {t["data-section"]: {r.th.text: r.td.text for r in t.find_all("tr")} for t in soup.select("table.setting")}
+    assert tables == {"composition": {"strategy": "token"}, "discovery": {"objective": "fit", "steps": "20"}}
+    # each plot's title is printed once, by the page: its caption, not also inside the image
+    captions = [f.text for f in soup.select("section.plots figcaption")]
+    assert captions == ["Score by number of subjects", "Score distributions"]
+    for _, fig in score_figures(entries):
+        assert fig.get_suptitle() == "" and all(ax.get_title() not in captions for ax in fig.axes)
+
