@@ -1,0 +1,85 @@
+"""`cones config schema|example|docs`: what they print is what `cones run` accepts, and docs/config.md is current."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cones_cli.app import app
+from cones_cli.config_cmds import config_class, reachable_models, render_reference
+from cones_cli.flow_cmds import FLOWS, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+FLOW_NAMES = list(FLOWS)
+
+
+def _cli(*args: str):
+    result = CliRunner().invoke(app, list(args))
+    return result
+
+
+def test_every_field_of_every_config_model_has_a_description():
+    missing = []
+    for flow in FLOW_NAMES:
+        for model in reachable_models(config_class(flow)):
+            missing += [f"{model.__name__}.{key}" for key, field in model.model_fields.items()
+                        if not (field.description or "").strip()]
+    assert not missing, f"fields without a description (Field(description=...)): {sorted(set(missing))}"
+
+
+def test_reachable_models_finds_parts_behind_optional_and_tuples():
+    names = {m.__name__ for m in reachable_models(config_class("customize"))}
+    # ClipRef only through `scoring: ScoringParams | None` -> `clip: ClipRef | None`; SubjectSource through a tuple.
+    assert {"ClipRef", "ScoringParams", "SubjectSource", "DiscoveryParams", "GenerationGrid", "RunnerConfig"} <= names
+
+
+def test_docs_config_md_is_current():
+    committed = (REPO / "docs" / "config.md").read_text()
+    assert committed == render_reference(), "docs/config.md is stale: run `cones config docs > docs/config.md`"
+
+
+@pytest.mark.parametrize("flow", FLOW_NAMES)
+def test_example_is_a_config_cones_run_accepts(flow, tmp_path):
+    result = _cli("config", "example", flow)
+    assert result.exit_code == 0, result.output
+    assert result.output.count("\n# ") >= 2  # commented: each key's description above it
+    path = tmp_path / "run.yaml"
+    path.write_text(result.output)
+    config = load_config(path, FLOWS[flow][2])  # the loader `cones run` uses
+    assert type(config).__name__ == FLOWS[flow][2]
+    # Every key left out is optional, and is listed (commented out) with its default.
+    data = yaml.safe_load(result.output)
+    for key, field in type(config).model_fields.items():
+        assert key in data or (not field.is_required() and f"\n# {key}: " in result.output), key
+
+
+def test_customize_example_names_sd_and_clip_and_its_comments_match_the_models():
+    out = _cli("config", "example", "customize").output
+    data = yaml.safe_load(out)
+    assert data["model"]["path"].endswith("stable-diffusion-v1-5")
+    assert data["scoring"]["clip"]["model_name"] == "ViT-L-14"
+    from cones_tasks.config import ModelRef
+
+    assert f"# {ModelRef.model_fields['path'].description}" in out
+
+
+def test_schema_is_the_models_json_schema():
+    result = _cli("config", "schema", "customize")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.output)
+    assert set(schema["required"]) == {"catalog", "model", "subjects"}
+    assert schema["additionalProperties"] is False  # misspelt keys are refused, and the schema says so
+    assert "stable" not in result.output.lower()  # a schema, not an example
+    discovery = schema["$defs"]["DiscoveryParams"]["properties"]
+    assert discovery["threshold"]["enum"] == ["tau", "fraction", "top_k"]
+    for flow in FLOW_NAMES:
+        assert json.loads(_cli("config", "schema", flow).output)["title"] == FLOWS[flow][2]
+
+
+def test_unknown_flow_is_refused_with_the_choices():
+    result = _cli("config", "example", "custom")
+    assert result.exit_code == 2 and "customize" in result.output
