@@ -15,6 +15,8 @@ _IGNORED = {".DS_Store", "Thumbs.db", "desktop.ini"}
 # Optional, beside the photos: {"file name": "caption"} for photos that show the subject with other things
 # (docs/composition.md, "Scene photos").
 CAPTIONS_FILE = "captions.json"
+# Optional, beside the photos: the subject's class word in one line ("dog"), read by `cones init`.
+CLASS_WORD_FILE = "class_word"
 
 
 class CaptionsFileError(ValueError):
@@ -41,7 +43,7 @@ def list_image_files(uri: str, *, max_files: int = 1000, **storage_options: obje
         raise SourceNotFoundError(f"subject source {uri!r} is a file; point at the folder that holds the images")
     entries = [e for e in fs.ls(root, detail=True) if e.get("type") == "file"]
     files = sorted(
-        (e["name"] for e in entries if e["name"].rsplit("/", 1)[-1] not in _IGNORED | {CAPTIONS_FILE}
+        (e["name"] for e in entries if e["name"].rsplit("/", 1)[-1] not in _IGNORED | {CAPTIONS_FILE, CLASS_WORD_FILE}
          and not e["name"].rsplit("/", 1)[-1].startswith("._")),
     )
     if len(files) > max_files:

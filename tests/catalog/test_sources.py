@@ -10,6 +10,7 @@ def test_local_folder_lists_files_sorted_skipping_os_metadata(tmp_path):
     (tmp_path / "b.png").write_bytes(b"B")
     (tmp_path / "a.jpg").write_bytes(b"A")
     (tmp_path / ".DS_Store").write_bytes(b"junk")
+    (tmp_path / "class_word").write_text("dog\n")  # cones init's note of the class word, not a photo
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "c.png").write_bytes(b"C")
     assert list_image_files(str(tmp_path)) == [("a.jpg", b"A"), ("b.png", b"B")]
