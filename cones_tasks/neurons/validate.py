@@ -36,7 +36,10 @@ from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neur
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
 
-__all__ = ["DEFAULT_CANDIDATES", "RECOMMENDED", "ValidateParams", "validate_toy"]
+__all__ = [
+    "DEFAULT_CANDIDATES", "Generate", "RECOMMENDED", "ValidateParams", "context_line", "crosstalk_line", "line_seeds",
+    "multi_line", "single_line", "validate_toy",
+]
 
 # What validation chose, per strategy (docs/research/composition.md): `token` is the library's default
 # DiscoveryParams; `union` is the paper's statistic at every token, 10 % of the K/V over 30 rounds.
@@ -232,37 +235,102 @@ def _applied(strategy, masks, combo) -> tuple[ConceptMask | None, list]:
     return compose(strategy, [(masks[s.id], s.shape) for s in combo])
 
 
-def _single(sampler, subjects, masks, space, strategy, *, n: int, seed: int, spelled_out: bool = False) -> float:
+# A line asks its prompts and reads the judge's verdicts; *how* an image is made is the method's: a
+# Generate gets the prompts, per image the subjects whose concepts it is made with (in prompt order,
+# () for none) and the line's tag, and returns one verdict per prompt. Cones composes masks
+# (_generator below); the fine-tuning baselines (cones_tasks.baselines.compare) add weight updates.
+Generate = Callable[[list[str], list[tuple], int], list]
+
+
+def single_line(generate: Generate, subjects: Sequence, *, n: int, spelled_out: bool = False) -> float:
+    """Hit rate of the class prompt ("a triangle") with each subject's concept: the subject's shape, colour and
+    pattern drawn. spelled_out: the subject in words and no concept (the ceiling)."""
     chosen = _spread(list(subjects), n)
     prompts = [_spelled_out(s) if spelled_out else _class_prompt(s.shape) for s in chosen]
-    verdicts = sampler.run(prompts, [_applied(strategy, masks, [s]) for s in chosen], space, seed=seed, tag=1)
+    verdicts = generate(prompts, [() if spelled_out else (s,) for s in chosen], 1)
     return float(np.mean([v.shows(s) for v, s in zip(verdicts, chosen)]))
 
 
-def _context(sampler, subjects, masks, space, strategy, *, n: int, seed: int) -> dict[str, float]:
+def context_line(generate: Generate, subjects: Sequence, *, n: int) -> dict[str, float]:
+    """"a triangle on snow" with the subject's concept: the subject AND the asked background."""
     from cones_tasks.toyworld.world import BACKGROUNDS
 
     pairs = _spread(list(itertools.product(subjects, BACKGROUNDS)), n)
     prompts = [f"{_class_prompt(s.shape)} on {bg}" for s, bg in pairs]
-    verdicts = sampler.run(prompts, [_applied(strategy, masks, [s]) for s, _ in pairs], space, seed=seed, tag=2)
+    verdicts = generate(prompts, [(s,) for s, _ in pairs], 2)
     hits = [v.shows(s) and v.background == bg for v, (s, bg) in zip(verdicts, pairs)]
     backgrounds = [not v.unreadable and v.background == bg for v, (_, bg) in zip(verdicts, pairs)]
     return {"context": float(np.mean(hits)), "context_background_kept": float(np.mean(backgrounds))}
 
 
-def _crosstalk(sampler, subjects, masks, space, strategy, *, n: int, seed: int) -> dict[str, float]:
-    """A's mask under class B's prompt. Under `token` the mask needs its word in the prompt, and B's
-    prompt has none, so nothing is shut: the line then measures that the mask stays out of other
-    classes' prompts, which is what `token` promises."""
+def crosstalk_line(generate: Generate, subjects: Sequence, *, n: int) -> dict[str, float]:
+    """Subject A's concept under class B's prompt (B another shape): how often A's colour+pattern shows up
+    anyway (leak, lower is better), and how often B's shape is still drawn."""
     pairs = [(a, b) for a in subjects for b in subjects if b.shape != a.shape]
     if not pairs:
         return {"crosstalk": float("nan"), "crosstalk_class_kept": float("nan")}
     pairs = _spread(pairs, n)
-    applied = [_applied(strategy, masks, [a]) if strategy == "union" else (None, []) for a, _ in pairs]
-    verdicts = sampler.run([_class_prompt(b.shape) for _, b in pairs], applied, space, seed=seed, tag=3)
+    verdicts = generate([_class_prompt(b.shape) for _, b in pairs], [(a,) for a, _ in pairs], 3)
     leak = [not v.unreadable and v.has(color=a.color, pattern=a.pattern) for v, (a, _) in zip(verdicts, pairs)]
     kept = [not v.unreadable and v.has(shape=b.shape) for v, (_, b) in zip(verdicts, pairs)]
     return {"crosstalk": float(np.mean(leak)), "crosstalk_class_kept": float(np.mean(kept))}
+
+
+def multi_line(generate: Generate, subjects: Sequence, *, k: int, n: int, reverse: bool = False,
+               spelled_out: bool = False) -> dict[str, float]:
+    """k subjects in one prompt ("a triangle and a circle"), named in `subjects` order (or reversed), with the
+    k subjects' concepts: all present, mean per-subject presence, A's look painted on another subject's class.
+    spelled_out: the subjects in words and no concept (the ceiling)."""
+    from cones_tasks.combinations import subjects_phrase
+
+    combos = _spread(list(itertools.combinations(subjects, k)), n)
+    named = [tuple(reversed(c)) if reverse else c for c in combos]
+    if spelled_out:
+        prompts = [" and ".join(_spelled_out(s) for s in combo) for combo in named]
+    else:
+        prompts = [subjects_phrase([s.shape for s in combo]) for combo in named]
+    verdicts = generate(prompts, [() if spelled_out else combo for combo in named], 10 + k + (50 if reverse else 0))
+    present = [[v.shows(s) for s in combo] for v, combo in zip(verdicts, named)]
+    looks = [
+        not v.unreadable and v.has(shape=b.shape, color=a.color, pattern=a.pattern)
+        for v, combo in zip(verdicts, named) for a in combo for b in combo if a.shape != b.shape
+    ]
+    return {
+        "all_present": float(np.mean([all(p) for p in present])),
+        "per_subject": float(np.mean([x for p in present for x in p])),
+        "look_on_other": float(np.mean(looks)) if looks else float("nan"),
+    }
+
+
+def _generator(sampler, masks, space, strategy, seed: int, *, unions: dict | None = None) -> Generate:
+    """Cones' Generate: each image's subjects composed under `strategy` (masks None: no mask; `unions`,
+    combination -> mask, replaces the plain union of the subjects' masks)."""
+
+    def generate(prompts, combos, tag):
+        if unions:
+            applied = [(unions[c] if c in unions else unions[tuple(reversed(c))], []) for c in combos]
+        else:
+            applied = [_applied(strategy, masks, c) for c in combos]
+        return sampler.run(prompts, applied, space, seed=seed, tag=tag)
+
+    return generate
+
+
+def _single(sampler, subjects, masks, space, strategy, *, n: int, seed: int, spelled_out: bool = False) -> float:
+    return single_line(_generator(sampler, masks, space, strategy, seed), subjects, n=n, spelled_out=spelled_out)
+
+
+def _context(sampler, subjects, masks, space, strategy, *, n: int, seed: int) -> dict[str, float]:
+    return context_line(_generator(sampler, masks, space, strategy, seed), subjects, n=n)
+
+
+def _crosstalk(sampler, subjects, masks, space, strategy, *, n: int, seed: int) -> dict[str, float]:
+    """Under `token` the mask needs its word in the prompt, and B's prompt has none, so nothing is shut:
+    the line then measures that the mask stays out of other classes' prompts, which is what `token` promises."""
+    generate = _generator(sampler, masks, space, strategy, seed)
+    if strategy != "union":
+        return crosstalk_line(lambda prompts, combos, tag: generate(prompts, [()] * len(combos), tag), subjects, n=n)
+    return crosstalk_line(generate, subjects, n=n)
 
 
 def _multi_lines(sampler, subjects, masks, space, strategy, sizes, params: ValidateParams, *, n: int, seed: int) -> dict[str, Any]:
@@ -278,30 +346,10 @@ def _multi_lines(sampler, subjects, masks, space, strategy, sizes, params: Valid
 
 def _multi(sampler, subjects, masks, space, strategy, *, k: int, n: int, seed: int, unions: dict | None = None,
            reverse: bool = False) -> dict[str, float]:
-    """k subjects in one prompt ("a triangle and a circle"), named in `subjects` order (or reversed).
-    masks None: the spelled-out prompt, no mask (the ceiling); `unions` (combination -> mask)
+    """masks None: the spelled-out prompt, no mask (the ceiling); `unions` (combination -> mask)
     replaces the plain union of the subjects' masks."""
-    from cones_tasks.combinations import subjects_phrase
-
-    combos = _spread(list(itertools.combinations(subjects, k)), n)
-    named = [tuple(reversed(c)) if reverse else c for c in combos]
-    if masks is None:
-        prompts = [" and ".join(_spelled_out(s) for s in combo) for combo in named]
-        applied = [(None, [])] * len(named)
-    else:
-        prompts = [subjects_phrase([s.shape for s in combo]) for combo in named]
-        applied = [(unions[c], []) if unions else _applied(strategy, masks, combo) for c, combo in zip(combos, named)]
-    verdicts = sampler.run(prompts, applied, space, seed=seed, tag=10 + k + (50 if reverse else 0))
-    present = [[v.shows(s) for s in combo] for v, combo in zip(verdicts, named)]
-    looks = [
-        not v.unreadable and v.has(shape=b.shape, color=a.color, pattern=a.pattern)
-        for v, combo in zip(verdicts, named) for a in combo for b in combo if a.shape != b.shape
-    ]
-    return {
-        "all_present": float(np.mean([all(p) for p in present])),
-        "per_subject": float(np.mean([x for p in present for x in p])),
-        "look_on_other": float(np.mean(looks)) if looks else float("nan"),
-    }
+    generate = _generator(sampler, masks, space, strategy, seed, unions=unions)
+    return multi_line(generate, subjects, k=k, n=n, reverse=reverse, spelled_out=masks is None)
 
 
 def _refined_multi(sampler, model, subjects, references, masks, space, params: ValidateParams, sizes, mode: str) -> dict[str, Any]:
@@ -334,7 +382,7 @@ class _PriorImages:
         from cones_tasks.sampling import sample
 
         if shape not in self._cache:
-            seeds = _line_seeds(self.params.discovery_seed, 99, self.params.prior_images)
+            seeds = line_seeds(self.params.discovery_seed, 99, self.params.prior_images)
             self._cache[shape] = sample(
                 self.model, [_class_prompt(shape)] * len(seeds), seeds=seeds, steps=self.params.sample_steps,
                 guidance_scale=self.params.guidance_scale, progress=False,
@@ -342,7 +390,7 @@ class _PriorImages:
         return self._cache[shape]
 
 
-def _line_seeds(seed: int, tag: int, n: int) -> list[int]:
+def line_seeds(seed: int, tag: int, n: int) -> list[int]:
     """Sampling seeds of one line: (seed, line tag, index), so no two lines share noise."""
     return [(seed * 1_000 + tag) * 100_000 + i for i in range(n)]
 
@@ -357,7 +405,7 @@ class _Sampler:
         """applied[i]: (every-token mask or None, word masks) of image i (composition.compose)."""
         from cones_tasks.sampling import sample
 
-        seeds = _line_seeds(seed, tag, len(prompts))
+        seeds = line_seeds(seed, tag, len(prompts))
         masks = [m for m, _ in applied]
         words = [w for _, w in applied]
         use_masks = masks if any(m is not None for m in masks) else None
