@@ -92,19 +92,31 @@ for _command in FLOWS:
 @app.command("export")
 def export(
     where: Annotated[str, typer.Option("--where", help="One boolean SQL expression over each generation's columns and score metrics, e.g. \"presence = 1 AND len(subjects) = 2\"; parsed by DuckDB as an expression, under the catalog's SQL sandbox.")],
-    to: Annotated[str, typer.Option("--to", help="Target folder or fsspec URI for generations.parquet and images/.")],
+    to: Annotated[str, typer.Option("--to", help="Target folder or fsspec URI.")],
     catalog: Annotated[str, typer.Option("--catalog", envvar="CONES_CATALOG", help="Catalog URI.")] = "",
     include_bytes: Annotated[bool, typer.Option("--include-bytes", help="Also put the PNG bytes in the Parquet file.")] = False,
+    format: Annotated[str, typer.Option(
+        "--format", "-f",
+        help="parquet: generations.parquet + images/ (DuckDB, pandas); imagefolder: metadata.jsonl + images/ "
+        "(Hugging Face datasets' imagefolder); webdataset: tar shards of <id>.png + <id>.json.",
+    )] = "parquet",
+    shard_mb: Annotated[float, typer.Option("--shard-mb", min=0.02, help="webdataset: the most megabytes (10^6 B) per shard.")] = 256.0,
     as_json: bool = JSON,
 ) -> None:
-    """Export generated images, prompts, subjects and scores as a Parquet dataset plus the images."""
+    """Export generated images, prompts, subjects and scores as a dataset: Parquet, imagefolder or WebDataset."""
     from catalog import CatalogError, load_catalog
-    from catalog.dataset import export_dataset
+    from catalog.dataset import FORMATS, export_dataset
 
     if not catalog:
         raise typer.BadParameter("pass --catalog or set CONES_CATALOG", param_hint="--catalog")
+    if format not in FORMATS:
+        raise typer.BadParameter(f"unknown format {format!r}; choose one of {', '.join(FORMATS)}", param_hint="--format")
+    if include_bytes and format != "parquet":
+        raise typer.BadParameter(f"--include-bytes is for --format parquet; {format} holds the images themselves",
+                                 param_hint="--include-bytes")
     try:
-        result = export_dataset(load_catalog(catalog), where=where, to=to, include_bytes=include_bytes)
+        result = export_dataset(load_catalog(catalog), where=where, to=to, include_bytes=include_bytes, format=format,
+                                shard_bytes=int(shard_mb * 1e6))
     except (CatalogError, ValueError) as exc:
         console.print(f"error: {exc}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from exc

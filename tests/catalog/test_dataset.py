@@ -93,3 +93,45 @@ def test_documented_filters_run_as_written(catalog):
     assert len(DOCUMENTED_FILTERS) >= 2, DOCUMENTED_FILTERS
     for where in DOCUMENTED_FILTERS:
         catalog.query(export_sql(["presence"]), where=where)
+
+
+def test_imagefolder_export_writes_metadata_jsonl_beside_one_image_per_row(catalog, tmp_path):
+    import json
+
+    out = tmp_path / "imagefolder"
+    result = export_dataset(catalog, where="len(subjects) = 1", to=str(out), format="imagefolder")
+    assert result["rows"] == 4 and result["format"] == "imagefolder"
+    rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["file_name"] for r in rows] == [f"images/{r['id']}.png" for r in rows]
+    expected = catalog.query(export_sql(["presence", "text_alignment"]), where="len(subjects) = 1").sort_by("id").to_pylist()
+    for row, want in zip(rows, expected, strict=True):
+        assert (out / row["file_name"]).read_bytes() == catalog.get_bytes(want.pop("image_uri"))
+        assert {k: v for k, v in row.items() if k != "file_name"} == want
+
+
+def test_webdataset_shards_stay_under_their_bound_and_hold_every_row_once(catalog, tmp_path):
+    import json
+    import tarfile
+
+    out = tmp_path / "wds"
+    bound = 12_000  # about 3 samples of a 16 px PNG and its JSON
+    result = export_dataset(catalog, where="true", to=str(out), format="webdataset", shard_bytes=bound)
+    shards = sorted(out.glob("shard-*.tar"))
+    assert [s.name for s in shards] == [f"shard-{i:06d}.tar" for i in range(len(shards))] and len(shards) >= 2
+    assert all(s.stat().st_size <= bound for s in shards)
+    assert [r["bytes"] for r in result["shards"]] == [s.stat().st_size for s in shards]
+    samples: dict[str, dict[str, bytes]] = {}
+    for shard in shards:
+        with tarfile.open(shard) as tar:
+            for member in tar.getmembers():
+                key, ext = member.name.split(".", 1)
+                samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    expected = {r["id"]: r for r in catalog.query(export_sql(["presence", "text_alignment"])).to_pylist()}
+    assert samples.keys() == expected.keys() and result["rows"] == 6
+    for key, sample in samples.items():
+        assert sample["png"] == catalog.get_bytes(expected[key].pop("image_uri"))
+        assert json.loads(sample["json"]) == expected[key]
+    with pytest.raises(ValueError, match="too small"):
+        export_dataset(catalog, where="true", to=str(tmp_path / "x"), format="webdataset", shard_bytes=2000)
+    with pytest.raises(ValueError, match="include_bytes"):
+        export_dataset(catalog, where="true", to=str(tmp_path / "x"), format="imagefolder", include_bytes=True)
