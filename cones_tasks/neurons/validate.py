@@ -37,8 +37,8 @@ from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
 
 __all__ = [
-    "DEFAULT_CANDIDATES", "Generate", "RECOMMENDED", "ValidateParams", "context_line", "crosstalk_line", "line_seeds",
-    "multi_line", "single_line", "validate_toy",
+    "DEFAULT_CANDIDATES", "Generate", "PriorImages", "RECOMMENDED", "ValidateParams", "context_line", "crosstalk_line",
+    "discovery_references", "line_seeds", "mask_lines", "multi_line", "single_line", "validate_toy",
 ]
 
 # What validation chose, per strategy (docs/research/composition.md): `token` is the library's default
@@ -117,7 +117,7 @@ def validate_toy(
     started = time.perf_counter()
     references = {s.id: reference_renders(s, n=params.reference_images, seed=params.discovery_seed) for s in subjects}
     sampler = _Sampler(model, judge, params, progress)
-    priors = _PriorImages(model, params)
+    priors = PriorImages(model, params)
     n, seed = params.images_per_line, params.report_seed
     sizes = [k for k in params.multi_sizes if k <= len(subjects)]  # unions no bigger than the subject set
     space = NeuronSpace.from_unet(model.unet, attention="cross")
@@ -127,15 +127,13 @@ def validate_toy(
     for strategy, options in by_strategy.items():
         found = _choose(model, sampler, priors, subjects, references, strategy, options, params)
         chosen, mode, masks, space, selection, discovery_s = found
-        line = dict(n=n, seed=seed)
+        lines = mask_lines(model, judge, subjects, masks, space, strategy, params, seed=seed, n=n, progress=progress)
+        lines["single"]["hit_unmasked"] = unmasked
         strategies[strategy] = {
             "chosen_params": chosen.model_dump(),
             "chosen_prompts": mode,
             "selection": selection,
-            "single": {"hit_masked": _single(sampler, subjects, masks, space, strategy, **line), "hit_unmasked": unmasked},
-            **_context(sampler, subjects, masks, space, strategy, **line),
-            **_crosstalk(sampler, subjects, masks, space, strategy, **line),
-            **_multi_lines(sampler, subjects, masks, space, strategy, sizes, params, **line),
+            **lines,
             **(_refined_multi(sampler, model, subjects, references, masks, space, params, sizes, mode) if strategy == "union" else {}),
             "neuron_fraction": float(np.mean([m.fraction for m in masks.values()])),
             "bytes_per_concept": float(np.mean([len(m.to_bytes()) for m in masks.values()])),
@@ -167,9 +165,7 @@ def _choose(model, sampler, priors, subjects, references, strategy, options, par
         t0 = time.perf_counter()
         masks = {}
         for s in subjects:
-            images, prompts = references[s.id], _reference_prompts(s, mode, params.reference_images)
-            if params.scene_references and candidate.scope == "word":
-                images, prompts = _with_scenes(s, images, prompts, params)
+            images, prompts = discovery_references(s, params, mode, scenes=candidate.scope == "word")
             masks[s.id] = discover_concept_neurons(
                 model, images, prompts, candidate, seed=params.discovery_seed, progress=False, class_word=s.shape,
                 prior_images=priors.of(s.shape) if candidate.prior_weight > 0 else None, prior_prompt=_class_prompt(s.shape),
@@ -207,6 +203,36 @@ def _reference_prompts(subject, mode: str, n: int) -> str | list[str]:
     from cones_tasks.toyworld.subjects import context_prompts
 
     return context_prompts(subject, n)
+
+
+def discovery_references(subject, params: ValidateParams, mode: str = "context", *, scenes: bool = True
+                         ) -> tuple[np.ndarray, str | list[str]]:
+    """What discovery is handed for `subject`: its params.reference_images renders, their conditioning
+    (prompt `mode`, ValidateParams.prompt_modes) and, when `scenes`, params.scene_references captioned
+    scene photos (word-scoped discovery only: validate passes scenes=candidate.scope == 'word')."""
+    from cones_tasks.toyworld.subjects import reference_renders
+
+    images = reference_renders(subject, n=params.reference_images, seed=params.discovery_seed)
+    prompts = _reference_prompts(subject, mode, params.reference_images)
+    if scenes and params.scene_references:
+        images, prompts = _with_scenes(subject, images, prompts, params)
+    return images, prompts
+
+
+def mask_lines(model, judge: Callable[[np.ndarray], Any], subjects: Sequence, masks: dict[str, ConceptMask],
+               space: NeuronSpace, strategy: Composition, params: ValidateParams, *, seed: int, n: int,
+               progress: bool = False) -> dict[str, Any]:
+    """validate_toy's lines for one set of masks ({subject id: mask} of `space`) composed by `strategy`: single hit,
+    context, crosstalk and multi for each k in params.multi_sizes, on sampling seeds `seed`, n images per line."""
+    sampler = _Sampler(model, judge, params, progress)
+    sizes = [k for k in params.multi_sizes if k <= len(subjects)]
+    line = dict(n=n, seed=seed)
+    return {
+        "single": {"hit_masked": _single(sampler, subjects, masks, space, strategy, **line)},
+        **_context(sampler, subjects, masks, space, strategy, **line),
+        **_crosstalk(sampler, subjects, masks, space, strategy, **line),
+        **_multi_lines(sampler, subjects, masks, space, strategy, sizes, params, **line),
+    }
 
 
 def _with_scenes(subject, images, prompts, params: ValidateParams):
@@ -372,7 +398,7 @@ def _refined_multi(sampler, model, subjects, references, masks, space, params: V
     return {"multi_refined": lines, "multi_refined_added_neurons": float(np.mean(added)) if added else 0.0}
 
 
-class _PriorImages:
+class PriorImages:
     """The base model's own images of each class prompt (prior preservation), sampled once per shape."""
 
     def __init__(self, model, params: ValidateParams) -> None:
