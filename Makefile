@@ -1,6 +1,6 @@
 # Quick start: `make demo` and `make test` on a fresh clone (README).
 PYTHON ?= python3
-# torch on a busy 2-core box: spinning OpenMP threads cost ~3x CPU (measured in issue #6 bench)
+# torch on a busy 2-core box: spinning OpenMP threads cost ~3x CPU (measured with `cones bench fanout`)
 export OMP_WAIT_POLICY ?= PASSIVE
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -28,8 +28,8 @@ test-slow: $(STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Rebuild the shipped toy model from scratch (issue #3): the four segments of
-# assets/toy-model/training_log.json replayed (tests/cones_tasks/toyworld/test_toy_model.py
+# Rebuild the shipped toy model from scratch (docs/research/toy-model.md): the four segments of
+# cones_tasks/toyworld/shipped/toy-model/training_log.json replayed (tests/cones_tasks/toyworld/test_toy_model.py
 # checks these lines against the log). The first two ran on an H100 (batch 128, reading order;
 # the second was cut by the clock, which --stop-at repeats), the last two on 2 CPU cores (batch
 # 64, left-to-right; 62 min to 7,230, then 32 min with half the scenes pairs, stopped at 8,750

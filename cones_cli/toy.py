@@ -1,4 +1,4 @@
-"""`cones toy …`: the embedded toy world (issues #2, #3, #4)."""
+"""`cones toy …`: the embedded toy world (docs/research/toy-model.md)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ def _default(path: Path | None, attr: str) -> Path:
     return path or getattr(assets, attr)
 
 
+@app.command("assets")
+def assets(name: str = typer.Argument(None, help="toy-model or toy-clip: print that folder alone (for $(...) in a shell).")) -> None:
+    """Where the shipped toy model and toy CLIP are (package data of cones_tasks; a wheel installs them too)."""
+    from cones_tasks.toyworld import assets as shipped
+
+    folders = {"toy-model": shipped.TOY_MODEL_DIR, "toy-clip": shipped.TOY_CLIP_DIR}
+    if name is not None and name not in folders:
+        console.print(f"[red]error:[/red] no asset {name!r}; choose one of {', '.join(folders)}")
+        raise typer.Exit(2)
+    for key, folder in folders.items():
+        if name is None:
+            print(f"{key}\t{folder}")
+        elif key == name:
+            print(folder)
+
+
 @app.command("render-subjects")
 def render_subjects(out: Path = typer.Argument(..., help="Folder to write one PNG folder per toy subject into."),
                     n: int = typer.Option(6, help="Reference renders per subject (5–8 is what a user hands over)."),
@@ -41,7 +57,7 @@ def eval_judge(n: int = typer.Option(1000, help="Scenes per line."), seed: int =
 
 
 @app.command("train-clip")
-def train_clip(out: Path = typer.Option(None, help="Output folder (default: the shipped assets/toy-clip)."),
+def train_clip(out: Path = typer.Option(None, help="Output folder (default: the shipped toy CLIP, `cones toy assets toy-clip`)."),
                steps: int = 1500, seed: int = 0, as_json: bool = JSON) -> None:
     """Train the toy CLIP from scratch (seeded); records the wall time."""
     from cones_tasks.toyworld.train_clip import TrainClipParams, train_toy_clip
@@ -64,7 +80,7 @@ def eval_clip(weights: Path = typer.Option(None, help="Toy CLIP weights (default
 
 
 @app.command("train-model")
-def train_model(out: Path = typer.Option(None, help="Output folder (default: the shipped assets/toy-model)."),
+def train_model(out: Path = typer.Option(None, help="Output folder (default: the shipped toy model, `cones toy assets toy-model`)."),
                 steps: int = 2000, seed: int = 0, max_minutes: float = typer.Option(None, help="Stop (and ship) after this long."),
                 resume: bool = typer.Option(False, help="Continue a run stopped by --max-minutes from its shipped weights."),
                 stop_at: int = typer.Option(None, help="Stop (and ship) at this step: replays a segment of a logged run."),

@@ -1,10 +1,11 @@
-"""Where the shipped toy models live (in the repository's assets/ folder)."""
+"""Where the shipped toy models live: cones_tasks/toyworld/shipped/, package data of the wheel, so an
+installed `cones` has the same toy model and toy CLIP as a checkout (`cones toy assets` prints the paths)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+ASSETS = Path(__file__).resolve().parent / "shipped"
 TOY_MODEL_DIR = ASSETS / "toy-model"
 TOY_CLIP_DIR = ASSETS / "toy-clip"
 
