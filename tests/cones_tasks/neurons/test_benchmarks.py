@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 from typer.testing import CliRunner
@@ -14,9 +15,12 @@ from cones_tasks.neurons.space import NeuronSpace
 def test_bench_discovery_times_both_steps_and_leaves_flags_alone():
     unet, tokens = preset_unet("tiny")
     flags = [p.requires_grad for p in unet.parameters()]
+    start = time.perf_counter()
     out = bench_discovery(unet, tokens=tokens, batch=2, repeats=2, warmup=0)
+    wall = time.perf_counter() - start
     assert out["cones_step_s"] > 0 and out["finetune_step_s"] > 0
-    assert out["ratio"] == out["cones_step_s"] / out["finetune_step_s"]
+    # The step times are real: two repeats of both steps fit in the call's own wall time, measured here.
+    assert 2 * (out["cones_step_s"] + out["finetune_step_s"]) <= wall
     assert out["neurons"] == NeuronSpace.from_unet(unet).size
     assert [p.requires_grad for p in unet.parameters()] == flags
     assert all(p.grad is None for p in unet.parameters())
@@ -38,10 +42,15 @@ def test_bench_discovery_profile_names_each_steps_costliest_operators():
 def test_bench_generate_reports_three_rates():
     unet, tokens = preset_unet("tiny")
     before = {k: v.clone() for k, v in unet.state_dict().items()}
-    out = bench_generate(unet, tokens=tokens, combinations=3, steps=1, repeats=1)
-    for key in ("masked_batch_ips", "unmasked_batch_ips", "sequential_ips"):
-        assert out[key] > 0
-    assert out["masked_over_unmasked"] == out["masked_batch_ips"] / out["unmasked_batch_ips"]
+    start = time.perf_counter()
+    out = bench_generate(unet, tokens=tokens, combinations=3, steps=1, repeats=2)
+    wall = time.perf_counter() - start
+    rates = [out[key] for key in ("masked_batch_ips", "unmasked_batch_ips", "sequential_ips")]
+    assert all(rate > 0 for rate in rates)
+    # Rates are images per second of real runs: 3 images per run, 2 timed runs of each kind, all inside the
+    # call's wall time (an ips off by the batch or the step count would break this bound).
+    assert sum(2 * 3 / rate for rate in rates) <= wall
+    assert 0.2 < out["masked_over_unmasked"] < 5  # per-sample masks cost about what an unmasked batch does
     assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
 
 

@@ -103,7 +103,9 @@ def test_iterative_rounds_shut_as_they_go(model, subject):
     assert sum(result.report["neurons_per_layer"].values()) == 64
 
 
-def test_discovery_never_writes_the_model(model, subject):
+def test_discovery_never_writes_the_model(subject):
+    # Its own model: the flags set here must not leak into the module's shared `model` fixture.
+    model = tiny_model(0)
     unet = model.unet
     unet.requires_grad_(True)
     unet.conv_in.weight.requires_grad_(False)

@@ -63,7 +63,7 @@ def test_validate_toy_reports_every_line_per_strategy():
         validate_toy(model, subjects, judge, candidates=union, params=params)
 
 
-@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="toy model not built (cones toy train)")
+@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="toy model not built (cones toy train-model)")
 def test_cli_validate_with_a_candidates_file(tmp_path):
     import json
 
