@@ -24,6 +24,7 @@ from catalog.records import (
     Subject,
     SubjectImage,
     generation_id,
+    generation_ids,
     mask_id_for,
     params_hash,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "UnknownModelError",
     "UnknownSubjectError",
     "generation_id",
+    "generation_ids",
     "load_catalog",
     "mask_id_for",
     "params_hash",

@@ -267,6 +267,26 @@ class Catalog:
             condition = filter_expression(con, where)
             return con.sql(last, params=params).filter(condition).to_arrow_table()
 
+    def present(self, table: str, column: str, keys: pa.Array) -> np.ndarray:
+        """bool [len(keys)]: whether each key is in `table.column`, by one DuckDB join against `keys`.
+
+        The keys are joined as an Arrow table, not spliced into the SQL as a list literal, so a
+        million keys cost a hash join (docs/scale.md), not a million-element constant.
+        """
+        if table not in SCHEMAS or column not in SCHEMAS[table].names:
+            raise SchemaError(f"no column {column!r} in table {table!r}")
+        found = np.zeros(len(keys), dtype=bool)
+        if len(keys) == 0:
+            return found
+        with self._lookup([table]) as con:
+            con.register("__keys", pa.table({"k": keys, "i": pa.array(np.arange(len(keys), dtype=np.int64))}))
+            try:
+                rows = con.sql(f"SELECT i FROM __keys SEMI JOIN (SELECT {column} AS k FROM {table}) USING (k)").fetchnumpy()
+            finally:
+                con.unregister("__keys")
+        found[rows["i"]] = True
+        return found
+
     def read_table(self, table: str) -> pa.Table:
         con = self.connect([table])
         try:

@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+
 from catalog.catalog import Catalog
 
 
@@ -48,11 +51,15 @@ def subject_image_hashes(catalog: Catalog, subject: str) -> set[str]:
 
 
 def existing_generation_ids(catalog: Catalog, ids: Sequence[str]) -> set[str]:
-    """The subset of `ids` already in `generations` (one query for a whole grid)."""
-    if not ids:
-        return set()
-    rows = catalog.query("SELECT id FROM generations WHERE list_contains(?, id)", [list(ids)]).to_pylist()
-    return {r["id"] for r in rows}
+    """The subset of `ids` already in `generations` (one join for a whole grid)."""
+    ids = list(ids)
+    found = generations_present(catalog, pa.array(ids, pa.string()))
+    return {ids[i] for i in np.flatnonzero(found)}
+
+
+def generations_present(catalog: Catalog, ids: pa.Array) -> np.ndarray:
+    """bool [len(ids)]: which generation ids the catalog holds (a DuckDB join against one planned chunk)."""
+    return catalog.present("generations", "id", ids)
 
 
 def generations_without_scores(catalog: Catalog, *, scorer: str, ids: Sequence[str] | None = None) -> list[GenerationRow]:

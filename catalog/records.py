@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from cones_tasks.codec import decode_indices
 
@@ -66,6 +68,27 @@ def generation_id(
         "generation", "|".join(subjects), prompt, int(seed), model_fingerprint, "|".join(mask_ids),
         canonical_json(params or {}),
     )
+
+
+def generation_ids(items: pa.Table, *, model_fingerprint: str, params: Mapping[str, Any] | None = None) -> pa.Array:
+    """`generation_id` of every row of `items` (columns subjects, prompt, seed, mask_ids), for millions of rows.
+
+    The same bytes as `content_key` hashes, assembled column-wise by Arrow; only the sha256 calls
+    run per row (hashlib beat DuckDB's sha256 by 2× on this machine: 1.4 vs 3.0 s per million).
+    """
+    if items.num_rows == 0:
+        return pa.array([], pa.string())
+    column = lambda name: items.column(name).combine_chunks()  # noqa: E731
+    joined = pc.binary_join_element_wise(
+        "generation", pc.binary_join(column("subjects"), "|"), column("prompt"), pc.cast(column("seed"), pa.string()),
+        model_fingerprint, pc.binary_join(column("mask_ids"), "|"), canonical_json(params or {}), "", "\x1f",
+    )
+    joined = joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
+    _, offsets_buf, data_buf = joined.buffers()
+    width = np.int64 if pa.types.is_large_string(joined.type) else np.int32
+    offsets = np.frombuffer(offsets_buf, dtype=width)[joined.offset : joined.offset + len(joined) + 1].tolist()
+    data, sha256 = memoryview(data_buf), hashlib.sha256
+    return pa.array([sha256(data[a:b]).hexdigest()[:32] for a, b in zip(offsets, offsets[1:])], pa.string())
 
 
 def _json_default(obj: Any) -> Any:

@@ -134,17 +134,17 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeat
 
 
 def _without_prefect(config) -> tuple[float, int]:
-    from flows.generate_combinations import batch_calls, generate_batch, plan_generations, resolve_masks
+    from flows.generate_combinations import PlanTally, batch_calls, generate_batch, plan_chunks, resolve_masks
 
     started = time.perf_counter()
+    tally = PlanTally()
     with ThreadPoolExecutor(max_workers=config.runner.workers) as pool:
         resolved = pool.submit(resolve_masks.fn, config.catalog, config.model, config.subjects, config.discovery, config.discovery_seed).result()
-        items, done = plan_generations(config, resolved)
-        written = sum(pool.map(lambda call: generate_batch.fn(**call), batch_calls(config, [it for it in items if it["id"] not in done])))
+        written = sum(pool.map(lambda call: generate_batch.fn(**call), batch_calls(config, plan_chunks(config, resolved, tally=tally))))
     seconds = time.perf_counter() - started
-    if written != len(items):
-        raise RuntimeError(f"plain run wrote {written} of {len(items)} images")
-    return seconds, len(items)
+    if written != tally.items:
+        raise RuntimeError(f"plain run wrote {written} of {tally.items} images")
+    return seconds, tally.items
 
 
 def _with_prefect(config) -> tuple[float, int]:

@@ -18,6 +18,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cones_tasks.subsets import Subsets
+
 SLOT = "subjects"
 T = TypeVar("T")
 
@@ -102,3 +108,51 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     iterator = iter(items)
     while chunk := list(itertools.islice(iterator, size)):
         yield chunk
+
+
+def _template_parts(template: str) -> tuple[str, str]:
+    """(text before, text after) the `{subjects}` slot, with `{{`/`}}` already unescaped."""
+    marker = "\x00subjects\x00"
+    before, after = check_template(template).format(**{SLOT: marker}).split(marker)
+    return before, after
+
+
+def grid_items(
+    subsets: Subsets,
+    *,
+    ids: Sequence[str],
+    class_words: Sequence[str],
+    mask_ids: Sequence[str],
+    templates: Sequence[str],
+    seeds: Sequence[int],
+) -> pa.Table:
+    """One row per subset × template × seed (that order), built column-wise for millions of rows.
+
+    `ids` sorted, `class_words[i]` and `mask_ids[i]` those of subject `ids[i]`; `subsets` index
+    into them. Columns: subjects, class_words, mask_ids (lists, sorted-id order), prompt, seed.
+    Prompts equal `enumerate_combinations`' (" and "-joined class phrases in the slot).
+    """
+    m, t, s = len(subsets), len(templates), len(seeds)
+    offsets = pa.array(subsets.offsets.astype(np.int32))
+    take = pa.array(subsets.values)
+
+    def lists(per_subject: Sequence[str]) -> pa.ListArray:
+        return pa.ListArray.from_arrays(offsets, pa.array(list(per_subject), pa.string()).take(take))
+
+    subjects, words, masks = lists(ids), lists(class_words), lists(mask_ids)
+    phrase = pc.binary_join(lists([class_phrase(w) for w in class_words]), " and ")
+    prompts = pa.concat_arrays(
+        [pc.binary_join_element_wise(before, phrase, after, "") for before, after in map(_template_parts, templates)]
+    )
+    per_subset = np.repeat(np.arange(m, dtype=np.int64), t * s)  # item → its subset
+    per_template = np.tile(np.repeat(np.arange(t, dtype=np.int64), s), m)  # item → its template
+    rows = pa.array(per_subset)
+    return pa.table(
+        {
+            "subjects": subjects.take(rows),
+            "class_words": words.take(rows),
+            "mask_ids": masks.take(rows),
+            "prompt": prompts.take(pa.array(per_template * m + per_subset)),
+            "seed": pa.array(np.tile(np.asarray(seeds, dtype=np.int64), m * t)),
+        }
+    )

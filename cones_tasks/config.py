@@ -8,11 +8,12 @@ Presets (deployments/prefect.yaml, `cones run customize --config`) hold only non
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cones_tasks.combinations import check_template
+from cones_tasks.subsets import COMBINATION_FILE_SUFFIXES, check_listed, check_subject_count
 from cones_tasks.ingest import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, validate_subject_id
 from cones_tasks.neurons.discovery import DiscoveryParams
 
@@ -77,6 +78,35 @@ class IngestParams(_Frozen):
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="refuse headers claiming more pixels (decompression bombs)")
 
 
+def _distinct_sizes(value: tuple[int, ...]) -> tuple[int, ...]:
+    if len(set(value)) != len(value):
+        raise ValueError(f"k lists a subset size twice: {list(value)}")
+    return tuple(sorted(value))
+
+
+class SampledCombinations(_Frozen):
+    """`sample` distinct combinations of each size in `k`, uniform without replacement (docs/scale.md)."""
+
+    sample: int = Field(ge=1, description="combinations drawn for each k")
+    k: tuple[Annotated[int, Field(ge=1)], ...] = Field(min_length=1, description="subset sizes to draw, each ≤ max_k")
+    seed: int = Field(0, description="seed of the draw (not of the images): the same seed draws the same combinations")
+
+    _k_distinct = field_validator("k")(_distinct_sizes)
+
+
+class BalancedCombinations(_Frozen):
+    """`balanced` distinct combinations of each size in `k` in which every subject appears as often as any other, ±1."""
+
+    balanced: int = Field(ge=1, description="combinations for each k")
+    k: tuple[Annotated[int, Field(ge=1)], ...] = Field(min_length=1, description="subset sizes, each ≤ max_k")
+    seed: int = Field(0, description="seed of the draw (not of the images): the same seed draws the same combinations")
+
+    _k_distinct = field_validator("k")(_distinct_sizes)
+
+
+Combinations = Union[Literal["all"], SampledCombinations, BalancedCombinations, tuple[tuple[str, ...], ...], str]
+
+
 class GenerationGrid(_Frozen):
     """Which images to generate: every k-subset (k ≤ max_k) × template × seed, and how to batch them."""
 
@@ -91,6 +121,13 @@ class GenerationGrid(_Frozen):
         "default: validation's best, docs/research/composition.md); 'union', the paper's union at every token. The "
         "discovery parameters must match: scope 'word' for token, 'prompt' for union",
     )
+    combinations: Combinations = Field(
+        "all",
+        description="which subject subsets: 'all' (every k-subset, k ≤ max_k); {sample: N, k: [..], seed: S} (N per k, "
+        "uniform without replacement); {balanced: N, k: [..], seed: S} (N per k, each subject as often as any other "
+        "±1); a list of subject-id lists; or the URI of a Parquet or CSV file with a 'subjects' column "
+        "(docs/scale.md)",
+    )
     sample_batch: int = Field(8, ge=1, description="images per UNet forward (per-sample masks)")
     task_batch: int = Field(64, ge=1, description="combinations per Prefect task: bigger batches, less orchestration overhead")
 
@@ -100,6 +137,19 @@ class GenerationGrid(_Frozen):
         for template in value:
             check_template(template)
         return value
+
+    @model_validator(mode="after")
+    def _combinations_fit_max_k(self) -> GenerationGrid:
+        spec = self.combinations
+        if isinstance(spec, (SampledCombinations, BalancedCombinations)) and max(spec.k) > self.max_k:
+            raise ValueError(f"combinations.k {list(spec.k)} goes above max_k={self.max_k}")
+        if isinstance(spec, tuple):
+            check_listed(spec, ids=None, max_k=self.max_k)
+        elif isinstance(spec, str) and spec != "all" and not spec.lower().endswith(COMBINATION_FILE_SUFFIXES):
+            raise ValueError(
+                f"combinations {spec!r} is neither 'all' nor a file ending in {', '.join(COMBINATION_FILE_SUFFIXES)}"
+            )
+        return self
 
     def sampler_settings(self) -> dict[str, float | int | str]:
         """What changes the pixels (part of every generation id and its `params`); batching does not."""
@@ -178,6 +228,13 @@ def _composition_fits_discovery(config):
     return config
 
 
+def _combinations_fit_subjects(config):
+    check_subject_count(config.grid.combinations, n=len(config.subject_ids))
+    if isinstance(config.grid.combinations, tuple):
+        check_listed(config.grid.combinations, ids=sorted(config.subject_ids), max_k=config.grid.max_k)
+    return config
+
+
 class GenerateConfig(_FlowConfig):
     model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
     subjects: tuple[str, ...] = Field(min_length=1, description="subject ids whose masks are in the catalog")
@@ -186,6 +243,11 @@ class GenerateConfig(_FlowConfig):
     grid: GenerationGrid = Field(GenerationGrid(), description="which images to generate")
 
     _composition = model_validator(mode="after")(_composition_fits_discovery)
+    _combinations = model_validator(mode="after")(_combinations_fit_subjects)
+
+    @property
+    def subject_ids(self) -> tuple[str, ...]:
+        return self.subjects
 
 
 class ScoreConfig(_FlowConfig):
@@ -236,6 +298,7 @@ class CustomizeConfig(_FlowConfig):
     report: bool = Field(True, description="write the static HTML report into the catalog")
     report_top: int | None = Field(200, ge=1, description="image grids for the best N combinations (None: all)")
 
+    _combinations = model_validator(mode="after")(_combinations_fit_subjects)
     _composition = model_validator(mode="after")(_composition_fits_discovery)
 
     _subjects_unique = field_validator("subjects")(_unique_ids)
@@ -251,9 +314,14 @@ class CustomizeConfig(_FlowConfig):
         )
 
     def generate_config(self, subjects: Sequence[str] | None = None) -> GenerateConfig:
+        """The generation step, for `subjects` (default: all); listed combinations naming others are left out."""
+        grid = self.grid
+        if subjects is not None and isinstance(grid.combinations, tuple):
+            kept = set(subjects)
+            grid = grid.model_copy(update={"combinations": tuple(r for r in grid.combinations if set(r) <= kept)})
         return GenerateConfig(
             catalog=self.catalog, runner=self.runner, model=self.model, subjects=tuple(subjects or self.subject_ids),
-            discovery=self.discovery, discovery_seed=self.seed, grid=self.grid,
+            discovery=self.discovery, discovery_seed=self.seed, grid=grid,
         )
 
     def score_config(self, generations: Sequence[str] | None = None) -> ScoreConfig | None:

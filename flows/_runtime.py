@@ -8,11 +8,12 @@ is amortised over many images.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from prefect import get_run_logger
@@ -238,3 +239,60 @@ def clip_session(ref: ClipRef):
     with _cache_lock:
         loaded = _load_clip(ref, os.getpid())
     return _exclusive(loaded)
+
+
+def fan_out_stream(task, calls: Iterable[dict[str, Any]], *, runner: RunnerConfig, label: str, most_calls: int | None = None) -> list[Any]:
+    """`fan_out` for calls planned while earlier ones run: each is submitted as `calls` yields it.
+
+    At most `window` calls are in flight (submitted, not yet collected), so memory holds a window
+    of batches, not the grid (docs/scale.md); `calls` is advanced only when there is room, so
+    planning the next chunk overlaps with the batches already running. most_calls: an upper
+    bound for the progress artifact (the grid before skipping what the catalog already holds).
+    """
+    logger = get_run_logger()
+    workers = runner.workers or os.cpu_count() or 1
+    window = max(64, 4 * workers)
+    progress_id = None
+    results: list[Any] = []
+    in_flight: collections.deque = collections.deque()
+    step = max(1, (most_calls or 0) // 20)
+
+    def collect_oldest() -> None:
+        nonlocal progress_id
+        results.append(in_flight.popleft().result(raise_on_failure=True))
+        if most_calls and len(results) % step == 0:
+            if progress_id is None:
+                progress_id = create_progress_artifact(progress=0.0, key=_artifact_key(label), description=f"{label}: batches done (%)")
+            update_progress_artifact(progress_id, progress=min(100.0, 100.0 * len(results) / most_calls))
+
+    with build_task_runner(runner) as task_runner:
+        for call in calls:
+            in_flight.append(task_runner.submit(task, call))
+            while len(in_flight) >= window:
+                collect_oldest()
+        while in_flight:
+            collect_oldest()
+    if progress_id is not None:
+        update_progress_artifact(progress_id, progress=100.0)
+    logger.info("%s: %d batches done", label, len(results))
+    return results
+
+
+@functools.lru_cache(maxsize=4)
+def _space(ref: ModelRef, attention: str, pid: int):
+    from cones_tasks.neurons.space import NeuronSpace
+
+    with _cache_lock:
+        model, lock = _load_model(ref, pid)
+    with lock:  # no mask hooks installed while the weights are hashed
+        return NeuronSpace.from_unet(model.unet, attention=attention)
+
+
+def neuron_space(ref: ModelRef, attention: str):
+    """The model's neuron space (its fingerprint hashes the weights), built once per process.
+
+    No `gpu` slot: hashing weights is host work, and taking the slot here only to give it back
+    before the batches cost the flow a refused re-acquisition, ~2 s, every run (profiled with
+    `cones bench fanout`; see _ProcessGpuSlot).
+    """
+    return _space(ref, attention, os.getpid())

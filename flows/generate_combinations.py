@@ -1,4 +1,7 @@
-"""`generate-combinations`: every k-subset of subjects × template × seed, batched (Cones §3.3).
+"""`generate-combinations`: the grid's subject subsets × template × seed, batched (Cones §3.3).
+
+The grid is planned a chunk at a time (docs/scale.md): each chunk's missing items become tasks
+while later chunks are still being planned, so a grid of any size runs in bounded memory.
 
 Each combination is generated with its subjects' concept masks composed by the grid's strategy
 (cones_tasks.neurons.composition: each mask at its own class word, or the paper's union), per
@@ -10,21 +13,26 @@ Generation ids are content keys; the ones already in the catalog are not generat
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from catalog import Generation, generation_id, load_catalog, params_hash
-from catalog.pipeline import existing_generation_ids
-from cones_tasks.combinations import batched, enumerate_combinations
+from catalog import Generation, generation_ids, load_catalog, params_hash
+from catalog.combination_files import combination_rows, count_combination_rows
+from catalog.pipeline import generations_present
+from cones_tasks.combinations import batched, grid_items
 from cones_tasks.config import DiscoveryParams, GenerateConfig, GenerationGrid, ModelRef, mask_params
 from cones_tasks.ingest import encode_png
 from cones_tasks.neurons.composition import compose
 from cones_tasks.neurons.masks import ConceptMask
-from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.sampling import sample
-from flows._runtime import TASK_OPTIONS, ensure_concurrency_limit, fan_out, model_session
+from cones_tasks.subsets import grid_subset_count, grid_subsets
+from flows._runtime import TASK_OPTIONS, ensure_concurrency_limit, fan_out_stream, model_session, neuron_space
 
 
 class MissingMaskError(LookupError):
@@ -37,8 +45,7 @@ def resolve_masks(
 ) -> dict[str, Any]:
     """Model fingerprint, each subject's class word and mask id (or a clear error naming the missing ones)."""
     catalog = load_catalog(catalog_uri)
-    with model_session(model_ref) as model:
-        fingerprint = NeuronSpace.from_unet(model.unet, attention=discovery.attention).fingerprint
+    fingerprint = neuron_space(model_ref, discovery.attention).fingerprint
     wanted = params_hash(mask_params(discovery, seed=seed))
     found = {s: catalog.find_mask(subject=s, model_fingerprint=fingerprint, params_hash=wanted) for s in subjects}
     missing = sorted(s for s, m in found.items() if m is None)
@@ -63,8 +70,8 @@ def generate_batch(
     stored = {m.mask_id: m for m in catalog.get_masks(sorted({i for it in items for i in it["mask_ids"]}))}
     subject_masks = {mid: ConceptMask.from_bytes(m.blob, space_fingerprint=m.model_fingerprint) for mid, m in stored.items()}
     images = []
+    space = neuron_space(model_ref, attention)
     with model_session(model_ref) as model:  # hold the model (and a gpu slot) only while sampling
-        space = NeuronSpace.from_unet(model.unet, attention=attention)
         for chunk in batched(items, grid.sample_batch):
             # subjects in prompt order with their class words: token composition finds each one's word by it
             applied = [
@@ -95,29 +102,67 @@ def generate_batch(
     return len(generations)
 
 
-def plan_generations(config: GenerateConfig, resolved: dict[str, Any]) -> tuple[list[dict[str, Any]], set[str]]:
-    """Every grid item with its content-keyed generation id, and the ids the catalog already holds."""
-    items = []
-    for combo in enumerate_combinations(
-        resolved["class_words"], max_k=config.grid.max_k, templates=config.grid.templates, seeds=config.grid.seeds
+@dataclass
+class PlanTally:
+    """What planning has seen so far: grid items, and those the catalog already held."""
+
+    items: int = 0
+    skipped: int = 0
+    ids: list[pa.Array] = field(default_factory=list)  # every grid id, 36 B each (docs/scale.md)
+
+
+# Items per planned chunk: ~100 MB of transient strings at ~350 B an item, whatever the grid's size.
+PLAN_CHUNK_ITEMS = 262_144
+
+
+def plan_chunks(
+    config: GenerateConfig, resolved: dict[str, Any], *, chunk_items: int = PLAN_CHUNK_ITEMS, tally: PlanTally | None = None,
+    keep_ids: bool = True,
+) -> Iterator[pa.Table]:
+    """The grid's items still missing from the catalog, chunk by chunk (docs/scale.md, "Planning").
+
+    Each chunk: subsets (cones_tasks.subsets) × templates × seeds as Arrow columns, their content-keyed
+    generation ids, then one DuckDB join of the chunk's ids against `generations`. Yields the
+    rows not yet generated (columns id, subjects, prompt, seed, mask_ids, class_words).
+    """
+    grid, tally = config.grid, tally if tally is not None else PlanTally()
+    ids = sorted(resolved["class_words"])
+    class_words = [resolved["class_words"][s] for s in ids]
+    mask_ids = [resolved["mask_ids"][s] for s in ids]
+    spec, listed = grid.combinations, None
+    if isinstance(spec, str) and spec != "all":
+        spec, listed = None, combination_rows(grid.combinations)
+    per_subset = len(grid.templates) * len(grid.seeds)
+    catalog, params = load_catalog(config.catalog), grid.sampler_settings()
+    for subsets in grid_subsets(
+        spec, n=len(ids), ids=ids, max_k=grid.max_k, chunk_rows=max(1, chunk_items // per_subset), listed_rows=listed
     ):
-        mask_ids = [resolved["mask_ids"][s] for s in combo.subjects]
-        gid = generation_id(
-            subjects=combo.subjects, prompt=combo.prompt, seed=combo.seed, model_fingerprint=resolved["model_fingerprint"],
-            mask_ids=mask_ids, params=config.grid.sampler_settings(),
-        )
-        items.append({"id": gid, "subjects": list(combo.subjects), "prompt": combo.prompt, "seed": combo.seed, "mask_ids": mask_ids,
-                      "class_words": [resolved["class_words"][s] for s in combo.subjects]})
-    return items, existing_generation_ids(load_catalog(config.catalog), [it["id"] for it in items])
+        items = grid_items(subsets, ids=ids, class_words=class_words, mask_ids=mask_ids, templates=grid.templates, seeds=grid.seeds)
+        gids = generation_ids(items, model_fingerprint=resolved["model_fingerprint"], params=params)
+        done = generations_present(catalog, gids)
+        tally.items += items.num_rows
+        tally.skipped += int(done.sum())
+        if keep_ids:
+            tally.ids.append(gids)
+        todo = items.add_column(0, "id", gids).filter(pa.array(~done))
+        if todo.num_rows:
+            yield todo
 
 
-def batch_calls(config: GenerateConfig, todo: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keyword arguments of one `generate-batch` task per `grid.task_batch` items."""
-    return [
-        {"catalog_uri": config.catalog, "model_ref": config.model, "items": batch, "grid": config.grid,
-         "attention": config.discovery.attention}
-        for batch in batched(todo, config.grid.task_batch)
-    ]
+def grid_item_count(config: GenerateConfig, n_subjects: int) -> int:
+    """Items in the grid before skipping (a combinations file is counted in one streamed pass)."""
+    spec = config.grid.combinations
+    listed = count_combination_rows(spec) if isinstance(spec, str) and spec != "all" else None
+    subsets = grid_subset_count(None if listed is not None else spec, n=n_subjects, max_k=config.grid.max_k, listed=listed)
+    return subsets * len(config.grid.templates) * len(config.grid.seeds)
+
+
+def batch_calls(config: GenerateConfig, chunks: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
+    """Keyword arguments of one `generate-batch` task per `grid.task_batch` items, as the chunks come."""
+    for chunk in chunks:
+        for start in range(0, chunk.num_rows, config.grid.task_batch):
+            yield {"catalog_uri": config.catalog, "model_ref": config.model, "grid": config.grid,
+                   "attention": config.discovery.attention, "items": chunk.slice(start, config.grid.task_batch).to_pylist()}
 
 
 @flow(name="generate-combinations")
@@ -125,16 +170,18 @@ def generate_combinations(config: GenerateConfig) -> dict[str, Any]:
     """Returns the ids of every generation in the grid (new and already present)."""
     ensure_concurrency_limit()
     resolved = resolve_masks(config.catalog, config.model, config.subjects, config.discovery, config.discovery_seed)
-    items, done = plan_generations(config, resolved)
-    todo = [it for it in items if it["id"] not in done]
+    tally = PlanTally()
+    most = math.ceil(grid_item_count(config, len(config.subjects)) / config.grid.task_batch)
+    calls = batch_calls(config, plan_chunks(config, resolved, tally=tally))
+    written = fan_out_stream(generate_batch, calls, runner=config.runner, label="generate-combinations", most_calls=most)
     get_run_logger().info(
-        "generate-combinations: %d of %d generations already in the catalog (skipped), %d to generate", len(done),
-        len(items), len(todo),
+        "generate-combinations: %d of %d generations already in the catalog (skipped), %d generated now", tally.skipped,
+        tally.items, sum(written),
     )
-    written = fan_out(generate_batch, batch_calls(config, todo), runner=config.runner, label="generate-combinations")
     summary = (
-        f"# Generation\n\n{len(items)} combinations × seeds in the grid; {len(done)} already in the catalog, "
+        f"# Generation\n\n{tally.items} combinations × seeds in the grid; {tally.skipped} already in the catalog, "
         f"{sum(written)} generated now in {len(written)} batches of ≤ {config.grid.task_batch}."
     )
     create_markdown_artifact(key="generation-summary", markdown=summary, description="generate-combinations")
-    return {"generations": [it["id"] for it in items], "new": sum(written), "cached": len(done)}
+    ids = pa.chunked_array(tally.ids, pa.string()).to_pylist()
+    return {"generations": ids, "new": sum(written), "cached": tally.skipped}
