@@ -85,7 +85,28 @@ def build_task_runner(runner: RunnerConfig):
         from prefect_ray import RayTaskRunner
     except ImportError as exc:
         raise RuntimeError("runner.kind 'ray' needs the ray extra: pip install 'cones[ray]'") from exc
-    return RayTaskRunner(address=runner.address) if runner.address else RayTaskRunner()
+    if runner.address:
+        return RayTaskRunner(address=runner.address)
+    _start_local_ray(runner.workers)
+    return RayTaskRunner()  # finds Ray initialised: uses it and leaves it running for the next step
+
+
+def _start_local_ray(workers: int | None) -> None:
+    """A local Ray instance for this process, started once and shared by every step of a run.
+
+    RayTaskRunner would start and shut down one per fan-out, four for a customize run. Ray
+    shuts this one down when the process exits. `workers` caps its CPUs, so at
+    most that many tasks (1 CPU each) run at once; its worker processes inherit this
+    process's environment, PREFECT_API_URL included, and report their task runs there.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    init: dict[str, Any] = {"include_dashboard": False, "namespace": "prefect", "log_to_driver": False}
+    if workers:
+        init["num_cpus"] = workers
+    ray.init(**init)
 
 
 def _api_url() -> str | None:
