@@ -22,7 +22,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+SLOW_STAMP := $(VENV)/.installed-slow
+$(SLOW_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,dask,s3,ray,slow]'
+	touch $(SLOW_STAMP)
+
+# The report's browser test drives Debian's Chromium (tests/flows/headless_chromium.py).
+test-slow: $(SLOW_STAMP)
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 	$(PY) -m pytest -q -m slow
 
 clean-venv:
