@@ -139,3 +139,4 @@ def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default:
 
 # Registers `cones toy validate` on this app.
 from cones_cli import toy_validate  # noqa: E402,F401
+from cones_cli import toy_compare  # noqa: E402,F401  (cones toy compare, docs/baselines.md)
