@@ -44,13 +44,14 @@ def discovery(
     dtype: Dtype = "float32",
     threads: Threads = 1,
     profile: Annotated[int, typer.Option(min=0, help="also list each step's N costliest operators (torch.profiler)")] = 0,
+    lora_rank: Annotated[int, typer.Option(min=1, help="rank of the LoRA step timed beside them (ratio_to_lora)")] = 4,
     as_json: AsJson = False,
 ) -> None:
-    """One Cones score step vs one K/V fine-tuning step (AdamW), same UNet and batch; target ratio ≤ 1.10."""
+    """One Cones score step vs one K/V fine-tuning step (AdamW) and one LoRA step, same UNet and batch; target ratio ≤ 1.10."""
     from cones_tasks.neurons.benchmarks import bench_discovery
 
     unet, tokens = _unet(preset, device, dtype, threads)
-    result = bench_discovery(unet, tokens=tokens, batch=batch, repeats=repeats, profile=profile)
+    result = bench_discovery(unet, tokens=tokens, batch=batch, repeats=repeats, profile=profile, lora_rank=lora_rank)
     emit({"preset": preset, "threads": threads, **result}, as_json=as_json, title="cones bench discovery")
 
 

@@ -88,8 +88,12 @@ def _inputs(unet: nn.Module, batch: int, tokens: int, gen: torch.Generator):
 
 
 def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: int = 5, warmup: int = 1,
-                    seed: int = 0, profile: int = 0) -> dict:
+                    seed: int = 0, profile: int = 0, lora_rank: int = 4) -> dict:
     """Seconds (min over repeats) of one Cones score step vs one K/V fine-tuning step, interleaved (same UNet, same batch).
+
+    Also one LoRA step (rank `lora_rank` on the same K/V projections, peft's adapter, AdamW; the
+    baseline of cones_tasks.baselines.lora): the adapter is put in and taken out around each timed
+    step, with one untimed step first so the timed one is a steady-state step (AdamW's state exists).
 
     `profile` > 0 adds each step's top operators by self time (device time on a GPU) under torch.profiler, so a
     gap between the two steps can be traced to its operators (the H100's 10 ms, docs/research/gpu-h100.md)."""
@@ -120,22 +124,41 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    cones, tune = [], []
+    def lora_timed() -> float:
+        from cones_tasks.baselines.lora import lora_adapter
+
+        with lora_adapter(unet, space, rank=lora_rank, seed=seed) as factors:
+            adam = torch.optim.AdamW([t for pair in factors.values() for t in pair], lr=1e-4)
+
+            def lora_step() -> None:
+                b = noised_batch(scheduler, x0, generator=gen)
+                pred = unet(b.noisy.to(dtype), b.timesteps, encoder_hidden_states=cond.expand(batch, -1, -1)).sample
+                F.mse_loss(pred.float(), b.target.float()).backward()
+                adam.step()
+                adam.zero_grad(set_to_none=True)
+
+            lora_step()
+            return _timed(lora_step, device)
+
+    cones, tune, lora = [], [], []
     with _frozen(unet):
         for i in range(warmup + repeats):
             tc = _timed(cones_step, device)
             with _trainable(kv):  # the fine-tuning baseline trains exactly the K/V weights Cones scores
                 tf = _timed(finetune_step, device)
+            tl = lora_timed()
             if i >= warmup:
                 cones.append(tc)
                 tune.append(tf)
+                lora.append(tl)
         top = None
         if profile:
             top = {"cones": _top_operators(cones_step, device, profile)}
             with _trainable(kv):
                 top["finetune"] = _top_operators(finetune_step, device, profile)
-    c, f = min(cones), min(tune)
-    return {"cones_step_s": c, "finetune_step_s": f, "ratio": c / f, "batch": batch, "repeats": repeats,
+    c, f, lo = min(cones), min(tune), min(lora)
+    return {"cones_step_s": c, "finetune_step_s": f, "ratio": c / f, "lora_step_s": lo, "ratio_to_lora": c / lo,
+            "lora_rank": lora_rank, "batch": batch, "repeats": repeats,
             "neurons": space.size, "device": str(device), "dtype": str(dtype).removeprefix("torch.")} | (
         {"top_operators_ms_per_step": top} if top else {})
 

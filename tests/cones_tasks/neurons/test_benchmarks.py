@@ -15,12 +15,16 @@ from cones_tasks.neurons.space import NeuronSpace
 def test_bench_discovery_times_both_steps_and_leaves_flags_alone():
     unet, tokens = preset_unet("tiny")
     flags = [p.requires_grad for p in unet.parameters()]
+    names = [name for name, _ in unet.named_parameters()]
     start = time.perf_counter()
     out = bench_discovery(unet, tokens=tokens, batch=2, repeats=2, warmup=0)
     wall = time.perf_counter() - start
-    assert out["cones_step_s"] > 0 and out["finetune_step_s"] > 0
-    # The step times are real: two repeats of both steps fit in the call's own wall time, measured here.
-    assert 2 * (out["cones_step_s"] + out["finetune_step_s"]) <= wall
+    assert out["cones_step_s"] > 0 and out["finetune_step_s"] > 0 and out["lora_step_s"] > 0
+    # The step times are real: two repeats of all three steps fit in the call's own wall time, measured here.
+    assert 2 * (out["cones_step_s"] + out["finetune_step_s"] + out["lora_step_s"]) <= wall
+    # the LoRA step's adapter is gone afterwards: same parameter names, plain nn.Linear K/V projections
+    assert [name for name, _ in unet.named_parameters()] == names
+    assert all(type(m) is torch.nn.Linear for m in NeuronSpace.from_unet(unet).modules(unet).values())
     assert out["neurons"] == NeuronSpace.from_unet(unet).size
     assert [p.requires_grad for p in unet.parameters()] == flags
     assert all(p.grad is None for p in unet.parameters())
