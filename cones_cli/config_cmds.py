@@ -146,6 +146,8 @@ def _type_name(annotation) -> str:
     args = typing.get_args(annotation)
     if annotation is type(None):
         return "null"
+    if origin is typing.Annotated:  # constrained items, e.g. tuple[Annotated[int, Field(ge=1)], ...]
+        return _type_name(args[0])
     if origin is Literal:
         return " \\| ".join(f"`{json.dumps(a)}`" for a in args)
     if origin in (typing.Union, types.UnionType):

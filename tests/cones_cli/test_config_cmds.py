@@ -83,3 +83,16 @@ def test_schema_is_the_models_json_schema():
 def test_unknown_flow_is_refused_with_the_choices():
     result = _cli("config", "example", "custom")
     assert result.exit_code == 2 and "customize" in result.output
+
+
+def test_reference_types_read_as_words():
+    from typing import Annotated, Literal
+
+    from pydantic import Field
+
+    from cones_cli.config_cmds import _type_name
+    from cones_tasks.config import ClipRef
+
+    assert _type_name(tuple[Annotated[int, Field(ge=1)], ...]) == "list of `int`"
+    assert _type_name(ClipRef | None) == "[ClipRef](#clipref) or null"
+    assert _type_name(Literal["a", "b"]) == '`"a"` \\| `"b"`'
