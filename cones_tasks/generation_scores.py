@@ -5,7 +5,10 @@
   Diffusion);
 - text alignment: cosine similarity to the prompt's CLIP embedding;
 - presence (toy world only): 1.0 if the rule-based judge finds an object with exactly the
-  subject's shape, colour and pattern, else 0.0.
+  subject's shape, colour and pattern, else 0.0;
+- all present (toy world only): 1.0 if every subject of the generation is present. What a
+  combination is for: an image with one of two subjects is an image of something else, and the
+  mean of per-subject presence hides that (docs/composition.md).
 
 Embeddings come L2-normalised from the scorer (`.embed_images` / `.embed_texts`), so cosine
 similarity is a dot product.
@@ -21,6 +24,7 @@ import numpy as np
 IMAGE_ALIGNMENT = "image_alignment"
 TEXT_ALIGNMENT = "text_alignment"
 PRESENCE = "presence"
+ALL_PRESENT = "all_present"
 
 
 def image_alignment(generated: np.ndarray, references: np.ndarray) -> np.ndarray:
@@ -45,6 +49,11 @@ def toy_presence(images: np.ndarray, subjects: Sequence[Sequence[str]]) -> list[
         seen = {(o.shape, o.color, o.pattern) for o in judge(np.asarray(image)).objects}
         out.append({s: float(_attributes(ToySubject.parse(s)) in seen) for s in ids})
     return out
+
+
+def all_present(presence: Mapping[str, float]) -> float:
+    """One image's toy_presence → 1.0 if every subject in it was seen, else 0.0."""
+    return float(all(v == 1.0 for v in presence.values()))
 
 
 def _attributes(subject) -> tuple[str, str, str]:

@@ -35,6 +35,7 @@ def score_batch(catalog_uri: str, rows: list[GenerationRow], scorer: str, clip: 
     if scorer == JUDGE:
         for row, present in zip(rows, gs.toy_presence(images, [r.subjects for r in rows])):
             scores += [ClipScore(row.id, gs.PRESENCE, s, v, JUDGE) for s, v in present.items()]
+            scores.append(ClipScore(row.id, gs.ALL_PRESENT, "+".join(row.subjects), gs.all_present(present), JUDGE))
     else:
         assert clip is not None
         references = {  # subject → its reference images [M, H, W, 3]

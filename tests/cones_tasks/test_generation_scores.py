@@ -30,6 +30,12 @@ def test_toy_presence_reads_the_exact_subject_back():
     one = render(Scene("night", place_objects(rng, [("triangle", "yellow", "plain")])))
     out = gs.toy_presence(np.stack([both, one]), [["striped-yellow-triangle", "dotted-blue-circle"], ["striped-yellow-triangle"]])
     assert out == [{"striped-yellow-triangle": 1.0, "dotted-blue-circle": 1.0}, {"striped-yellow-triangle": 0.0}]
+    assert [gs.all_present(p) for p in out] == [1.0, 0.0]
+
+
+def test_all_present_needs_every_subject_not_most():
+    assert gs.all_present({"a": 1.0, "b": 0.0}) == 0.0  # per-subject presence would say 0.5
+    assert gs.all_present({"a": 1.0, "b": 1.0, "c": 1.0}) == 1.0
 
 
 @dataclass
