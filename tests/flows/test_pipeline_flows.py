@@ -85,9 +85,10 @@ def test_customize_end_to_end_and_a_rerun_does_only_missing_work(prefect_api, tm
     scores = catalog.query(
         "SELECT metric, count(*) AS n FROM clip_scores GROUP BY metric ORDER BY metric"
     ).to_pylist()
-    # per generation: 1 text score; per subject in it: 1 image-alignment and 1 presence score
+    # per generation: 1 text and 1 all-present score; per subject in it: 1 image-alignment and 1 presence score
     subject_slots = 6 * 1 + 6 * 2
     assert scores == [
+        {"metric": "all_present", "n": 12},
         {"metric": "image_alignment", "n": subject_slots},
         {"metric": "presence", "n": subject_slots},
         {"metric": "text_alignment", "n": 12},
@@ -101,4 +102,4 @@ def test_customize_end_to_end_and_a_rerun_does_only_missing_work(prefect_api, tm
 
     again = customize(_config(tmp_path, tiny_model_dir, tiny_clip, max_k=2))
     assert again["new_generations"] == 0
-    assert catalog.query("SELECT count(*) AS n FROM clip_scores").to_pylist()[0]["n"] == subject_slots * 2 + 12
+    assert catalog.query("SELECT count(*) AS n FROM clip_scores").to_pylist()[0]["n"] == subject_slots * 2 + 12 * 2
