@@ -76,19 +76,26 @@ def generation_ids(items: pa.Table, *, model_fingerprint: str, params: Mapping[s
     The same bytes as `content_key` hashes, assembled column-wise by Arrow; only the sha256 calls
     run per row (hashlib beat DuckDB's sha256 by 2× on this machine: 1.4 vs 3.0 s per million).
     """
-    if items.num_rows == 0:
-        return pa.array([], pa.string())
+    out: list[str] = []
+    for start in range(0, items.num_rows, _ID_BATCH):  # the joined keys (~330 B a row) exist a batch at a time
+        out.extend(_hash_rows(items.slice(start, _ID_BATCH), model_fingerprint, canonical_json(params or {})))
+    return pa.array(out, pa.string())
+
+
+_ID_BATCH = 32_768
+
+
+def _hash_rows(items: pa.Table, model_fingerprint: str, params: str) -> list[str]:
     column = lambda name: items.column(name).combine_chunks()  # noqa: E731
     joined = pc.binary_join_element_wise(
         "generation", pc.binary_join(column("subjects"), "|"), column("prompt"), pc.cast(column("seed"), pa.string()),
-        model_fingerprint, pc.binary_join(column("mask_ids"), "|"), canonical_json(params or {}), "", "\x1f",
+        model_fingerprint, pc.binary_join(column("mask_ids"), "|"), params, "", "\x1f",
     )
-    joined = joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
     _, offsets_buf, data_buf = joined.buffers()
     width = np.int64 if pa.types.is_large_string(joined.type) else np.int32
     offsets = np.frombuffer(offsets_buf, dtype=width)[joined.offset : joined.offset + len(joined) + 1].tolist()
     data, sha256 = memoryview(data_buf), hashlib.sha256
-    return pa.array([sha256(data[a:b]).hexdigest()[:32] for a, b in zip(offsets, offsets[1:])], pa.string())
+    return [sha256(data[a:b]).hexdigest()[:32] for a, b in zip(offsets, offsets[1:])]
 
 
 def _json_default(obj: Any) -> Any:

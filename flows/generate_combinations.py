@@ -111,8 +111,8 @@ class PlanTally:
     ids: list[pa.Array] = field(default_factory=list)  # every grid id, 36 B each (docs/scale.md)
 
 
-# Items per planned chunk: ~100 MB of transient strings at ~350 B an item, whatever the grid's size.
-PLAN_CHUNK_ITEMS = 262_144
+# Items per planned chunk: planning holds ~2 KB an item of a chunk at its peak (`cones bench plan`), whatever the grid's size.
+PLAN_CHUNK_ITEMS = 131_072
 
 
 def plan_chunks(
