@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cones_tasks.neurons.discovery import DiscoveryParams
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.validate import ValidateParams, _spread, validate_toy
+from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 
-TOY_MODEL = Path(__file__).resolve().parents[3] / "assets" / "toy-model"
+TOY_MODEL = TOY_MODEL_DIR  # shipped with the package: a missing model is a failure, not a skip
 
 
 def test_spread_cycles_evenly():
     assert _spread(["a", "b", "c"], 7) == ["a", "b", "c", "a", "b", "c", "a"]
 
 
-@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="toy model not built (cones toy train-model)")
 def test_validate_toy_reports_every_line_per_strategy():
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.toyworld.judge import judge
@@ -63,7 +61,6 @@ def test_validate_toy_reports_every_line_per_strategy():
         validate_toy(model, subjects, judge, candidates=union, params=params)
 
 
-@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="toy model not built (cones toy train-model)")
 def test_cli_validate_with_a_candidates_file(tmp_path):
     import json
 
@@ -89,7 +86,6 @@ def test_cli_validate_with_a_candidates_file(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="toy model not built (cones toy train-model)")
 def test_cli_validate_quick_prints_the_recommended_strategy_flat():
     import json
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,9 +13,9 @@ from cones_tasks.neurons.masks import ConceptMask, per_sample
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import WordMask, class_phrase_states, word_row_edits
 from cones_tasks.neurons.words import ClassWordNotInPromptError, word_rows
+from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 
-TOY_MODEL = Path(__file__).resolve().parents[3] / "assets" / "toy-model"
-pytestmark = pytest.mark.skipif(not (TOY_MODEL / "model_index.json").is_file(), reason="toy model not built")
+TOY_MODEL = TOY_MODEL_DIR  # shipped with the package: a missing model is a failure, not a skip
 
 
 @pytest.fixture(scope="module")
