@@ -58,3 +58,9 @@ def test_presets_carry_the_toy_models_knobs_where_they_differ_from_the_library_d
         # Toy photos are RESOLUTION px; the library default refuses anything below 64 px.
         assert configs[name].ingest.min_side <= RESOLUTION < type(configs[name].ingest)().min_side, name
     assert configs["customize"].scoring.judge and configs["score_generations"].scoring.judge
+
+
+def test_the_variables_the_deployments_read_are_named_where_users_look():
+    for doc in ("README.md", "docs/pipeline.md"):
+        text = (REPO / doc).read_text()
+        assert all(name in text for name in ENV), (doc, [name for name in ENV if name not in text])
