@@ -83,7 +83,7 @@ def test_compare_rows_storage_is_the_bytes_written(tmp_path):
     assert table.count("\n") == 5 and "| dense_kv |" in table
 
 
-@pytest.mark.slow  # Cones' default discovery (200 fit steps per subject) and a fine-tune per combination: ~2 min on CPU
+@pytest.mark.slow  # Cones' default discovery (200 fit steps per subject) and a fine-tune per combination: minutes on CPU
 def test_cli_compare_prints_the_table_as_json(tmp_path):
     import json
 
