@@ -152,14 +152,14 @@ def render_report(
         "</table>",
     ]
     if settings:
-        parts.append('<section class="settings"><h2>Settings</h2>')
+        parts.append('<section class="settings"><h2>Settings</h2><div class="setting-row">')
         for section, values in settings.items():
             parts += [
                 f'<table class="setting" data-section="{esc(section)}"><caption>{esc(section)}</caption>',
                 *(f"<tr><th>{esc(str(k))}</th><td>{esc(_fmt(v))}</td></tr>" for k, v in values.items()),
                 "</table>",
             ]
-        parts.append("</section>")
+        parts.append("</div></section>")
     if references:
         parts.append('<section class="references"><h2>Reference photos</h2>')
         for subject, photos in references.items():
@@ -171,8 +171,8 @@ def render_report(
                 f'<div class="subject" data-subject="{esc(subject)}"><h3>{esc(subject)} <small>({count})</small></h3>',
                 '<div class="image-grid">',
                 *(
-                    f'<figure><img alt="{esc(p.caption or subject)}" src="{_data_uri(p.image)}">'
-                    f"<figcaption>{esc(p.caption or 'alone')}</figcaption></figure>"
+                    f'<figure title="{esc(p.caption or subject)}"><img alt="{esc(p.caption or subject)}" '
+                    f'src="{_data_uri(p.image)}"><figcaption>{"scene" if p.caption else "alone"}</figcaption></figure>'
                     for p in photos[:REFERENCES_SHOWN]
                     if p.image is not None
                 ),
@@ -237,10 +237,13 @@ def _figure_png(fig) -> bytes:
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table.summary th,table.setting th{text-align:left;padding-right:1em;font-weight:600}
-.settings{display:flex;flex-wrap:wrap;gap:2em;align-items:flex-start}.settings h2{width:100%;margin-bottom:0}
-table.setting{font-size:.85em}table.setting caption{text-align:left;font-weight:bold;padding:.3em 0}
-.references .subject h3{margin:.6em 0 .2em}.references small{color:#666;font-weight:normal}
-.plot-row{display:flex;flex-wrap:wrap;gap:1em}.plot{margin:0}.plot figcaption{text-align:center;font-weight:600}
+.setting-row{display:flex;flex-wrap:wrap;gap:2.5em;align-items:flex-start}
+table.setting{font-size:.85em;border-collapse:collapse}table.setting td{max-width:16em}
+table.setting caption{text-align:left;font-weight:bold;padding:.3em 0}table.setting th{vertical-align:top}
+.references .subject h3{margin:.5em 0 .2em;font-size:1em}.references small{color:#666;font-weight:normal}
+.references .image-grid img{width:64px;height:64px}
+.plot-row{display:flex;gap:1em;align-items:flex-end}.plot{margin:0;flex:1 1 0;min-width:0}
+.plot img{width:100%;height:auto}.plot figcaption{text-align:center;font-weight:600}
 .rest{color:#555;border-top:1px solid #ddd;padding-top:.5em}
 .combination{border-top:1px solid #ddd;padding:.5em 0}
 .combination h3{margin:.2em 0}.prompt{font-style:italic;margin:.2em 0}.scores{color:#555;margin:.2em 0}

@@ -112,7 +112,8 @@ def test_references_once_at_the_top_settings_and_each_plot_titled_once():
     blocks = soup.select("section.references div.subject")
     assert [b["data-subject"] for b in blocks] == ["a-circle", "b-square"]
     assert len(blocks[0].find_all("img")) == 2 and "1 photos and 1 scene photos" in blocks[0].h3.text
-    assert [f.text for f in blocks[0].find_all("figcaption")] == ["alone", "a circle beside a square"]
+    assert [f.figcaption.text for f in blocks[0].find_all("figure")] == ["alone", "scene"]
+    assert [f["title"] for f in blocks[0].find_all("figure")] == ["a-circle", "a circle beside a square"]
     assert len(blocks[1].find_all("img")) == REFERENCES_SHOWN and f"the first {REFERENCES_SHOWN} shown" in blocks[1].h3.text
     order = [s.get("class", [None])[0] for s in soup.body.find_all("section", recursive=False)]
     assert order.index("references") < order.index("plots") < order.index("combination")
