@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -75,13 +76,21 @@ def reference_renders(subject: ToySubject, *, n: int = 6, seed: int = 0) -> np.n
     return np.stack(images)
 
 
-def scene_references(subject: ToySubject, *, n: int = 12, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+def scene_references(
+    subject: ToySubject, *, n: int = 12, seed: int = 0, others: Literal["class", "described"] = "class"
+) -> tuple[np.ndarray, list[str]]:
     """uint8 [n, H, W, 3] and captions: the subject beside another object, left and right in turn.
 
     What a user with photos of their subject among other things would hand over, captioned: the
-    subject by its class phrase ("a triangle"), the other object in full ("a dotted red square"),
-    named left to right, on alternating backgrounds. The other object is always of another class,
-    so the subject is the first mention of its class word.
+    subject by its class phrase ("a triangle") and the other object, named left to right, on
+    alternating backgrounds. The other object is always of another class, so the subject is the
+    first mention of its class word.
+
+    `others`: how the caption names the other object. "class" ("a triangle and a square on snow"),
+    the way a combination's prompt names its subjects, so discovery sees the edit beside a word
+    that does not fix the other object's look and learns to leave that object alone;
+    "described" ("... and a dotted red square ..."), where the words fix it. Class words drew
+    both subjects of a pair far more often (docs/research/composition.md, "Scene captions").
     """
     from cones_tasks.toyworld.captions import describe
     from cones_tasks.toyworld.render import random_attributes
@@ -95,7 +104,7 @@ def scene_references(subject: ToySubject, *, n: int = 12, seed: int = 0) -> tupl
             other = random_attributes(rng)
         attrs = [me, other] if i % 2 == 0 else [other, me]
         objects = place_objects(rng, attrs, order="left-to-right")
-        phrases = [f"a {o.shape}" if (o.shape, o.color, o.pattern) == me else describe(o) for o in objects]
+        phrases = [f"a {o.shape}" if (o.shape, o.color, o.pattern) == me or others == "class" else describe(o) for o in objects]
         images.append(render(Scene(background, objects)))
         captions.append(f"{' and '.join(phrases)} on {background}")
     return np.stack(images), captions

@@ -137,8 +137,13 @@ def test_scene_references_show_the_subject_beside_another_object_named_in_order(
         mine = left if i % 2 == 0 else right  # the subject alternates sides, and the caption follows left to right
         assert (mine.shape, mine.color, mine.pattern) == (subject.shape, subject.color, subject.pattern)
         assert caption.startswith(f"a {subject.shape} and ") == (i % 2 == 0)
+        other = right if i % 2 == 0 else left  # named by its class word alone, as a combination's prompt names it
+        assert caption == " and ".join(f"a {o.shape}" for o in (left, right)) + f" on {verdict.background}"
+        assert other.shape != subject.shape
     again, _ = scene_references(subject, n=6, seed=0)
     assert (again == images).all()  # seeded
+    _, described = scene_references(subject, n=6, seed=0, others="described")
+    assert described[0].startswith(f"a {subject.shape} and a ") and len(described[0].split()) == len(captions[0].split()) + 2
 
 
 def test_judgement_shows_a_subject_in_its_shape_or_carried_onto_another_class():
