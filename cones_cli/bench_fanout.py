@@ -10,7 +10,8 @@ minutes on 2 cores; the larger the per-image work, the smaller the overhead frac
 - wall_s: the `generate-combinations` flow on a Prefect API (threads runner), batches fanned out
   as tasks, gpu limit, progress artifact, catalog commits.
 
-overhead_fraction = (wall_s − compute_s) / wall_s. Each run writes its own fresh catalog, and the
+overhead_fraction = (wall_s − compute_s) / wall_s of each back-to-back pair, the median of ≥ 3 pairs
+reported with the spread (min, max) of the pairs. Each run writes its own fresh catalog, and the
 two must end with the same images (content hashes), so the comparison is of identical work.
 The API server's start-up is not timed: it runs once per deployment, not once per fan-out.
 """
@@ -18,6 +19,7 @@ The API server's start-up is not timed: it runs once per deployment, not once pe
 from __future__ import annotations
 
 import math
+import statistics
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 import time
@@ -94,11 +96,11 @@ def _write_bench_model(out: Path) -> None:
     write_pipeline(out, unet, build_text_encoder(seed=0), build_scheduler())
 
 
-def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeats: int = 2) -> dict:
-    """Alternate plain and flow runs `repeats` times on fresh catalogs; report each side's fastest.
+def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeats: int = 3) -> dict:
+    """`repeats` plain/flow pairs on fresh catalogs, each pair run back to back; report the median pair and the spread.
 
-    The minimum is the run least disturbed by other load on a shared machine; alternating keeps
-    slow drifts in that load from favouring one side.
+    Each pair's overhead fraction compares two runs seconds apart, so slow drifts in the load of a
+    shared machine move both sides alike; the median of the pairs is the figure, min–max its spread.
     """
     from flows._runtime import model_session
 
@@ -118,16 +120,19 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeat
         same = _image_names(plain.catalog) == _image_names(orchestrated.catalog)
         if new != n_items or not same:
             raise RuntimeError(f"the two runs differ: the flow wrote {new} of {n_items} images; same images: {same}")
-    wall_s, compute_s = min(flow_s), min(plain_s)
+    fractions = [(w - c) / w for w, c in zip(flow_s, plain_s)]
     return {
         "combinations": n_items,
         "subjects": n_subjects,
         "steps": steps,
         "task_batch": orchestrated.grid.task_batch,
         "tasks": math.ceil(n_items / orchestrated.grid.task_batch),
-        "wall_s": round(wall_s, 2),
-        "compute_s": round(compute_s, 2),
-        "overhead_fraction": round((wall_s - compute_s) / wall_s, 4),
+        "repeats": repeats,
+        "wall_s": round(statistics.median(flow_s), 2),
+        "compute_s": round(statistics.median(plain_s), 2),
+        "overhead_fraction": round(statistics.median(fractions), 4),
+        "overhead_fraction_spread": [round(min(fractions), 4), round(max(fractions), 4)],
+        "overhead_s": round(statistics.median(w - c for w, c in zip(flow_s, plain_s)), 2),
         "runs_wall_s": [round(x, 2) for x in flow_s],
         "runs_compute_s": [round(x, 2) for x in plain_s],
     }
@@ -159,7 +164,7 @@ def _with_prefect(config) -> tuple[float, int]:
 def fanout(
     combinations: Annotated[int, typer.Option(min=1, help="At least this many combinations (subject subsets × prompts × seeds).")] = 10_000,
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image (the work per combination).")] = 8,
-    repeats: Annotated[int, typer.Option(min=1, help="Alternating plain/flow pairs; each side's fastest is reported.")] = 2,
+    repeats: Annotated[int, typer.Option(min=3, help="Plain/flow pairs; the median pair's overhead is reported, with the spread.")] = 3,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Orchestration overhead of generate-combinations: the flow vs the same work as plain calls."""

@@ -158,11 +158,29 @@ def grid_item_count(config: GenerateConfig, n_subjects: int) -> int:
 
 
 def batch_calls(config: GenerateConfig, chunks: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
-    """Keyword arguments of one `generate-batch` task per `grid.task_batch` items, as the chunks come."""
+    """Keyword arguments of one `generate-batch` task per `grid.task_batch` items, as the chunks come.
+
+    Batches span chunk boundaries (a chunk ends where a k or a file batch does), so a small grid
+    is as few tasks as before streaming, and each task's sample batches stay full.
+    """
+    size, pending, held = config.grid.task_batch, [], 0
+
+    def call(rows: pa.Table) -> dict[str, Any]:
+        return {"catalog_uri": config.catalog, "model_ref": config.model, "grid": config.grid,
+                "attention": config.discovery.attention, "items": rows.to_pylist()}
+
     for chunk in chunks:
-        for start in range(0, chunk.num_rows, config.grid.task_batch):
-            yield {"catalog_uri": config.catalog, "model_ref": config.model, "grid": config.grid,
-                   "attention": config.discovery.attention, "items": chunk.slice(start, config.grid.task_batch).to_pylist()}
+        pending.append(chunk)
+        held += chunk.num_rows
+        if held < size:
+            continue
+        rows = pa.concat_tables(pending)
+        full = rows.num_rows - rows.num_rows % size
+        for start in range(0, full, size):
+            yield call(rows.slice(start, size))
+        pending, held = [rows.slice(full)], rows.num_rows - full
+    if held:
+        yield call(pa.concat_tables(pending))
 
 
 @flow(name="generate-combinations")
