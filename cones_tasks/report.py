@@ -104,9 +104,11 @@ def score_figures(entries: Sequence[ReportEntry]) -> list[tuple[str, object]]:
     fig.tight_layout()
     plots.append(("Score by number of subjects", fig))
 
-    fig = Figure(figsize=(3.2 * len(metrics), 3), dpi=100)
+    cols = min(2, len(metrics))  # two a row: four metrics are a 2 × 2 grid the size of the plot beside it
+    rows = -(-len(metrics) // cols)
+    fig = Figure(figsize=(3.2 * cols, 2.4 * rows + 0.6), dpi=100)
     for i, metric in enumerate(metrics):
-        ax = fig.add_subplot(1, len(metrics), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         values = [e.scores[metric] for e in entries if metric in e.scores]
         ax.hist(values, bins=min(20, max(3, len(values))), color="#4c72b0")
         ax.set_title(metric, fontsize=9)
