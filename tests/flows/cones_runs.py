@@ -191,3 +191,10 @@ def alive(processes: Mapping[int, int]) -> dict[int, str]:
             except FileNotFoundError:
                 continue
     return out
+
+
+def cli_json(result) -> dict:
+    """The JSON a `cones … --json` command printed last (CliRunner result): any warning printed before
+    it on stdout (under load, Prefect's "Lease not found …") is skipped."""
+    text = result.stdout
+    return json.loads(text if text.startswith("{") else text[text.rindex("\n{\n") + 1:])

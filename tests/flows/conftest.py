@@ -73,3 +73,19 @@ def prefect_server(tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def demo_run(prefect_api, tmp_path_factory):
+    """`cones demo --json` once per session (~3 min on 2 cores): its printed result, and its workdir as `workdir`.
+
+    Shared by the demo's own test and the browser test of its report."""
+    from typer.testing import CliRunner
+
+    from cones_cli.app import app
+    from cones_runs import cli_json
+
+    workdir = tmp_path_factory.mktemp("demo") / "demo"
+    result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir), "--json"])
+    assert result.exit_code == 0, result.output
+    return {**cli_json(result), "workdir": workdir}

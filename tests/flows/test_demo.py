@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from typer.testing import CliRunner
 
 from catalog import load_catalog
-from cones_cli.app import app
 
 pytestmark = pytest.mark.slow
 
 
-def test_demo_fills_the_catalog_and_its_masks_draw_their_subjects(prefect_api, tmp_path):
-    result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "demo"), "--json"])
-    assert result.exit_code == 0, result.output
-    out = json.loads(result.output[result.output.index("{"):])
-    assert out["generations"] == 56 and (tmp_path / "demo" / "report.html").stat().st_size > 0
+def test_demo_fills_the_catalog_and_its_masks_draw_their_subjects(demo_run):
+    out = demo_run  # the `cones demo --json` run (conftest), shared with the browser test of its report
+    assert out["generations"] == 56 and (out["workdir"] / "report.html").stat().st_size > 0
     catalog = load_catalog(out["catalog"])
     presence = {
         row["k"]: row["presence"]
