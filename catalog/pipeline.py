@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from catalog.catalog import Catalog
+from catalog.errors import UnknownSubjectError
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,23 @@ def existing_generation_ids(catalog: Catalog, ids: Sequence[str]) -> set[str]:
 def generations_present(catalog: Catalog, ids: pa.Array) -> np.ndarray:
     """bool [len(ids)]: which generation ids the catalog holds (a DuckDB join against one planned chunk)."""
     return catalog.present("generations", "id", ids)
+
+
+def existing_mask_ids(catalog: Catalog, ids: Sequence[str]) -> set[str]:
+    """The subset of mask `ids` in `concept_masks` (one join, blobs not read)."""
+    ids = list(ids)
+    found = catalog.present("concept_masks", "mask_id", pa.array(ids, pa.string()))
+    return {ids[i] for i in np.flatnonzero(found)}
+
+
+def class_words(catalog: Catalog, subjects: Sequence[str]) -> dict[str, str]:
+    """{subject id: class word} in one query; UnknownSubjectError names any subject not in the catalog."""
+    rows = catalog.query("SELECT id, class_word FROM subjects WHERE list_contains(?, id)", [list(subjects)]).to_pylist()
+    words = {r["id"]: r["class_word"] for r in rows}
+    missing = sorted(set(subjects) - set(words))
+    if missing:
+        raise UnknownSubjectError(f"subjects not in the catalog: {missing[:5]}; add them with `cones run ingest` first")
+    return {s: words[s] for s in subjects}
 
 
 def generations_without_scores(catalog: Catalog, *, scorer: str, ids: Sequence[str] | None = None) -> list[GenerationRow]:

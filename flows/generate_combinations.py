@@ -22,9 +22,9 @@ import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from catalog import Generation, generation_ids, load_catalog, params_hash
+from catalog import Generation, generation_ids, load_catalog, mask_id_for, params_hash
 from catalog.combination_files import combination_rows, count_combination_rows
-from catalog.pipeline import generations_present
+from catalog.pipeline import class_words, existing_mask_ids, generations_present
 from cones_tasks.combinations import batched, grid_items
 from cones_tasks.config import DiscoveryParams, GenerateConfig, GenerationGrid, ModelRef, mask_params
 from cones_tasks.ingest import encode_png
@@ -47,8 +47,10 @@ def resolve_masks(
     catalog = load_catalog(catalog_uri)
     fingerprint = neuron_space(model_ref, discovery.attention).fingerprint
     wanted = params_hash(mask_params(discovery, seed=seed))
-    found = {s: catalog.find_mask(subject=s, model_fingerprint=fingerprint, params_hash=wanted) for s in subjects}
-    missing = sorted(s for s, m in found.items() if m is None)
+    # Two queries for any number of subjects (a 1,000-subject grid made 2,000 before; docs/scale.md)
+    mask_ids = {s: mask_id_for(s, fingerprint, wanted) for s in subjects}
+    stored = existing_mask_ids(catalog, list(mask_ids.values()))
+    missing = sorted(s for s, m in mask_ids.items() if m not in stored)
     if missing:
         raise MissingMaskError(
             f"no concept mask for {missing} on model {fingerprint[:16]}… with these discovery parameters; "
@@ -56,8 +58,8 @@ def resolve_masks(
         )
     return {
         "model_fingerprint": fingerprint,
-        "class_words": {s: catalog.get_subject(s).class_word for s in subjects},
-        "mask_ids": {s: m.mask_id for s, m in found.items()},
+        "class_words": class_words(catalog, subjects),
+        "mask_ids": mask_ids,
     }
 
 

@@ -83,3 +83,19 @@ def test_a_killed_sampled_run_rerun_completes_the_same_combinations(tmp_path, ti
     assert len(rows) == GRID_SIZE and {r["id"] for r in rows} == expected == set(result["generations"])
     sizes = sorted(len(r["subjects"]) for r in rows)
     assert sizes == [2] * (GRID_SIZE // 2) + [3] * (GRID_SIZE // 2)
+
+
+def test_resolve_masks_finds_every_subject_in_two_queries_and_names_the_missing(tmp_path, tiny_model_dir):
+    from cones_tasks.config import DiscoveryParams, ModelRef
+    from flows.generate_combinations import MissingMaskError, resolve_masks
+
+    uri = _catalog_with_masks(tmp_path, tiny_model_dir)
+    model = ModelRef(path=str(tiny_model_dir))
+    resolved = resolve_masks.fn(uri, model, tuple(SUBJECTS), DiscoveryParams(), 0)
+    assert list(resolved["class_words"]) == SUBJECTS and resolved["class_words"]["subject-4"] == "square"
+    stored = {m["subject"]: m["mask_id"] for m in load_catalog(uri).query("SELECT subject, mask_id FROM concept_masks").to_pylist()}
+    assert resolved["mask_ids"] == stored
+    with pytest.raises(MissingMaskError, match=r"no concept mask for \['subject-9'\]"):
+        resolve_masks.fn(uri, model, (*SUBJECTS, "subject-9"), DiscoveryParams(), 0)
+    with pytest.raises(MissingMaskError):
+        resolve_masks.fn(uri, model, tuple(SUBJECTS), DiscoveryParams(), 1)  # masks of another discovery seed
