@@ -27,6 +27,7 @@ from catalog.records import (
     generation_ids,
     mask_id_for,
     params_hash,
+    shard_of,
 )
 from catalog.schema import PRIMARY_KEYS, SCHEMAS, TABLES
 
@@ -56,4 +57,5 @@ __all__ = [
     "load_catalog",
     "mask_id_for",
     "params_hash",
+    "shard_of",
 ]

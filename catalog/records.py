@@ -82,6 +82,16 @@ def generation_ids(items: pa.Table, *, model_fingerprint: str, params: Mapping[s
     return pa.array(out, pa.string())
 
 
+def shard_of(ids: pa.Array, count: int) -> np.ndarray:
+    """int64 [len(ids)]: the shard (0..count-1) of each generation id, from its first 8 hex digits.
+
+    Ids are sha256 prefixes, so shares are even; a shard depends on the id alone, so every
+    worker computes the same split with no coordination.
+    """
+    heads = pc.utf8_slice_codeunits(ids, 0, 8).to_pylist()
+    return np.fromiter((int(h, 16) for h in heads), dtype=np.int64, count=len(heads)) % count
+
+
 _ID_BATCH = 32_768
 
 

@@ -24,6 +24,7 @@ __all__ = [
     "DiscoveryParams",
     "GenerateConfig",
     "GenerationGrid",
+    "GridShard",
     "IngestConfig",
     "IngestParams",
     "ModelRef",
@@ -105,6 +106,19 @@ class BalancedCombinations(_Frozen):
 
 
 Combinations = Union[Literal["all"], SampledCombinations, BalancedCombinations, tuple[tuple[str, ...], ...], str]
+
+
+class GridShard(_Frozen):
+    """One of `count` disjoint shares of a grid, chosen by generation id, so N workers split a grid without talking."""
+
+    index: int = Field(ge=0, description="this share, 0..count-1")
+    count: int = Field(ge=1, description="how many shares the grid is split into")
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> GridShard:
+        if self.index >= self.count:
+            raise ValueError(f"shard index {self.index} must be below count {self.count}")
+        return self
 
 
 class GenerationGrid(_Frozen):
@@ -241,6 +255,9 @@ class GenerateConfig(_FlowConfig):
     discovery: DiscoveryParams = Field(DiscoveryParams(), description="which masks to use: those found with these params")
     discovery_seed: int = Field(0, description="… and this discovery seed")
     grid: GenerationGrid = Field(GenerationGrid(), description="which images to generate")
+    shard: GridShard | None = Field(
+        None, description="generate only this share of the grid: N flow runs with shards 0..N-1 of N split it (docs/scale.md)"
+    )
 
     _composition = model_validator(mode="after")(_composition_fits_discovery)
     _combinations = model_validator(mode="after")(_combinations_fit_subjects)

@@ -22,7 +22,7 @@ import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from catalog import Generation, generation_ids, load_catalog, mask_id_for, params_hash
+from catalog import Generation, generation_ids, load_catalog, mask_id_for, params_hash, shard_of
 from catalog.combination_files import combination_rows, count_combination_rows
 from catalog.pipeline import class_words, existing_mask_ids, generations_present
 from cones_tasks.combinations import batched, grid_items
@@ -141,6 +141,9 @@ def plan_chunks(
     ):
         items = grid_items(subsets, ids=ids, class_words=class_words, mask_ids=mask_ids, templates=grid.templates, seeds=grid.seeds)
         gids = generation_ids(items, model_fingerprint=resolved["model_fingerprint"], params=params)
+        if config.shard is not None:
+            mine = pa.array(shard_of(gids, config.shard.count) == config.shard.index)
+            items, gids = items.filter(mine), gids.filter(mine)
         done = generations_present(catalog, gids)
         tally.items += items.num_rows
         tally.skipped += int(done.sum())
@@ -152,11 +155,12 @@ def plan_chunks(
 
 
 def grid_item_count(config: GenerateConfig, n_subjects: int) -> int:
-    """Items in the grid before skipping (a combinations file is counted in one streamed pass)."""
+    """Items in the grid (or, for a shard, about its share) before skipping; a file is counted in one pass."""
     spec = config.grid.combinations
     listed = count_combination_rows(spec) if isinstance(spec, str) and spec != "all" else None
     subsets = grid_subset_count(None if listed is not None else spec, n=n_subjects, max_k=config.grid.max_k, listed=listed)
-    return subsets * len(config.grid.templates) * len(config.grid.seeds)
+    items = subsets * len(config.grid.templates) * len(config.grid.seeds)
+    return items if config.shard is None else math.ceil(items / config.shard.count)  # a shard: about its share
 
 
 def batch_calls(config: GenerateConfig, chunks: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:

@@ -99,3 +99,17 @@ def test_a_file_row_naming_an_unknown_subject_is_refused_with_its_row(tmp_path):
     config, resolved = _config(tmp_path, 3, str(tmp_path / "combos.csv"), seeds=(0,))
     with pytest.raises(ValueError, match=r"row 3 \['subject-0002', 'nobody'\]: subject 'nobody' is not one of"):
         list(plan_chunks(config, resolved))
+
+
+def test_shards_split_the_grid_into_disjoint_even_shares(tmp_path):
+    config, resolved = _config(tmp_path, 40, {"sample": 500, "k": [2, 3], "seed": 1})
+    whole = {r["id"] for chunk in plan_chunks(config, resolved) for r in chunk.to_pylist()}
+    shares = []
+    for index in range(3):
+        shard = config.model_copy(update={"shard": {"index": index, "count": 3}})
+        shard = type(config).model_validate(shard.model_dump())
+        shares.append({r["id"] for chunk in plan_chunks(shard, resolved) for r in chunk.to_pylist()})
+    assert set().union(*shares) == whole and sum(len(s) for s in shares) == len(whole) == 4000
+    assert all(abs(len(s) - 4000 / 3) < 150 for s in shares)  # ±3.5 σ of a binomial(4000, 1/3)
+    with pytest.raises(ValueError, match="shard index 3 must be below count 3"):
+        type(config).model_validate({**config.model_dump(), "shard": {"index": 3, "count": 3}})
