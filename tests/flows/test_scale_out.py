@@ -86,7 +86,11 @@ def reference(prefect_api, subject_folders, tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["dask", "ray"])
-def test_customize_on_a_cluster_makes_what_one_thread_makes(kind, prefect_api, subject_folders, reference, tmp_path):
+def test_customize_on_a_cluster_makes_what_one_thread_makes(kind, prefect_api, subject_folders, reference, tmp_path, request):
+    if kind == "ray":  # the local Ray instance outlives the run by design (one per process): not this session
+        import ray
+
+        request.addfinalizer(ray.shutdown)
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName, TaskRunFilterStartTime
 
