@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +97,7 @@ _ID_BATCH = 32_768
 
 
 def _hash_rows(items: pa.Table, model_fingerprint: str, params: str) -> list[str]:
-    column = lambda name: items.column(name).combine_chunks()  # noqa: E731
+    column = lambda name: items.column(name).combine_chunks()
     joined = pc.binary_join_element_wise(
         "generation", pc.binary_join(column("subjects"), "|"), column("prompt"), pc.cast(column("seed"), pa.string()),
         model_fingerprint, pc.binary_join(column("mask_ids"), "|"), params, "", "\x1f",
@@ -105,7 +106,7 @@ def _hash_rows(items: pa.Table, model_fingerprint: str, params: str) -> list[str
     width = np.int64 if pa.types.is_large_string(joined.type) else np.int32
     offsets = np.frombuffer(offsets_buf, dtype=width)[joined.offset : joined.offset + len(joined) + 1].tolist()
     data, sha256 = memoryview(data_buf), hashlib.sha256
-    return [sha256(data[a:b]).hexdigest()[:32] for a, b in zip(offsets, offsets[1:])]
+    return [sha256(data[a:b]).hexdigest()[:32] for a, b in itertools.pairwise(offsets)]
 
 
 def _json_default(obj: Any) -> Any:

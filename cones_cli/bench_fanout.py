@@ -21,8 +21,8 @@ from __future__ import annotations
 import math
 import statistics
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated
 
@@ -84,7 +84,11 @@ def _write_bench_model(out: Path) -> None:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from cones_tasks.toyworld.architecture import TEXT_WIDTH, build_scheduler, build_text_encoder
+    from cones_tasks.toyworld.architecture import (
+        TEXT_WIDTH,
+        build_scheduler,
+        build_text_encoder,
+    )
     from cones_tasks.toyworld.train_model import write_pipeline
 
     torch.manual_seed(0)
@@ -139,7 +143,13 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeat
 
 
 def _without_prefect(config) -> tuple[float, int]:
-    from flows.generate_combinations import PlanTally, batch_calls, generate_batch, plan_chunks, resolve_masks
+    from flows.generate_combinations import (
+        PlanTally,
+        batch_calls,
+        generate_batch,
+        plan_chunks,
+        resolve_masks,
+    )
 
     started = time.perf_counter()
     tally = PlanTally()

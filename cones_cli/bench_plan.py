@@ -133,9 +133,9 @@ def _seed_in_child(catalog: str, subjects: int, items: int, present: int) -> dic
 
 
 def run_plan_bench(*, workdir: Path, subjects: int, items: int, present: int, chunk_items: int) -> dict:
-    from flows.generate_combinations import PlanTally, grid_item_count, plan_chunks
-
     import multiprocessing
+
+    from flows.generate_combinations import PlanTally, grid_item_count, plan_chunks
 
     config, resolved = bench_config(str(workdir / "catalog"), subjects=subjects, items=items)
     # Seeded in a child process: the memory it leaves in this process's allocators would

@@ -8,14 +8,18 @@ Presets (deployments/prefect.yaml, `cones run customize --config`) hold only non
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal, TypeVar, Union
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cones_tasks.combinations import check_template
-from cones_tasks.subsets import COMBINATION_FILE_SUFFIXES, check_listed, check_subject_count
 from cones_tasks.ingest import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, validate_subject_id
 from cones_tasks.neurons.discovery import DiscoveryParams
+from cones_tasks.subsets import (
+    COMBINATION_FILE_SUFFIXES,
+    check_listed,
+    check_subject_count,
+)
 
 __all__ = [
     "ClipRef",
@@ -105,7 +109,7 @@ class BalancedCombinations(_Frozen):
     _k_distinct = field_validator("k")(_distinct_sizes)
 
 
-Combinations = Union[Literal["all"], SampledCombinations, BalancedCombinations, tuple[tuple[str, ...], ...], str]
+Combinations = Literal["all"] | SampledCombinations | BalancedCombinations | tuple[tuple[str, ...], ...] | str
 
 
 class GridShard(_Frozen):

@@ -22,17 +22,36 @@ import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from catalog import Generation, generation_ids, load_catalog, mask_id_for, params_hash, shard_of
+from catalog import (
+    Generation,
+    generation_ids,
+    load_catalog,
+    mask_id_for,
+    params_hash,
+    shard_of,
+)
 from catalog.combination_files import combination_rows, count_combination_rows
 from catalog.pipeline import class_words, existing_mask_ids, generations_present
 from cones_tasks.combinations import batched, grid_items
-from cones_tasks.config import DiscoveryParams, GenerateConfig, GenerationGrid, ModelRef, mask_params
+from cones_tasks.config import (
+    DiscoveryParams,
+    GenerateConfig,
+    GenerationGrid,
+    ModelRef,
+    mask_params,
+)
 from cones_tasks.ingest import encode_png
 from cones_tasks.neurons.composition import compose
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.sampling import sample
 from cones_tasks.subsets import grid_subset_count, grid_subsets
-from flows._runtime import TASK_OPTIONS, ensure_concurrency_limit, fan_out_stream, model_session, neuron_space
+from flows._runtime import (
+    TASK_OPTIONS,
+    ensure_concurrency_limit,
+    fan_out_stream,
+    model_session,
+    neuron_space,
+)
 
 
 class MissingMaskError(LookupError):

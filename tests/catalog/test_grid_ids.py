@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-import numpy as np
+import itertools
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from catalog import generation_id, generation_ids, load_catalog
-from catalog.combination_files import CombinationFileError, combination_rows, count_combination_rows
+from catalog.combination_files import (
+    CombinationFileError,
+    combination_rows,
+    count_combination_rows,
+)
 from catalog.pipeline import existing_generation_ids, generations_present
 from cones_tasks.combinations import grid_items
 from cones_tasks.subsets import grid_subsets
@@ -55,7 +60,7 @@ def test_combination_files_parquet_and_csv(tmp_path):
     (tmp_path / "c.csv").write_text("note,subjects\nx,dog|cat\ny, owl \nz,\n")
     for name in ("c.parquet", "c.csv"):
         batches = list(combination_rows(str(tmp_path / name), batch_rows=2))
-        rows = [[v[a:b] for a, b in zip(o[:-1], o[1:])] for v, o in batches]
+        rows = [[v[a:b] for a, b in itertools.pairwise(o)] for v, o in batches]
         assert [r for batch in rows for r in batch] == [["dog", "cat"], ["owl"], []]
         assert count_combination_rows(str(tmp_path / name)) == 3
     pq.write_table(pa.table({"names": [["dog"]]}), tmp_path / "bad.parquet")

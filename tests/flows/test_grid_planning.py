@@ -11,7 +11,13 @@ from catalog import generation_id, load_catalog
 from catalog.records import content_key
 from cones_tasks.combinations import enumerate_combinations
 from cones_tasks.config import GenerateConfig
-from flows.generate_combinations import PLAN_CHUNK_ITEMS, PlanTally, batch_calls, grid_item_count, plan_chunks
+from flows.generate_combinations import (
+    PLAN_CHUNK_ITEMS,
+    PlanTally,
+    batch_calls,
+    grid_item_count,
+    plan_chunks,
+)
 
 # Stated bounds for planning 1,000,000 items in chunks of PLAN_CHUNK_ITEMS: Python objects (tracemalloc,
 # numpy included) and Arrow's pool, sampled at every chunk. Measured on 2 shared cores: 37 MB and 66 MB.

@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 import pytest
+from cones_runs import ConesRun, cones_env
 
 from catalog import load_catalog
-from cones_runs import ConesRun, cones_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL of a real process")
 
