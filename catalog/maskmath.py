@@ -1,7 +1,7 @@
 """Set arithmetic over many masks at once: all-pairs intersections and Jaccard.
 
-Issue #5 asks for all-pairs Jaccard over 1,000 SD-scale masks (19,169,280
-positions, ~1% density) in ≤ 60 s on 2 cores. Pair by pair with roaring
+The catalog's target is all-pairs Jaccard over 1,000 SD-scale masks (19,169,280
+positions, ~1% density) in ≤ 60 s on 2 cores (`cones bench catalog`). Pair by pair with roaring
 bitmaps that is ~150 s, and a scipy sparse product X·Xᵀ measured ~125 s here;
 we count through an inverted index instead:
 

@@ -1,4 +1,4 @@
-"""Measurements of the toy world's parts: the judge, the toy CLIP, the toy model (issues #2, #3)."""
+"""Measurements of the toy world's parts: the judge, the toy CLIP, the toy model (docs/research/toy-model.md)."""
 
 from __future__ import annotations
 
