@@ -26,6 +26,13 @@ def compare(
     n: int = typer.Option(None, min=1, help="Images judged per reported line (default 48; --quick 24)."),
     select_n: int = typer.Option(None, min=1, help="Images per selection line (default 24; --quick 12)."),
     steps: int = typer.Option(20, min=1, help="Sampling steps per image."),
+    method: list[str] = typer.Option(None, help="Rows to measure: cones, dense_kv, lora (repeat; default all three)."),
+    multi_mode: list[str] = typer.Option(
+        None, help="Baselines' multi-subject modes to choose from: summed, joint (repeat; default both)."
+    ),
+    budget: int = typer.Option(
+        None, min=0, help="--quick: which of each baseline's default budgets to take (0: the smallest, the default)."
+    ),
     out: Path = typer.Option(None, help="Folder to write every concept into (default: a temporary folder)."),
     markdown: Path = typer.Option(None, help="Also write the table as markdown to this file."),
     threads: int = typer.Option(1, min=0, help="torch CPU threads (0: torch's default); seconds per concept are measured under it."),
@@ -48,9 +55,14 @@ def compare(
         "images_per_line": n or (24 if quick else 48), "select_images_per_line": select_n or (12 if quick else 24),
         "sample_steps": steps,
     })
-    params = defaults.model_copy(update={"sampling": sampling})
+    params = CompareParams(**{**defaults.model_dump(), "sampling": sampling.model_dump(),
+                              **({"methods": tuple(method)} if method else {}),
+                              **({"multi_modes": tuple(multi_mode)} if multi_mode else {})})
     if quick:
-        params = params.model_copy(update={"dense_kv": defaults.dense_kv[:1], "lora": defaults.lora[:1]})
+        pick = budget or 0
+        if pick >= min(len(defaults.dense_kv), len(defaults.lora)):
+            raise typer.BadParameter(f"there are {len(defaults.dense_kv)} default budgets", param_hint="--budget")
+        params = params.model_copy(update={"dense_kv": defaults.dense_kv[pick : pick + 1], "lora": defaults.lora[pick : pick + 1]})
     with tempfile.TemporaryDirectory(prefix="cones-compare-") as scratch:
         root = out or Path(scratch)
 

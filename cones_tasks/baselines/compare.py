@@ -63,6 +63,9 @@ class CompareParams(BaseModel):
         (LoraParams(steps=40, learning_rate=1e-2), LoraParams(steps=120, learning_rate=3e-3)), min_length=1,
         description="LoRA fine-tunes to choose from on the selection seeds",
     )
+    methods: tuple[Literal["cones", "dense_kv", "lora"], ...] = Field(
+        ("cones", "dense_kv", "lora"), min_length=1, description="the rows to measure, in this order"
+    )
     multi_modes: tuple[MultiMode, ...] = Field(
         ("summed", "joint"), min_length=1,
         description="multi-subject modes of the baselines, the best chosen on the selection seeds: 'summed' adds the "
@@ -84,9 +87,12 @@ def compare_toy(model, subjects: Sequence, judge: Callable[[np.ndarray], Any], *
         raise ValueError("compare_toy needs at least 2 subjects (cross-talk and multi 2 compare subjects)")
     started = time.perf_counter()
     space = NeuronSpace.from_unet(model.unet, attention="cross")
-    details = {"cones": _cones(model, subjects, judge, store, params, progress)}
-    for method in ("dense_kv", "lora"):
-        details[method] = _baseline(method, model, subjects, judge, store, params, space, progress)
+    details = {}
+    for method in params.methods:
+        if method == "cones":
+            details[method] = _cones(model, subjects, judge, store, params, progress)
+        else:
+            details[method] = _baseline(method, model, subjects, judge, store, params, space, progress)
     rows = [{"method": m, **{c: d[c] for c in COLUMNS[1:]}} for m, d in details.items()]
     return {"rows": rows, "details": details, "subjects": [s.id for s in subjects], "images_per_line": sp.images_per_line,
             "select_images_per_line": sp.select_images_per_line, "sample_steps": sp.sample_steps,
