@@ -29,11 +29,11 @@ from cones_tasks.baselines.lora import LoraFactors, LoraParams, train_lora_on
 from cones_tasks.baselines.training import FineTuneParams, References, references
 from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
 from cones_tasks.neurons.space import NeuronSpace
-from cones_tasks.toyworld.captions import class_prompt
 from cones_tasks.neurons.validate import (
     RECOMMENDED, PriorImages, ValidateParams, context_line, crosstalk_line, discovery_references, line_seeds, mask_lines,
     multi_line, single_line,
 )
+from cones_tasks.toyworld.captions import class_prompt
 
 __all__ = ["COLUMNS", "CompareParams", "MultiMode", "compare_toy", "markdown_table", "sd15_bytes_per_concept"]
 
@@ -285,7 +285,7 @@ def sd15_bytes_per_concept(method: str, *, fraction: float = 0.0, rank: int = 4,
     if method == "cones":
         from cones_tasks.neurons.masks import ConceptMask
 
-        count = int(round(fraction * space.size))
+        count = round(fraction * space.size)
         indices = np.random.default_rng(seed).choice(space.size, count, replace=False)
         return len(ConceptMask.from_indices(space, indices).to_bytes())
     raise ValueError(f"unknown method {method!r}; choose cones, dense_kv or lora")
