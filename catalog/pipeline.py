@@ -51,13 +51,6 @@ def subject_image_hashes(catalog: Catalog, subject: str) -> set[str]:
     return {r["content_hash"] for r in rows}
 
 
-def existing_generation_ids(catalog: Catalog, ids: Sequence[str]) -> set[str]:
-    """The subset of `ids` already in `generations` (one join for a whole grid)."""
-    ids = list(ids)
-    found = generations_present(catalog, pa.array(ids, pa.string()))
-    return {ids[i] for i in np.flatnonzero(found)}
-
-
 def generations_present(catalog: Catalog, ids: pa.Array) -> np.ndarray:
     """bool [len(ids)]: which generation ids the catalog holds (a DuckDB join against one planned chunk)."""
     return catalog.present("generations", "id", ids)

@@ -6,7 +6,9 @@ class phrases ("a dog and a cat"), never with rare tokens. Phrases are joined wi
 the way the toy world's multi-object captions are (cones_tasks/toyworld/captions.py).
 
 Enumeration is lazy and deterministic, so 10,000+ combinations cost no memory up front and
-a rerun sees the same order (the catalog decides what is still missing).
+a rerun sees the same order (the catalog decides what is still missing). `grid_items` builds
+the same items column-wise from a chunk of subsets (cones_tasks.subsets), for grids of millions
+(docs/scale.md).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from catalog.combination_files import (
     combination_rows,
     count_combination_rows,
 )
-from catalog.pipeline import existing_generation_ids, generations_present
+from catalog.pipeline import generations_present
 from cones_tasks.combinations import grid_items
 from cones_tasks.subsets import grid_subsets
 
@@ -51,7 +51,6 @@ def test_present_joins_a_chunk_of_ids_against_generations(tmp_path):
     catalog.commit("generations", stored.slice(150))
     found = generations_present(catalog, pa.array(ids + ["nope"]))
     assert found.tolist() == [i % 3 == 0 for i in range(1000)] + [False]
-    assert existing_generation_ids(catalog, ["nope", ids[3], ids[4]]) == {ids[3]}
     assert generations_present(catalog, pa.array([], pa.string())).size == 0
 
 
