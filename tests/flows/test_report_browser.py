@@ -51,7 +51,7 @@ def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
     subjects = demo_run["subjects"]
     # 4 subjects: 14 combinations × 2 prompts, each a grid of 2 seeds; 8 reference photos each; 2 plots
     assert facts["grids"] == 28
-    assert facts["undecoded"] == [] and facts["images"] == 28 * 2 + 8 * len(subjects) + 2
+    assert facts["undecoded"] == [] and facts["images"] == 28 * 8 + 8 * len(subjects) + 2
     assert [p["caption"] for p in facts["plots"]] == ["Score by number of subjects", "Score distributions"]
     assert all(p["width"] > 0 for p in facts["plots"])
     assert facts["references"] == {s: 8 for s in subjects}
