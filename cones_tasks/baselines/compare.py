@@ -56,11 +56,11 @@ class CompareParams(BaseModel):
     )
     cones: DiscoveryParams = Field(RECOMMENDED["token"], description="Cones' setting (the library default, token composition)")
     dense_kv: tuple[FineTuneParams, ...] = Field(
-        (FineTuneParams(steps=40, learning_rate=3e-3), FineTuneParams(steps=120, learning_rate=1e-3)), min_length=1,
+        (FineTuneParams(steps=40, learning_rate=3e-3), FineTuneParams(steps=400, learning_rate=2e-3)), min_length=1,
         description="dense K/V fine-tunes to choose from on the selection seeds (one: reported without a selection run)",
     )
     lora: tuple[LoraParams, ...] = Field(
-        (LoraParams(steps=40, learning_rate=1e-2), LoraParams(steps=120, learning_rate=3e-3)), min_length=1,
+        (LoraParams(steps=40, learning_rate=1e-2), LoraParams(steps=400, learning_rate=3e-3)), min_length=1,
         description="LoRA fine-tunes to choose from on the selection seeds",
     )
     methods: tuple[Literal["cones", "dense_kv", "lora"], ...] = Field(
