@@ -93,9 +93,7 @@ def sample_subsets(n: int, k: int, count: int, *, rng: np.random.Generator) -> n
         raise ValueError(f"asked for {count:,} distinct {k}-subsets of {n} subjects; there are only {total:,}")
     if 2 * count >= total:  # at least half of them: enumerating costs no more than the answer itself
         every = np.fromiter(itertools.chain.from_iterable(itertools.combinations(range(n), k)), dtype=np.int32)
-        return every.reshape(-1, k)[np.sort(rng.choice(total, size=count, replace=False)) if count < total else slice(None)][
-            rng.permutation(count)
-        ]
+        return every.reshape(-1, k)[rng.choice(total, size=count, replace=False)]  # in random order, like a draw
     kept: list[np.ndarray] = []
     seen = np.empty(0, dtype=np.dtype((np.void, 4 * k)))  # sorted keys of the rows kept so far
     have = 0

@@ -150,14 +150,12 @@ def plan_chunks(
     ids = sorted(resolved["class_words"])
     class_words = [resolved["class_words"][s] for s in ids]
     mask_ids = [resolved["mask_ids"][s] for s in ids]
+    chunk_rows = max(1, chunk_items // (len(grid.templates) * len(grid.seeds)))
     spec, listed = grid.combinations, None
     if isinstance(spec, str) and spec != "all":
-        spec, listed = None, combination_rows(grid.combinations)
-    per_subset = len(grid.templates) * len(grid.seeds)
+        spec, listed = None, combination_rows(grid.combinations, batch_rows=chunk_rows)
     catalog, params = load_catalog(config.catalog), grid.sampler_settings()
-    for subsets in grid_subsets(
-        spec, n=len(ids), ids=ids, max_k=grid.max_k, chunk_rows=max(1, chunk_items // per_subset), listed_rows=listed
-    ):
+    for subsets in grid_subsets(spec, n=len(ids), ids=ids, max_k=grid.max_k, chunk_rows=chunk_rows, listed_rows=listed):
         items = grid_items(subsets, ids=ids, class_words=class_words, mask_ids=mask_ids, templates=grid.templates, seeds=grid.seeds)
         gids = generation_ids(items, model_fingerprint=resolved["model_fingerprint"], params=params)
         if config.shard is not None:
