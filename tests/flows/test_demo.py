@@ -21,7 +21,7 @@ def test_demo_fills_the_catalog_and_its_masks_draw_their_subjects(demo_run):
             "JOIN clip_scores s ON s.generation = g.id WHERE s.metric = 'all_present' GROUP BY ALL"
         ).to_pylist()
     }
-    assert {int(k): v for k, v in out["all_present"].items()} == pytest.approx(all_present)
+    assert {int(k): v for k, v in out["all_present"].items()} == pytest.approx(all_present, abs=5e-4)  # printed to 3 places
     # measured 0.88 for one subject (the class prompt unmasked: ~0.08) and 0.36 for pairs (0.00 with the
     # paper's union of masks; the base model, the subjects spelled out: ~0.96); 96 pair images
     assert all_present[1] >= 0.75 and all_present[2] >= 0.3, all_present

@@ -54,8 +54,8 @@ def test_imagefolder_export_loads_with_hugging_face_datasets(demo_run, tmp_path,
     loaded = datasets.load_dataset("imagefolder", data_dir=str(tmp_path / "imagefolder"), split="train",
                                    cache_dir=str(tmp_path / "hf-cache"))
     print(f"imagefolder: {len(loaded)} rows exported and loaded in {time.perf_counter() - started:.1f} s")
-    # 4 single subjects + 6 pairs, × 2 prompts × 2 seeds
-    assert result["rows"] == len(expected) == len(loaded) == (4 + 6) * 2 * 2
+    # 4 single subjects + 6 pairs, × 2 prompts × 8 seeds
+    assert result["rows"] == len(expected) == len(loaded) == (4 + 6) * 2 * 8
     assert isinstance(loaded.features["image"], datasets.Image)
     for row in loaded:
         want = expected.pop(row["id"])
