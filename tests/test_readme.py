@@ -45,7 +45,7 @@ def test_readme_is_a_product_page_of_at_most_200_lines():
 
 def test_links_and_the_picture_resolve():
     targets = re.findall(r"\]\(([^)\s#]+)[^)]*\)", README)
-    assert "docs/demo-report.png" in targets and "docs/research/composition.md" in targets
+    assert "docs/report.png" in targets and "docs/research/composition.md" in targets
     missing = [t for t in targets if not t.startswith("http") and not (REPO / t).exists()]
     assert not missing, missing
 

@@ -92,7 +92,7 @@ DOCUMENTED_FILTERS = sorted(
 def test_documented_filters_run_as_written(catalog):
     assert len(DOCUMENTED_FILTERS) >= 2, DOCUMENTED_FILTERS
     for where in DOCUMENTED_FILTERS:
-        catalog.query(export_sql(["presence"]), where=where)
+        catalog.query(export_sql(["all_present", "presence"]), where=where)  # the judge's metrics, as the demo writes them
 
 
 def test_imagefolder_export_writes_metadata_jsonl_beside_one_image_per_row(catalog, tmp_path):
