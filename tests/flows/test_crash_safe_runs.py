@@ -183,7 +183,8 @@ def check_consistent(world: World, catalog_dir: Path) -> State:
         "SELECT g.id, len(g.subjects) AS k, count(s.generation) AS n FROM generations g JOIN clip_scores s "
         "ON s.generation = g.id AND s.scorer = ? GROUP BY ALL", [SCORER]
     ).to_pylist()
-    assert all(r["n"] == r["k"] for r in per_gen), "a generation with a partial set of scores"  # one per subject
+    # the judge writes one presence score per subject and one all_present score per generation
+    assert all(r["n"] == r["k"] + 1 for r in per_gen), "a generation with a partial set of scores"
     images = catalog.query("SELECT count(*) AS n FROM subject_images").to_pylist()[0]["n"]
     return State(set(ids), {r["id"] for r in per_gen}, len(masks), images, _doubled(catalog))
 
