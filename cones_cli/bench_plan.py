@@ -41,23 +41,24 @@ def _reset_peak() -> bool:
         return False
 
 
-def _rss_mb() -> float | None:
+def _status_mb(field: str) -> float | None:
+    """A memory line of Linux's /proc/self/status (VmRSS, VmHWM) in MB; None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
     return None
 
 
+def _rss_mb() -> float | None:
+    return _status_mb("VmRSS")
+
+
 def _peak_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    if (peak := _status_mb("VmHWM")) is not None:
+        return peak
     import resource
     import sys
 

@@ -117,25 +117,25 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
     def cones_step() -> None:
         problem.score_step(None, None, sums, 0.0, gen)
 
-    def finetune_step() -> None:
-        b = noised_batch(scheduler, x0, generator=gen)
-        pred = unet(b.noisy.to(dtype), b.timesteps, encoder_hidden_states=cond.expand(batch, -1, -1)).sample
-        F.mse_loss(pred.float(), b.target.float()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def training_step(opt: torch.optim.Optimizer):
+        """One denoising-loss step of `opt`'s parameters: what both baselines time (dense K/V, LoRA)."""
+
+        def step() -> None:
+            b = noised_batch(scheduler, x0, generator=gen)
+            pred = unet(b.noisy.to(dtype), b.timesteps, encoder_hidden_states=cond.expand(batch, -1, -1)).sample
+            F.mse_loss(pred.float(), b.target.float()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        return step
+
+    finetune_step = training_step(optimizer)
 
     def lora_timed() -> float:
         from cones_tasks.baselines.lora import lora_adapter
 
         with lora_adapter(unet, space, rank=lora_rank, seed=seed) as factors:
-            adam = torch.optim.AdamW([t for pair in factors.values() for t in pair], lr=1e-4)
-
-            def lora_step() -> None:
-                b = noised_batch(scheduler, x0, generator=gen)
-                pred = unet(b.noisy.to(dtype), b.timesteps, encoder_hidden_states=cond.expand(batch, -1, -1)).sample
-                F.mse_loss(pred.float(), b.target.float()).backward()
-                adam.step()
-                adam.zero_grad(set_to_none=True)
+            lora_step = training_step(torch.optim.AdamW([t for pair in factors.values() for t in pair], lr=1e-4))
 
             lora_step()
             return _timed(lora_step, device)

@@ -11,11 +11,5 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "neurons"))  # neur
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: steadier and faster on the shared 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread):
+    """Every module here runs on one intra-op thread (tests/conftest.py)."""

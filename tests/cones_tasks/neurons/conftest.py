@@ -13,11 +13,5 @@ def unet() -> UNet2DConditionModel:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on the shared 2-core machine this runs these tests ~5x faster and steadier."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_torch_thread(one_torch_thread):
+    """Every module here runs on one intra-op thread (tests/conftest.py)."""
