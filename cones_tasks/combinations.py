@@ -112,6 +112,23 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
+def batched_by_position(items: Iterable[T], positions: Iterable[int], size: int) -> Iterator[list[T]]:
+    """Items grouped by `position // size`, in order of position; one fan-out task per group.
+
+    Unlike `batched`, a group's members do not depend on which other items are in `items`:
+    a commit is named by the keys of its rows (docs/catalog.md), so two overlapping runs, or a
+    rerun after a crash, that score the same slice of one grid write the same file, not two
+    overlapping ones.
+    """
+    if size < 1:
+        raise ValueError(f"batch size must be ≥ 1, got {size}")
+    groups: dict[int, list[tuple[int, T]]] = {}
+    for item, position in zip(items, positions, strict=True):
+        groups.setdefault(position // size, []).append((position, item))
+    for group in sorted(groups):
+        yield [item for _, item in sorted(groups[group], key=lambda pair: pair[0])]
+
+
 def _template_parts(template: str) -> tuple[str, str]:
     """(text before, text after) the `{subjects}` slot, with `{{`/`}}` already unescaped."""
     marker = "\x00subjects\x00"

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -134,6 +135,8 @@ class PlanTally:
 
 # Items per planned chunk: planning holds ~2 KB an item of a chunk at its peak (`cones bench plan`), whatever the grid's size.
 PLAN_CHUNK_ITEMS = 131_072
+# Column of planned rows: the item's index in the grid (or the shard's share of it), which fixes its batch.
+POSITION = "position"
 
 
 def plan_chunks(
@@ -144,7 +147,8 @@ def plan_chunks(
 
     Each chunk: subsets (cones_tasks.subsets) × templates × seeds as Arrow columns, their content-keyed
     generation ids, then one DuckDB join of the chunk's ids against `generations`. Yields the
-    rows not yet generated (columns id, subjects, prompt, seed, mask_ids, class_words).
+    rows not yet generated (columns id, subjects, prompt, seed, mask_ids, class_words, and `position`
+    in the grid, which fixes the batch each item belongs to).
     """
     grid, tally = config.grid, tally if tally is not None else PlanTally()
     ids = sorted(resolved["class_words"])
@@ -162,6 +166,7 @@ def plan_chunks(
             mine = pa.array(shard_of(gids, config.shard.count) == config.shard.index)
             items, gids = items.filter(mine), gids.filter(mine)
         done = generations_present(catalog, gids)
+        items = items.append_column(POSITION, pa.array(np.arange(tally.items, tally.items + items.num_rows)))
         tally.items += items.num_rows
         tally.skipped += int(done.sum())
         if keep_ids:
@@ -181,29 +186,32 @@ def grid_item_count(config: GenerateConfig, n_subjects: int) -> int:
 
 
 def batch_calls(config: GenerateConfig, chunks: Iterable[pa.Table]) -> Iterator[dict[str, Any]]:
-    """Keyword arguments of one `generate-batch` task per `grid.task_batch` items, as the chunks come.
+    """Keyword arguments of one `generate-batch` task per `grid.task_batch` positions of the grid.
 
-    Batches span chunk boundaries (a chunk ends where a k or a file batch does), so a small grid
-    is as few tasks as before streaming, and each task's sample batches stay full.
+    Batches are cut at fixed positions of the grid (`position // task_batch`), not of what is
+    missing: a commit is named by its rows' keys (docs/catalog.md), so two overlapping runs of one
+    grid, or a rerun after a crash, that generate the same slice write the same file instead of
+    doubled rows. Batches span chunk boundaries (a chunk ends where a k or a file batch does), so a
+    small grid is as few tasks as before streaming, and each task's sample batches stay full.
     """
-    size, pending, held = config.grid.task_batch, [], 0
+    size, pending, current = config.grid.task_batch, [], None
 
-    def call(rows: pa.Table) -> dict[str, Any]:
+    def call(parts: list[pa.Table]) -> dict[str, Any]:
+        rows = pa.concat_tables(parts).drop_columns([POSITION])
         return {"catalog_uri": config.catalog, "model_ref": config.model, "grid": config.grid,
                 "attention": config.discovery.attention, "items": rows.to_pylist()}
 
     for chunk in chunks:
-        pending.append(chunk)
-        held += chunk.num_rows
-        if held < size:
-            continue
-        rows = pa.concat_tables(pending)
-        full = rows.num_rows - rows.num_rows % size
-        for start in range(0, full, size):
-            yield call(rows.slice(start, size))
-        pending, held = [rows.slice(full)], rows.num_rows - full
-    if held:
-        yield call(pa.concat_tables(pending))
+        groups = np.asarray(chunk.column(POSITION)) // size  # non-decreasing: positions grow through the grid
+        cuts = np.flatnonzero(np.diff(groups)) + 1
+        for start, stop in zip([0, *cuts], [*cuts, chunk.num_rows]):
+            if current is not None and groups[start] != current:
+                yield call(pending)
+                pending = []
+            current = groups[start]
+            pending.append(chunk.slice(start, stop - start))
+    if pending:
+        yield call(pending)
 
 
 @flow(name="generate-combinations")

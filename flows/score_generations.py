@@ -6,6 +6,7 @@ Each scorer scores only generations it has not scored yet (the catalog says whic
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from catalog import ClipScore, load_catalog
 from catalog.pipeline import GenerationRow, generations_without_scores, list_generations, mean_scores, subject_image_uris
 from cones_tasks import generation_scores as gs
-from cones_tasks.combinations import batched
+from cones_tasks.combinations import batched, batched_by_position
 from cones_tasks.config import ClipRef, ScoreConfig
 from cones_tasks.ingest import decode_rgb
 from flows._runtime import TASK_OPTIONS, clip_session, ensure_concurrency_limit, fan_out
@@ -75,11 +76,20 @@ def score_generations(config: ScoreConfig) -> dict[str, Any]:
             logger.info("score-generations: %s: %d generations to score", scorer, len(todo))
         calls += [
             {"catalog_uri": config.catalog, "rows": batch, "scorer": scorer, "clip": scoring.clip, "batch_size": scoring.batch_size}
-            for batch in batched(todo, scoring.task_batch)
+            for batch in score_batches(todo, config.generations, scoring.task_batch)
         ]
     scored = fan_out(score_batch, calls, runner=config.runner, label="score-generations")
     leaderboard = publish_leaderboard(catalog, config.generations)
     return {"scored": sum(scored), "leaderboard": leaderboard}
+
+
+def score_batches(todo: list[GenerationRow], grid: tuple[str, ...] | None, size: int) -> Iterator[list[GenerationRow]]:
+    """Batches cut at fixed positions of the run's grid, so that two overlapping runs of one grid
+    (or a rerun) that score the same generations commit identical files instead of doubled rows."""
+    if grid is None:
+        return batched(todo, size)
+    position = {gid: i for i, gid in enumerate(grid)}
+    return batched_by_position(todo, [position[r.id] for r in todo], size)
 
 
 def publish_leaderboard(catalog, ids: tuple[str, ...] | None, *, top: int = 50) -> list[dict[str, Any]]:

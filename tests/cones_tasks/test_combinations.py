@@ -7,6 +7,7 @@ import pytest
 from cones_tasks.combinations import (
     TemplateError,
     batched,
+    batched_by_position,
     check_template,
     count_combinations,
     enumerate_combinations,
@@ -46,6 +47,19 @@ def test_closed_form_count_matches_at_scale():
 def test_templates_need_exactly_one_subjects_slot(bad):
     with pytest.raises(TemplateError, match="subjects"):
         check_template(bad)
+
+
+def test_batches_by_position_do_not_shift_when_items_are_missing():
+    """Two overlapping runs of one grid, or a rerun, cut the same slices: a slice is the same list
+    whichever other items were already done, so its commit file is the same file."""
+    grid = list("abcdefghij")
+    full = list(batched_by_position(grid, range(10), 4))
+    assert full == [list("abcd"), list("efgh"), list("ij")]
+    # a and b done by another run, f and g out of order: slices still end at positions 4 and 8
+    todo = ["g", "c", "d", "f", "e", "h", "i", "j"]
+    assert list(batched_by_position(todo, [grid.index(x) for x in todo], 4)) == [list("cd"), list("efgh"), list("ij")]
+    with pytest.raises(ValueError):
+        list(batched_by_position(grid, range(10), 0))
 
 
 def test_batched_and_phrase():
