@@ -7,6 +7,7 @@ named in subject-id order as the generation grid names them, under the demo's tw
 
     python -m experiments.scene_captions --captions class --seed0 0
     python -m experiments.scene_captions --captions described --seed0 1000
+    python -m experiments.scene_captions --discovery-seed 3   # how much one discovery draw varies
 
 `--captions` names the other object of a scene photo by its class word ("a triangle and a
 circle on snow") or in full ("a triangle and a dotted blue circle on snow").
@@ -34,7 +35,7 @@ from cones_tasks.toyworld.subjects import TOY_SUBJECTS, reference_renders, scene
 TEMPLATES = ("{subjects}", "{subjects} on night")
 
 
-def discover(model, subjects, *, captions: str, scenes: int) -> dict:
+def discover(model, subjects, *, captions: str, scenes: int, seed: int = 0) -> dict:
     masks = {}
     for s in subjects:
         images = reference_renders(s, n=6, seed=0)
@@ -43,7 +44,7 @@ def discover(model, subjects, *, captions: str, scenes: int) -> dict:
             photos, caps = scene_references(s, n=scenes, seed=0, others=captions)
             images, prompts = np.concatenate([images, photos]), prompts + caps
         masks[s.id] = discover_concept_neurons(
-            model, images, prompts, DiscoveryParams(), class_word=s.class_word, seed=0, progress=False
+            model, images, prompts, DiscoveryParams(), class_word=s.class_word, seed=seed, progress=False
         ).mask
     return masks
 
@@ -77,11 +78,12 @@ def main() -> None:
     parser.add_argument("--seed0", type=int, default=0, help="first sampling seed")
     parser.add_argument("--seeds", type=int, default=8, help="sampling seeds per combination and template")
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--discovery-seed", type=int, default=0, help="discovery's seed (its batches and noise)")
     args = parser.parse_args()
     model = load_diffusion_model(TOY_MODEL_DIR)
     subjects = TOY_SUBJECTS[:4]
     started = time.perf_counter()
-    masks = discover(model, subjects, captions=args.captions, scenes=args.scenes)
+    masks = discover(model, subjects, captions=args.captions, scenes=args.scenes, seed=args.discovery_seed)
     lines = judge_lines(model, subjects, masks, seeds=list(range(args.seed0, args.seed0 + args.seeds)), steps=args.steps)
     print(json.dumps({**vars(args), **lines, "wall_s": round(time.perf_counter() - started, 1)}))
 
