@@ -37,11 +37,16 @@ VARIANTS = {
     "kv/v": ("kv", "v"),
     "v/kv": ("v", "kv"),
     "k/k": ("k", "k"),
+    "k½v/k½v": ("k½v", "k½v"),
+    "kv/k½v": ("kv", "k½v"),
+    "k½v/kv": ("k½v", "kv"),
 }
+VARIANT_SETS = {"halves": ("kv/kv", "k½v/k½v", "kv/k½v", "k½v/kv")}
 
 
 def restrictor(model, space: NeuronSpace):
-    """kind → function restricting a mask to the key ('k'), value ('v') or both ('kv') weights (by module identity)."""
+    """kind → function restricting a mask to the key ('k'), value ('v') or both ('kv') weights (by module identity);
+    'k½v' keeps every value weight and a fixed random half of the key weights (a weaker key edit)."""
     values = {id(m.to_v) for _, m in attention_modules(model.unet, attention=space.attention)}
     modules = space.modules(model.unet)
     is_value = np.zeros(space.size, dtype=bool)
@@ -51,7 +56,11 @@ def restrictor(model, space: NeuronSpace):
     def restrict(mask: ConceptMask, kind: str) -> ConceptMask:
         if kind == "kv":
             return mask
-        keep = is_value[mask.indices] if kind == "v" else ~is_value[mask.indices]
+        if kind == "k½v":
+            half = np.random.default_rng(0).random(mask.indices.size) < 0.5
+            keep = is_value[mask.indices] | half
+        else:
+            keep = is_value[mask.indices] if kind == "v" else ~is_value[mask.indices]
         return ConceptMask.from_indices(space, mask.indices[keep])
 
     return restrict
@@ -62,6 +71,7 @@ def main() -> None:
     parser.add_argument("--seed0", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--variants", choices=["all", *VARIANT_SETS], default="all")
     args = parser.parse_args()
     started = time.perf_counter()
     model = load_diffusion_model(TOY_MODEL_DIR)
@@ -71,7 +81,8 @@ def main() -> None:
     restrict = restrictor(model, space)
     seeds = list(range(args.seed0, args.seed0 + args.seeds))
     pairs = list(itertools.combinations(subjects, 2))
-    items = [(v, p, t, s) for v in VARIANTS for p in pairs for t in TEMPLATES for s in seeds]
+    chosen = VARIANTS if args.variants == "all" else VARIANT_SETS[args.variants]
+    items = [(v, p, t, s) for v in chosen for p in pairs for t in TEMPLATES for s in seeds]
     word_masks = [
         compose("token", [(restrict(masks[x.id], kind), x.class_word) for x, kind in zip(p, VARIANTS[v])])[1]
         for v, p, _, _ in items
