@@ -122,11 +122,9 @@ def batched_by_position(items: Iterable[T], positions: Iterable[int], size: int)
     """
     if size < 1:
         raise ValueError(f"batch size must be ≥ 1, got {size}")
-    groups: dict[int, list[tuple[int, T]]] = {}
-    for item, position in zip(items, positions, strict=True):
-        groups.setdefault(position // size, []).append((position, item))
-    for group in sorted(groups):
-        yield [item for _, item in sorted(groups[group], key=lambda pair: pair[0])]
+    placed = sorted(zip(positions, items, strict=True), key=lambda pair: pair[0])
+    for _, group in itertools.groupby(placed, key=lambda pair: pair[0] // size):
+        yield [item for _, item in group]
 
 
 def _template_parts(template: str) -> tuple[str, str]:

@@ -88,7 +88,8 @@ def score_batches(todo: list[GenerationRow], grid: tuple[str, ...] | None, size:
     (or a rerun) that score the same generations commit identical files instead of doubled rows."""
     if grid is None:
         return batched(todo, size)
-    position = {gid: i for i, gid in enumerate(grid)}
+    wanted = {r.id for r in todo}  # a grid can be millions of ids: index only the ones to score
+    position = {gid: i for i, gid in enumerate(grid) if gid in wanted}
     return batched_by_position(todo, [position[r.id] for r in todo], size)
 
 
