@@ -21,7 +21,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="print JSON")]
 def _unet(preset: str, device: str, dtype: str, threads: int):
     import torch
 
-    from cones_tasks.neurons.benchmarks import preset_unet
+    from cones_lab.benchmarks import preset_unet
 
     if threads:
         # On a shared CPU, one thread per op is far steadier: a parallel region waits for its slowest thread.
@@ -48,7 +48,7 @@ def discovery(
     as_json: AsJson = False,
 ) -> None:
     """One Cones score step vs one K/V fine-tuning step (AdamW) and one LoRA step, same UNet and batch; target ratio ≤ 1.10."""
-    from cones_tasks.neurons.benchmarks import bench_discovery
+    from cones_lab.benchmarks import bench_discovery
 
     unet, tokens = _unet(preset, device, dtype, threads)
     result = bench_discovery(unet, tokens=tokens, batch=batch, repeats=repeats, profile=profile, lora_rank=lora_rank)
@@ -71,7 +71,7 @@ def generate(
     as_json: AsJson = False,
 ) -> None:
     """Images/s: per-sample masked batch vs unmasked batch vs one at a time with shut; target masked ≥ 0.9 × unmasked."""
-    from cones_tasks.neurons.benchmarks import bench_generate
+    from cones_lab.benchmarks import bench_generate
 
     if composition is not None and composition not in ("union", "token"):
         raise typer.BadParameter(f"unknown composition {composition!r}; use union or token", param_hint="--composition")

@@ -41,7 +41,7 @@ def compare(
     """One table, a row per method (cones, dense_kv, lora): single hit, context, crosstalk, multi 2, bytes, CPU seconds."""
     import torch
 
-    from cones_tasks.baselines.compare import CompareParams, compare_toy, markdown_table
+    from cones_lab.compare import CompareParams, compare_toy, markdown_table
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.toyworld.judge import judge
     from cones_tasks.toyworld.subjects import TOY_SUBJECTS

@@ -51,7 +51,7 @@ def validate(
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.neurons.discovery import DiscoveryParams
     from cones_tasks.neurons.composition import COMPOSITIONS
-    from cones_tasks.neurons.validate import DEFAULT_CANDIDATES, RECOMMENDED, ValidateParams, validate_toy
+    from cones_lab.validate import DEFAULT_CANDIDATES, RECOMMENDED, ValidateParams, validate_toy
     from cones_tasks.toyworld.judge import judge
     from cones_tasks.toyworld.subjects import TOY_SUBJECTS
 

@@ -30,7 +30,7 @@ from cones_tasks.combinations import subjects_phrase
 from cones_tasks.loading import load_diffusion_model
 from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
 from cones_tasks.neurons.space import NeuronSpace
-from cones_tasks.neurons.validate import RECOMMENDED
+from cones_lab.validate import RECOMMENDED
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 from cones_tasks.toyworld.captions import class_prompt

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cones_tasks.neurons.validate import RECOMMENDED, ValidateParams
+from cones_lab.validate import RECOMMENDED, ValidateParams
 from cones_tasks.toyworld.world import RESOLUTION
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers import DDPMScheduler, UNet2DConditionModel
 
-from cones_tasks.neurons.benchmarks import preset_unet
+from cones_lab.benchmarks import preset_unet
 
 TEXT_DIM = 16
 TOKENS = 4

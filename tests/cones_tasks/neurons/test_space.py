@@ -98,7 +98,7 @@ def test_unet_without_cross_attention_is_a_clear_error():
 @pytest.mark.slow
 def test_sd15_shaped_unet_has_the_papers_neuron_count():
     """SD-1.5's published UNet config: 16 cross-attention modules, 19,169,280 K/V weights (issue #4)."""
-    from cones_tasks.neurons.benchmarks import preset_unet
+    from cones_lab.benchmarks import preset_unet
 
     unet, _ = preset_unet("sd15")
     space = NeuronSpace.from_unet(unet)

@@ -92,7 +92,7 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
     """Seconds (min over repeats) of one Cones score step vs one K/V fine-tuning step, interleaved (same UNet, same batch).
 
     Also one LoRA step (rank `lora_rank` on the same K/V projections, peft's adapter, AdamW; the
-    baseline of cones_tasks.baselines.lora): the adapter is put in and taken out around each timed
+    baseline of cones_lab.baselines.lora): the adapter is put in and taken out around each timed
     step, with one untimed step first so the timed one is a steady-state step (AdamW's state exists).
 
     `profile` > 0 adds each step's top operators by self time (device time on a GPU) under torch.profiler, so a
@@ -132,7 +132,7 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
     finetune_step = training_step(optimizer)
 
     def lora_timed() -> float:
-        from cones_tasks.baselines.lora import lora_adapter
+        from cones_lab.baselines.lora import lora_adapter
 
         with lora_adapter(unet, space, rank=lora_rank, seed=seed) as factors:
             lora_step = training_step(torch.optim.AdamW([t for pair in factors.values() for t in pair], lr=1e-4))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from neuron_fixtures import tiny_model
 
-from cones_tasks.baselines.dense_kv import KVDelta, added, finetune_kv
-from cones_tasks.baselines.training import FineTuneParams, references
+from cones_lab.baselines.dense_kv import KVDelta, added, finetune_kv
+from cones_lab.baselines.training import FineTuneParams, references
 from cones_tasks.neurons.discovery import concept_loss
 from cones_tasks.neurons.noising import noised_batch, training_scheduler
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace

@@ -264,7 +264,7 @@ def _applied(strategy, masks, combo) -> tuple[ConceptMask | None, list]:
 # A line asks its prompts and reads the judge's verdicts; *how* an image is made is the method's: a
 # Generate gets the prompts, per image the subjects whose concepts it is made with (in prompt order,
 # () for none) and the line's tag, and returns one verdict per prompt. Cones composes masks
-# (_generator below); the fine-tuning baselines (cones_tasks.baselines.compare) add weight updates.
+# (_generator below); the fine-tuning baselines (cones_lab.compare) add weight updates.
 Generate = Callable[[list[str], list[tuple], int], list]
 
 

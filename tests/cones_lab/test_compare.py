@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cones_tasks.baselines.compare import COLUMNS, CompareParams, compare_toy, markdown_table, sd15_bytes_per_concept
-from cones_tasks.baselines.lora import LoraParams
-from cones_tasks.baselines.training import FineTuneParams
+from cones_lab.compare import COLUMNS, CompareParams, compare_toy, markdown_table, sd15_bytes_per_concept
+from cones_lab.baselines.lora import LoraParams
+from cones_lab.baselines.training import FineTuneParams
 from cones_tasks.neurons.discovery import DiscoveryParams
-from cones_tasks.neurons.validate import ValidateParams
+from cones_lab.validate import ValidateParams
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 
 TOY_MODEL = TOY_MODEL_DIR  # shipped with the package: a missing model is a failure, not a skip

@@ -1,4 +1,4 @@
-"""Fixtures for the baseline tests: the neuron tests' tiny real UNet and seeded text table (neuron_fixtures.py)."""
+"""Fixtures for the lab's tests: the neuron tests' tiny real UNet and seeded text table (neuron_fixtures.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "neurons"))  # neuron_fixtures: shared test helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cones_tasks" / "neurons"))  # neuron_fixtures: shared test helpers
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,7 +8,7 @@ import time
 import torch
 from typer.testing import CliRunner
 
-from cones_tasks.neurons.benchmarks import bench_discovery, bench_generate, preset_unet
+from cones_lab.benchmarks import bench_discovery, bench_generate, preset_unet
 from cones_tasks.neurons.space import NeuronSpace
 
 

@@ -29,8 +29,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from cones_tasks.baselines.dense_kv import KVDelta, safetensors_metadata
-from cones_tasks.baselines.training import FineTuneParams, References, TrainedConcept, fit, references
+from cones_lab.baselines.dense_kv import KVDelta, safetensors_metadata
+from cones_lab.baselines.training import FineTuneParams, References, TrainedConcept, fit, references
 from cones_tasks.neurons.discovery import _frozen, concept_loss
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 

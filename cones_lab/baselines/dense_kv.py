@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cones_tasks.baselines.training import FineTuneParams, References, TrainedConcept, fit, references
+from cones_lab.baselines.training import FineTuneParams, References, TrainedConcept, fit, references
 from cones_tasks.neurons.discovery import _frozen, concept_loss
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 

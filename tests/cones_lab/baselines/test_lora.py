@@ -8,8 +8,8 @@ import pytest
 import torch
 from neuron_fixtures import TEXT_DIM, TOKENS, tiny_model
 
-from cones_tasks.baselines.dense_kv import added
-from cones_tasks.baselines.lora import LoraFactors, LoraParams, lora_adapter, train_lora
+from cones_lab.baselines.dense_kv import added
+from cones_lab.baselines.lora import LoraFactors, LoraParams, lora_adapter, train_lora
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 
 

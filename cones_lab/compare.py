@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from cones_tasks.baselines.dense_kv import KVDelta, added, finetune_kv_on
-from cones_tasks.baselines.lora import LoraFactors, LoraParams, train_lora_on
-from cones_tasks.baselines.training import FineTuneParams, References, references
+from cones_lab.baselines.dense_kv import KVDelta, added, finetune_kv_on
+from cones_lab.baselines.lora import LoraFactors, LoraParams, train_lora_on
+from cones_lab.baselines.training import FineTuneParams, References, references
 from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
 from cones_tasks.neurons.space import NeuronSpace
-from cones_tasks.neurons.validate import (
+from cones_lab.validate import (
     RECOMMENDED, PriorImages, ValidateParams, context_line, crosstalk_line, discovery_references, line_seeds, mask_lines,
     multi_line, single_line,
 )
@@ -296,7 +296,7 @@ _SD15: list[NeuronSpace] = []
 
 def _sd15_space() -> NeuronSpace:
     if not _SD15:
-        from cones_tasks.neurons.benchmarks import preset_unet
+        from cones_lab.benchmarks import preset_unet
         from cones_tasks.neurons.space import attention_modules
 
         with torch.device("meta"):

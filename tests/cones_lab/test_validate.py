@@ -6,7 +6,7 @@ import pytest
 
 from cones_tasks.neurons.discovery import DiscoveryParams
 from cones_tasks.neurons.space import NeuronSpace
-from cones_tasks.neurons.validate import ValidateParams, _spread, validate_toy
+from cones_lab.validate import ValidateParams, _spread, validate_toy
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 
 TOY_MODEL = TOY_MODEL_DIR  # shipped with the package: a missing model is a failure, not a skip
