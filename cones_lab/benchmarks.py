@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cones_tasks.neurons.discovery import _frozen, _Problem, initial_loss_scale
+from cones_tasks.neurons.discovery import DiscoveryProblem, frozen_unet, initial_loss_scale
 from cones_tasks.neurons.masks import ConceptMask, per_sample, shut
 from cones_tasks.neurons.noising import noised_batch
 from cones_tasks.neurons.space import NeuronSpace
@@ -107,9 +107,9 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
     space = NeuronSpace.from_unet(unet)
     modules = space.modules(unet)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
-    problem = _Problem(unet, space, scheduler, x0, None, 0.0, cond,
-                       {e.name: modules[e.name].weight.detach().float() for e in space.entries}, dtype, device, batch,
-                       loss_scale=initial_loss_scale(dtype))
+    problem = DiscoveryProblem(unet, space, scheduler, x0, None, 0.0, cond,
+                               {e.name: modules[e.name].weight.detach().float() for e in space.entries}, dtype, device, batch,
+                               loss_scale=initial_loss_scale(dtype))
     sums = {e.name: torch.zeros(e.shape, dtype=torch.float32, device=device) for e in space.entries}
     kv = [modules[e.name].weight for e in space.entries]
     optimizer = torch.optim.AdamW(kv, lr=1e-5)
@@ -141,7 +141,7 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
             return _timed(lora_step, device)
 
     cones, tune, lora = [], [], []
-    with _frozen(unet):
+    with frozen_unet(unet):
         for i in range(warmup + repeats):
             tc = _timed(cones_step, device)
             with _trainable(kv):  # the fine-tuning baseline trains exactly the K/V weights Cones scores

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from cones_lab.baselines.training import FineTuneParams, References, TrainedConcept, fit, references
-from cones_tasks.neurons.discovery import _frozen, concept_loss
+from cones_tasks.neurons.discovery import concept_loss, frozen_unet
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 
 __all__ = ["KVDelta", "added", "finetune_kv", "finetune_kv_on", "safetensors_metadata"]
@@ -156,7 +156,7 @@ def finetune_kv_on(
     def loss(batch, cond):
         return concept_loss(unet, batch, cond, {name: t.to(dtype) for name, t in theta.items()})
 
-    with _frozen(unet):
+    with frozen_unet(unet):
         report = fit(model, data, params, loss, list(theta.values()), steps=steps, generator=generator, progress=progress,
                      desc="dense K/V")
     delta = KVDelta(space.fingerprint, {name: (theta[name].detach() - base[name]).cpu() for name in theta})

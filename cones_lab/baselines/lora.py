@@ -31,7 +31,7 @@ from torch import nn
 
 from cones_lab.baselines.dense_kv import KVDelta, safetensors_metadata
 from cones_lab.baselines.training import FineTuneParams, References, TrainedConcept, fit, references
-from cones_tasks.neurons.discovery import _frozen, concept_loss
+from cones_tasks.neurons.discovery import concept_loss, frozen_unet
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 
 __all__ = ["LoraFactors", "LoraParams", "lora_adapter", "train_lora", "train_lora_on"]
@@ -166,7 +166,7 @@ def train_lora_on(
     def loss(batch, cond):
         return concept_loss(unet, batch, cond, {})  # the adapters live in the modules
 
-    with _frozen(unet), lora_adapter(unet, space, rank=params.rank, alpha=alpha, seed=seed) as factors:
+    with frozen_unet(unet), lora_adapter(unet, space, rank=params.rank, alpha=alpha, seed=seed) as factors:
         leaves = [t for pair in factors.values() for t in pair]
         report = fit(model, data, params, loss, leaves, steps=steps, generator=generator, progress=progress, desc="LoRA")
         concept = LoraFactors(space.fingerprint, params.rank, alpha,

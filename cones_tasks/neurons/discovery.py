@@ -35,7 +35,10 @@ from cones_tasks.neurons.noising import images_to_model_inputs, noised_batch, tr
 from cones_tasks.neurons.scores import round_budget, select_neurons
 from cones_tasks.neurons.space import NeuronSpace
 
-__all__ = ["DiscoveryParams", "DiscoveryResult", "concept_loss", "discover_concept_neurons", "refine_union", "subject_loss"]
+__all__ = [
+    "DiscoveryParams", "DiscoveryProblem", "DiscoveryResult", "concept_loss", "discover_concept_neurons", "frozen_unet",
+    "initial_loss_scale", "refine_union", "subject_loss",
+]
 
 
 class DiscoveryParams(BaseModel):
@@ -155,7 +158,7 @@ def discover_concept_neurons(
     mentions = None
     if params.scope == "word" and params.composed:
         images, class_prompt, mentions = _with_composed(model, images, class_prompt, class_word, params.composed, seed)
-    problem = _Problem.build(
+    problem = DiscoveryProblem.build(
         model, space, images, class_prompt, prior_images, params.prior_weight, params.batch_size, gen,
         prior_prompt=prior_prompt,
     )
@@ -163,7 +166,7 @@ def discover_concept_neurons(
     shut_flat = torch.zeros(space.size, dtype=torch.bool)
     bar = tqdm(total=params.steps * params.rounds, desc=f"discover {class_prompt!r}", disable=not progress)
     extra: dict[str, Any] = {}
-    with _frozen(unet):
+    with frozen_unet(unet):
         if params.scope == "word":
             from cones_tasks.neurons.word_discovery import discover_at_word
 
@@ -252,7 +255,7 @@ def subject_loss(
     space = NeuronSpace.from_unet(model.unet, attention=attention)
     if mask is not None:
         mask.check(space)
-    problem = _Problem.build(model, space, images, class_prompt, None, 0.0, _EVAL_CHUNK, torch.Generator().manual_seed(seed))
+    problem = DiscoveryProblem.build(model, space, images, class_prompt, None, 0.0, _EVAL_CHUNK, torch.Generator().manual_seed(seed))
     shut_flat = torch.zeros(space.size, dtype=torch.bool)
     if mask is not None:
         shut_flat[torch.from_numpy(mask.indices.copy())] = True
@@ -291,11 +294,11 @@ def refine_union(
     gen = torch.Generator().manual_seed(seed)
     space = NeuronSpace.from_unet(model.unet, attention=params.attention)
     union.check(space)
-    problems = [_Problem.build(model, space, images, prompt, None, 0.0, params.batch_size, gen) for images, prompt in subjects]
+    problems = [DiscoveryProblem.build(model, space, images, prompt, None, 0.0, params.batch_size, gen) for images, prompt in subjects]
     shut_flat = torch.zeros(space.size, dtype=torch.bool)
     shut_flat[torch.from_numpy(union.indices.astype(np.int64))] = True
     bar = tqdm(total=params.steps * params.rounds, desc=f"refine union of {len(subjects)}", disable=not progress)
-    with _frozen(model.unet):
+    with frozen_unet(model.unet):
         before = [p.eval_loss(_split(space, shut_flat, p.device), draws=params.eval_draws, seed=seed) for p in problems]
         losses, rounds, mean_scores = _shut_in_rounds(problems, space, params, shut_flat, gen, bar)
         after = [p.eval_loss(_split(space, shut_flat, p.device), draws=params.eval_draws, seed=seed) for p in problems]
@@ -331,12 +334,16 @@ def concept_loss(unet: nn.Module, batch, cond: torch.Tensor, overrides: dict[str
     return F.mse_loss(pred.float(), batch.target.float())
 
 
-# ---------------------------------------------------------------- internals
+# ---------------------------------------------------------------- the problem a step solves
 
 
 @dataclass
-class _Problem:
-    """Everything a step needs, resolved once: inputs, text, the DDPM process, the base K/V weights."""
+class DiscoveryProblem:
+    """Everything a step needs, resolved once: inputs, text, the DDPM process, the base K/V weights.
+
+    Public for the lab's benchmarks (cones_lab/benchmarks.py), which time one `score_step` against
+    a fine-tuning step on the same problem.
+    """
 
     unet: nn.Module
     space: NeuronSpace
@@ -355,7 +362,7 @@ class _Problem:
 
     @classmethod
     def build(cls, model, space, images, class_prompt, prior_images, prior_weight, batch_size, gen, *,
-              prior_prompt: str | None = None) -> _Problem:
+              prior_prompt: str | None = None) -> DiscoveryProblem:
         unet = model.unet
         first = next(unet.parameters())
         x0 = images_to_model_inputs(model, images, generator=gen)
@@ -371,7 +378,7 @@ class _Problem:
                    first.dtype, first.device, batch_size, loss_scale=initial_loss_scale(first.dtype),
                    prior_cond=prior_cond)
 
-    def _batch_indices(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
+    def batch_indices(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
         # epoch-style: every image is seen once before any repeats (lower-variance scores than iid draws)
         out = []
         while len(out) < size:
@@ -393,7 +400,7 @@ class _Problem:
         """One step: forward, backward w.r.t. the effective K/V weights only, accumulate θ·∂L/∂θ (fp32)."""
         theta = {k: v.detach().requires_grad_(True) for k, v in self._weights(shut_layers, multiplier).items()}
         overrides = {k: v.to(self.dtype) for k, v in theta.items()}
-        idx = self._batch_indices(self.x0.shape[0], self.batch_size, gen)
+        idx = self.batch_indices(self.x0.shape[0], self.batch_size, gen)
         cond = self.cond if self.cond.shape[0] == 1 else self.cond[idx]  # one prompt, or one per image
         loss = concept_loss(self.unet, noised_batch(self.scheduler, self.x0[idx], generator=gen), cond, overrides)
         if self.prior is not None:
@@ -462,7 +469,7 @@ def _prompts_for(class_prompt: str | Sequence[str], n_images: int) -> list[str]:
 
 
 def initial_loss_scale(dtype: torch.dtype) -> float:
-    """2^16 for fp16 (K/V gradients sit below its range, see _Problem._grads); bf16/fp32 need none."""
+    """2^16 for fp16 (K/V gradients sit below its range, see DiscoveryProblem._grads); bf16/fp32 need none."""
     return 2.0**16 if dtype == torch.float16 else 1.0
 
 
@@ -510,7 +517,7 @@ def _split(space: NeuronSpace, shut_flat: torch.Tensor, device) -> dict[str, tor
 
 
 @contextlib.contextmanager
-def _frozen(unet: nn.Module) -> Iterator[None]:
+def frozen_unet(unet: nn.Module) -> Iterator[None]:
     """No parameter of `unet` asks for grads inside (only our K/V copies do); flags restored after."""
     flags = {name: p.requires_grad for name, p in unet.named_parameters()}
     unet.requires_grad_(False)

@@ -39,7 +39,7 @@ def discover_at_word(
 ) -> tuple[ConceptMask, dict[str, Any]]:
     """Word-scoped discovery for one subject: returns its mask and the objective's report entries.
 
-    problem: discovery._Problem (references, their prompts' text states, the DDPM process).
+    problem: discovery.DiscoveryProblem (references, their prompts' text states, the DDPM process).
     prompts: the images' prompts, one per image (or one for all), each naming `class_word`.
     mentions: which mention of `class_word` in each prompt is the subject's (default: the first;
     composed references name the class twice, composed.py).
@@ -70,7 +70,7 @@ def _rows_of_batch(spans, idx: torch.Tensor, device) -> tuple[torch.Tensor, torc
 
 def _edited_loss(problem, space, edit: dict[str, torch.Tensor], spans, gen) -> torch.Tensor:
     """Concept loss of one drawn batch with `edit` ({name: [R, out]}) added at the word's rows."""
-    idx = problem._batch_indices(problem.x0.shape[0], problem.batch_size, gen)
+    idx = problem.batch_indices(problem.x0.shape[0], problem.batch_size, gen)
     cond = problem.cond if problem.cond.shape[0] == 1 else problem.cond[idx.to(problem.cond.device)]
     batch = noised_batch(problem.scheduler, problem.x0[idx], generator=gen)
     n = len(idx)
