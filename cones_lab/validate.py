@@ -123,6 +123,9 @@ def validate_toy(
     space = NeuronSpace.from_unet(model.unet, attention="cross")
     unmasked = _single(sampler, subjects, None, space, "union", n=n, seed=seed)
 
+    # compare imports this module (its lines are validate's), so its SD-1.5 storage function comes in here
+    from cones_lab.compare import sd15_bytes_per_concept
+
     strategies = {}
     for strategy, options in by_strategy.items():
         found = _choose(model, sampler, priors, subjects, references, strategy, options, params)
@@ -137,6 +140,8 @@ def validate_toy(
             **(_refined_multi(sampler, model, subjects, references, masks, space, params, sizes, mode) if strategy == "union" else {}),
             "neuron_fraction": float(np.mean([m.fraction for m in masks.values()])),
             "bytes_per_concept": float(np.mean([len(m.to_bytes()) for m in masks.values()])),
+            # the same concepts' density at Stable Diffusion 1.5's 19.2 M K/V weights, serialised by the store
+            "sd15_bytes_per_concept": float(np.mean([sd15_bytes_per_concept("cones", fraction=m.fraction) for m in masks.values()])),
             "discovery_s_per_subject": discovery_s / len(subjects),
         }
     result = {

@@ -68,15 +68,20 @@ class DiscoveryParams(BaseModel):
         description="where the shut neurons act: 'prompt', every text token (the paper); 'word', only the rows of the "
         "subject's class word (token composition, docs/composition.md)",
     )
-    objective: Literal["score", "fit"] = Field(
+    objective: Literal["score", "fit", "gate"] = Field(
         "fit",
         description="how neurons are chosen: 'score', rounds of θ·∂L/∂θ (the paper); 'fit' (scope 'word' only), the word "
-        "rows' edit learned by gradient steps, then the weights whose zeroing makes it",
+        "rows' edit learned by gradient steps, then the weights whose zeroing makes it; 'gate' (scope 'word' only), a "
+        "shut gate learned on every weight with a cost per shut weight held at `density`",
     )
     learning_rate: float = Field(0.1, gt=0.0, description="fit: Adam step on the word rows' edit, in units of their RMS")
     key_step: float = Field(0.2, gt=0.0, description="fit: the key projections' step as a fraction of learning_rate")
     fit_tolerance: float = Field(
         1e-3, ge=0.0, description="fit: stop adding weights to an output once it gains less than this × the rows' RMS"
+    )
+    density: float = Field(
+        0.01, gt=0.0, le=1.0,
+        description="gate: the fraction of the K/V weights a concept may shut (the cost per shut weight is tuned to hold it)",
     )
     composed: int = Field(
         0, ge=0, le=2,
@@ -86,8 +91,8 @@ class DiscoveryParams(BaseModel):
 
     @model_validator(mode="after")
     def _threshold_value_fits_mode(self) -> DiscoveryParams:
-        if self.objective == "fit" and self.scope != "word":
-            raise ValueError("objective 'fit' learns an edit of the class word's rows: it needs scope 'word'")
+        if self.objective in ("fit", "gate") and self.scope != "word":
+            raise ValueError(f"objective {self.objective!r} learns an edit of the class word's rows: it needs scope 'word'")
         if self.scope == "word" and self.attention != "cross":
             raise ValueError("scope 'word' acts on text tokens, which only cross-attention reads: use attention 'cross'")
         if self.scope == "word" and self.prior_weight > 0:

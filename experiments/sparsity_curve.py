@@ -1,0 +1,96 @@
+"""Single hit and pairs against density: how sparse a concept can be on the toy model (docs/research/sparsity.md).
+
+Discovery as `cones toy validate --quick` runs it: the first six toy subjects, six renders alone on
+context prompts and twelve captioned scene photos, word scope. Each setting is one DiscoveryParams;
+every setting's masks are judged on the selection seeds (choose there) and on the report seeds (quote
+those), with validate's lines: single hit, context, crosstalk and both subjects of a pair present.
+
+    python -m experiments.sparsity_curve --out docs/research/sparsity-curve.jsonl
+    python -m experiments.sparsity_curve --settings '[{"objective": "gate", "density": 0.01}]' --n-report 48
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from cones_lab.compare import sd15_bytes_per_concept
+from cones_lab.validate import ValidateParams, discovery_references, mask_lines
+from cones_tasks.loading import load_diffusion_model
+from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.toyworld.assets import TOY_MODEL_DIR
+from cones_tasks.toyworld.judge import judge
+from cones_tasks.toyworld.subjects import TOY_SUBJECTS
+
+# From dense to sparse: the `fit` default (no budget), then gates held at falling densities.
+DEFAULT_SETTINGS = (
+    {"objective": "fit"},
+    {"objective": "gate", "density": 0.05, "learning_rate": 0.05},
+    {"objective": "gate", "density": 0.025, "learning_rate": 0.05},
+    {"objective": "gate", "density": 0.01, "learning_rate": 0.05},
+    {"objective": "gate", "density": 0.003, "learning_rate": 0.05},
+)
+
+
+def lines(model, subjects, masks, space, params: ValidateParams, *, seed: int, n: int) -> dict:
+    found = mask_lines(model, judge, subjects, masks, space, "token", params, seed=seed, n=n)
+    return {
+        "n": n, "seed": seed, "single": found["single"]["hit_masked"], "context": found["context"],
+        "crosstalk": found["crosstalk"], "multi2": found["multi"]["2"],
+        "multi2_per_subject": found["multi_detail"]["2"]["per_subject"],
+    }
+
+
+def run_setting(model, subjects, setting: dict, params: ValidateParams, *, n_select: int, n_report: int) -> dict:
+    discovery = DiscoveryParams(**setting)
+    started = time.perf_counter()
+    masks = {}
+    for s in subjects:
+        images, prompts = discovery_references(s, params, "context", scenes=True)
+        masks[s.id] = discover_concept_neurons(model, images, prompts, discovery, class_word=s.shape, seed=0,
+                                               progress=False).mask
+    discovery_s = time.perf_counter() - started
+    space = NeuronSpace.from_unet(model.unet, attention=discovery.attention)
+    return {
+        "setting": setting,
+        "neuron_fraction": float(np.mean([m.fraction for m in masks.values()])),
+        "bytes_per_concept": float(np.mean([len(m.to_bytes()) for m in masks.values()])),
+        "sd15_bytes_per_concept": float(np.mean([sd15_bytes_per_concept("cones", fraction=m.fraction) for m in masks.values()])),
+        "discovery_s_per_subject": discovery_s / len(subjects),
+        "select": lines(model, subjects, masks, space, params, seed=params.select_seed, n=n_select),
+        "report": lines(model, subjects, masks, space, params, seed=params.report_seed, n=n_report),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", default=None, help="JSON list of DiscoveryParams overrides (default: the curve)")
+    parser.add_argument("--subjects", type=int, default=6)
+    parser.add_argument("--n-select", type=int, default=24)
+    parser.add_argument("--n-report", type=int, default=48)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=None, help="append one JSON line per setting here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    settings = json.loads(args.settings) if args.settings else DEFAULT_SETTINGS
+    model = load_diffusion_model(TOY_MODEL_DIR)
+    subjects = TOY_SUBJECTS[: args.subjects]
+    # validate --quick's sampling: 20 steps, guidance 3, 12 scene photos, select seeds 1, report seeds 2
+    params = ValidateParams(sample_steps=20, scene_references=12, multi_sizes=(2,), ceilings=False,
+                            reversed_order=False, strategies=("token",))
+    for setting in settings:
+        row = run_setting(model, subjects, setting, params, n_select=args.n_select, n_report=args.n_report)
+        row["subjects"] = [s.id for s in subjects]
+        print(json.dumps(row), flush=True)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

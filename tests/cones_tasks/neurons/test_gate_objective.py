@@ -1,0 +1,57 @@
+"""The `gate` objective: a shut gate on every K/V weight, its cost held at a density (docs/research/sparsity.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.toyworld.assets import TOY_MODEL_DIR
+
+
+@pytest.fixture(scope="module")
+def model():
+    from cones_tasks.loading import load_diffusion_model
+
+    return load_diffusion_model(TOY_MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def references():
+    from cones_tasks.toyworld.subjects import TOY_SUBJECTS, reference_backgrounds, reference_renders
+
+    s = TOY_SUBJECTS[0]  # striped-yellow-triangle
+    return reference_renders(s, n=4), [f"a {s.shape} on {bg}" for bg in reference_backgrounds(4)], s.shape
+
+
+@pytest.fixture(scope="module")
+def gate_run(model, references):
+    images, prompts, word = references
+    params = DiscoveryParams(objective="gate", density=0.02, learning_rate=0.05, key_step=1.0, steps=10, rounds=3,
+                             batch_size=4)
+    before = {n: p.detach().clone() for n, p in model.unet.named_parameters()}
+    result = discover_concept_neurons(model, images, prompts, params, class_word=word, seed=0, progress=False)
+    return params, result, before
+
+
+def test_gate_never_shuts_more_than_its_density_and_shuts_something(gate_run):
+    params, result, _ = gate_run
+    assert 0 < result.mask.fraction <= params.density
+    # the cost followed the shut fraction: it ended near the density, not at 0 or at everything
+    curve = result.report["shut_fraction_curve"]
+    assert curve[0] < curve[-1] and max(curve[-5:]) < 3 * params.density, curve
+
+
+def test_gate_is_deterministic_and_leaves_the_unet_alone(model, references, gate_run):
+    params, result, before = gate_run
+    for name, p in model.unet.named_parameters():
+        assert torch.equal(p, before[name]), name
+    images, prompts, word = references
+    again = discover_concept_neurons(model, images, prompts, params, class_word=word, seed=0, progress=False)
+    np.testing.assert_array_equal(again.mask.indices, result.mask.indices)
+
+
+def test_gate_needs_the_word_scope():
+    with pytest.raises(ValueError, match="objective 'gate'.*needs scope 'word'"):
+        DiscoveryParams(objective="gate", scope="prompt")
