@@ -7,6 +7,7 @@ those), with validate's lines: single hit, context, crosstalk and both subjects 
 
     python -m experiments.sparsity_curve --out docs/research/sparsity-curve.jsonl
     python -m experiments.sparsity_curve --settings '[{"objective": "gate", "density": 0.01}]' --n-report 48
+    python -m experiments.sparsity_curve --plot docs/research/sparsity-curve.jsonl   # writes the .png beside it
 """
 
 from __future__ import annotations
@@ -67,6 +68,40 @@ def run_setting(model, subjects, setting: dict, params: ValidateParams, *, n_sel
     }
 
 
+def plot(jsonl: str) -> str:
+    """The curve of a JSONL of rows (report seeds): single hit, context and pairs against the fraction shut."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted((json.loads(line) for line in open(jsonl)), key=lambda r: r["neuron_fraction"])
+    series: dict[str, list[dict]] = {}  # one line per setting that differs only in its density
+    for r in rows:
+        rest = {k: v for k, v in r["setting"].items() if k != "density"}
+        series.setdefault(", ".join(f"{k} {v}" for k, v in sorted(rest.items())), []).append(r)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.0), sharey=True)
+    for ax, (key, title) in zip(axes, (("single", "single hit"), ("context", "context"), ("multi2", "pairs, both present"))):
+        for name, members in series.items():
+            x = [100 * r["neuron_fraction"] for r in members]
+            y = [r["report"][key] for r in members]
+            se = [np.sqrt(v * (1 - v) / r["report"]["n"]) for v, r in zip(y, members)]
+            ax.errorbar(x, y, yerr=se, marker="o", capsize=3, label=name)
+        ax.set_title(title)
+        ax.set_xscale("log")
+        ax.set_xlabel("K/V weights shut per concept (%)")
+        ax.axvline(1.0, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel(f"judged rate, report seeds (n = {rows[0]['report']['n']}, ±1 SE)")
+    axes[2].legend(loc="lower right", fontsize=7)
+    ax = axes[0]
+    fig.suptitle("Toy model (6 subjects): hit rates against the fraction of K/V weights a concept shuts")
+    out = jsonl.rsplit(".", 1)[0] + ".png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default=None, help="JSON list of DiscoveryParams overrides (default: the curve)")
@@ -75,7 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-report", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="append one JSON line per setting here")
+    parser.add_argument("--plot", default=None, help="only plot this JSONL (a PNG beside it) and exit")
     args = parser.parse_args(argv)
+    if args.plot:
+        print(plot(args.plot))
+        return
     torch.set_num_threads(args.threads)
     settings = json.loads(args.settings) if args.settings else DEFAULT_SETTINGS
     model = load_diffusion_model(TOY_MODEL_DIR)
