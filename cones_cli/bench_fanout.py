@@ -47,7 +47,7 @@ def _prepare(root: Path, model_dir: Path, n_subjects: int, name: str, *, steps: 
     import numpy as np
 
     from catalog import load_catalog
-    from cones_tasks.config import DiscoveryParams, GenerateConfig, mask_params
+    from cones_tasks.config import FitObjective, GenerateConfig, mask_params
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.neurons.masks import ConceptMask
     from cones_tasks.neurons.space import NeuronSpace
@@ -61,7 +61,7 @@ def _prepare(root: Path, model_dir: Path, n_subjects: int, name: str, *, steps: 
     for i, subject in enumerate(ids):
         catalog.write_subject(subject, class_word=shapes[i % 3])
         indices = rng.choice(space.size, size=max(1, space.size // 100), replace=False)
-        catalog.write_mask(subject=subject, mask=ConceptMask.from_indices(space, indices), params=mask_params(DiscoveryParams(), seed=0))
+        catalog.write_mask(subject=subject, mask=ConceptMask.from_indices(space, indices), params=mask_params(FitObjective(), seed=0))
     return GenerateConfig.model_validate(
         {
             "catalog": str(root / name),

@@ -32,28 +32,30 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from cones_tasks.neurons.composition import COMPOSITIONS, Composition, compose, composition_for
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons, refine_union
+from cones_tasks.neurons.discovery import discover_concept_neurons, refine_union
+from cones_tasks.neurons.objectives import (
+    DISCOVERY_FOR,
+    DiscoveryParams,
+    FitObjective,
+    PromptScoreObjective,
+    WordScoreObjective,
+)
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
 
 __all__ = [
-    "DEFAULT_CANDIDATES", "Generate", "PriorImages", "RECOMMENDED", "ValidateParams", "context_line", "crosstalk_line",
+    "DEFAULT_CANDIDATES", "Generate", "PriorImages", "ValidateParams", "context_line", "crosstalk_line",
     "discovery_references", "line_seeds", "mask_lines", "multi_line", "single_line", "validate_toy",
 ]
 
-# What validation chose, per strategy (docs/research/composition.md): `token` is the library's default
-# DiscoveryParams; `union` is the paper's statistic at every token, 10 % of the K/V over 30 rounds.
-RECOMMENDED: dict[str, DiscoveryParams] = {
-    "token": DiscoveryParams(),
-    "union": DiscoveryParams(scope="prompt", objective="score", threshold_value=0.1, rounds=30, steps=8, batch_size=4),
-}
-# The sweep `cones toy validate` chooses from by default: each strategy's recommendation and its nearest rivals.
+# The sweep `cones toy validate` chooses from by default: each strategy's recommendation (the core's
+# DISCOVERY_FOR, what earlier runs of this sweep chose: docs/research/composition.md) and its nearest rivals.
 # (union: runs 2–4 chose 10 % over 3 % on the first model; one candidate here, so it is reported as chosen then.)
 DEFAULT_CANDIDATES: tuple[DiscoveryParams, ...] = (
-    RECOMMENDED["union"],
-    RECOMMENDED["token"],
-    RECOMMENDED["token"].model_copy(update={"learning_rate": 0.05, "key_step": 1.0}),
-    DiscoveryParams(scope="word", objective="score", threshold_value=0.1, rounds=30, steps=8, batch_size=4),
+    DISCOVERY_FOR["union"],
+    DISCOVERY_FOR["token"],
+    FitObjective(learning_rate=0.05, key_step=1.0),
+    WordScoreObjective(threshold_value=0.1, rounds=30, steps=8, batch_size=4),
 )
 
 
@@ -75,7 +77,7 @@ class ValidateParams(BaseModel):
     multi_sizes: tuple[int, ...] = (2, 3, 4)
     batch_size: int = Field(128, ge=1, description="images per sampling batch (one UNet forward, per-sample masks)")
     prior_images: int = Field(8, ge=1, description="base-model images of each class prompt, for candidates with prior_weight > 0")
-    union_refine: DiscoveryParams | None = Field(
+    union_refine: PromptScoreObjective | None = Field(
         None, description="when set, also report multi_refined: every union after these joint discovery rounds"
     )
     strategies: tuple[Composition, ...] = Field(COMPOSITIONS, min_length=1, description="composition strategies to report")
@@ -161,6 +163,11 @@ def validate_toy(
     return result
 
 
+def _prior_weight(params: DiscoveryParams) -> float:
+    """λ of the prior-preservation term: only the paper's prompt-scoped objective has one."""
+    return params.prior_weight if isinstance(params, PromptScoreObjective) else 0.0
+
+
 def _choose(model, sampler, priors, subjects, references, strategy, options, params):
     """(chosen params, prompt mode, masks, space, selection table, discovery seconds of the chosen) for one strategy."""
     runs = list(itertools.product(options, params.prompt_modes))
@@ -173,7 +180,7 @@ def _choose(model, sampler, priors, subjects, references, strategy, options, par
             images, prompts = discovery_references(s, params, mode, scenes=candidate.scope == "word")
             masks[s.id] = discover_concept_neurons(
                 model, images, prompts, candidate, seed=params.discovery_seed, progress=False, class_word=s.shape,
-                prior_images=priors.of(s.shape) if candidate.prior_weight > 0 else None, prior_prompt=_class_prompt(s.shape),
+                prior_images=priors.of(s.shape) if _prior_weight(candidate) > 0 else None, prior_prompt=_class_prompt(s.shape),
             ).mask
         spent = time.perf_counter() - t0
         if len(runs) == 1:  # nothing to choose between: no selection images
@@ -388,8 +395,8 @@ def _refined_multi(sampler, model, subjects, references, masks, space, params: V
     refine = params.union_refine
     if refine is None:
         return {}
-    if refine.attention != space.attention or refine.scope != "prompt":  # the union lives in the chosen candidate's space
-        refine = refine.model_copy(update={"attention": space.attention, "scope": "prompt", "objective": "score"})
+    if refine.attention != space.attention:  # the union lives in the chosen candidate's space
+        refine = refine.model_copy(update={"attention": space.attention})
     lines, added = {}, []
     for k in sizes:
         unions = {}

@@ -12,8 +12,8 @@ import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from catalog import load_catalog, params_hash
-from catalog.pipeline import subject_image_captions, subject_image_uris
+from catalog import load_catalog
+from catalog.pipeline import stored_mask_ids, subject_image_captions, subject_image_uris
 from cones_tasks.combinations import class_phrase
 from cones_tasks.config import DiscoverConfig, DiscoveryParams, ModelRef, mask_params
 from cones_tasks.ingest import decode_rgb, fit_to_resolution
@@ -34,9 +34,9 @@ def discover_subject(
     identity = mask_params(params, seed=seed)
     with model_session(model_ref) as model:
         space = NeuronSpace.from_unet(model.unet, attention=params.attention)
-        found = catalog.find_mask(subject=subject, model_fingerprint=space.fingerprint, params_hash=params_hash(identity))
+        found = stored_mask_ids(catalog, [subject], space.fingerprint, identity).get(subject)
         if found is not None:
-            return {"subject": subject, "mask_id": found.mask_id, "neurons": found.neuron_count, "skipped": True}
+            return {"subject": subject, "mask_id": found, "neurons": catalog.get_mask(found).neuron_count, "skipped": True}
         uris = subject_image_uris(catalog, subject)
         if not uris:
             raise ValueError(f"subject {subject!r} has no images in the catalog; run ingest-subjects for it first")

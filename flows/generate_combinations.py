@@ -23,16 +23,9 @@ import pyarrow as pa
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from catalog import (
-    Generation,
-    generation_ids,
-    load_catalog,
-    mask_id_for,
-    params_hash,
-    shard_of,
-)
+from catalog import Generation, generation_ids, load_catalog, shard_of
 from catalog.combination_files import combination_rows, count_combination_rows
-from catalog.pipeline import class_words, existing_mask_ids, generations_present
+from catalog.pipeline import class_words, generations_present, stored_mask_ids
 from cones_tasks.combinations import batched, grid_items
 from cones_tasks.config import (
     DiscoveryParams,
@@ -66,11 +59,10 @@ def resolve_masks(
     """Model fingerprint, each subject's class word and mask id (or a clear error naming the missing ones)."""
     catalog = load_catalog(catalog_uri)
     fingerprint = neuron_space(model_ref, discovery.attention).fingerprint
-    wanted = params_hash(mask_params(discovery, seed=seed))
-    # Two queries for any number of subjects (a 1,000-subject grid made 2,000 before; docs/scale.md)
-    mask_ids = {s: mask_id_for(s, fingerprint, wanted) for s in subjects}
-    stored = existing_mask_ids(catalog, list(mask_ids.values()))
-    missing = sorted(s for s, m in mask_ids.items() if m not in stored)
+    # Two queries for any number of subjects (a 1,000-subject grid made 2,000 before; docs/scale.md), a third
+    # only for subjects whose masks predate today's identities
+    mask_ids = stored_mask_ids(catalog, subjects, fingerprint, mask_params(discovery, seed=seed))
+    missing = sorted(set(subjects) - set(mask_ids))
     if missing:
         raise MissingMaskError(
             f"no concept mask for {missing} on model {fingerprint[:16]}… with these discovery parameters; "
@@ -79,7 +71,7 @@ def resolve_masks(
     return {
         "model_fingerprint": fingerprint,
         "class_words": class_words(catalog, subjects),
-        "mask_ids": mask_ids,
+        "mask_ids": {s: mask_ids[s] for s in subjects},
     }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cones_tasks.neurons.discovery import DiscoveryParams
+from cones_tasks.neurons.objectives import FitObjective, PromptScoreObjective
 from cones_tasks.neurons.space import NeuronSpace
 from cones_lab.validate import ValidateParams, _spread, validate_toy
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
@@ -22,14 +22,14 @@ def test_validate_toy_reports_every_line_per_strategy():
     from cones_tasks.toyworld.subjects import TOY_SUBJECTS
 
     model = load_diffusion_model(TOY_MODEL)
-    paper = dict(scope="prompt", objective="score", steps=2, batch_size=2, rounds=1, eval_draws=0)
+    paper = dict(steps=2, batch_size=2, rounds=1, eval_draws=0)
     union = [
-        DiscoveryParams(**paper, threshold_value=0.01),
-        DiscoveryParams(**paper, threshold="top_k", threshold_value=5),
-        DiscoveryParams(**paper, threshold_value=0.01, prior_weight=1.0),
+        PromptScoreObjective(**paper, threshold_value=0.01),
+        PromptScoreObjective(**paper, threshold="top_k", threshold_value=5),
+        PromptScoreObjective(**paper, threshold_value=0.01, prior_weight=1.0),
     ]
-    token = [DiscoveryParams(steps=2, batch_size=2, rounds=1)]
-    refine = DiscoveryParams(**{**paper, "steps": 1}, threshold="top_k", threshold_value=4)
+    token = [FitObjective(steps=2, batch_size=2, rounds=1)]
+    refine = PromptScoreObjective(**{**paper, "steps": 1}, threshold="top_k", threshold_value=4)
     params = ValidateParams(images_per_line=4, select_images_per_line=2, sample_steps=2, reference_images=2, multi_sizes=(2, 3),
                             prior_images=2, union_refine=refine, prompt_modes=("class", "context"))
     subjects = TOY_SUBJECTS[:2]

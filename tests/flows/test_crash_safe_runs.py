@@ -64,7 +64,7 @@ def _config(world: Path, catalog: Path, model_dir: Path, **grid) -> dict:
         "model": {"path": str(model_dir)},
         "subjects": [{"subject_id": s.id, "class_word": s.class_word, "uri": str(world / "subjects" / s.id)} for s in SUBJECTS],
         "ingest": {"min_side": 16},
-        "discovery": {"rounds": 2, "steps": 2, "batch_size": 2, "eval_draws": 1, "threshold_value": 0.02},
+        "discovery": {"rounds": 2, "steps": 2, "batch_size": 2},
         "grid": {**GRID, **grid},
         "scoring": {"judge": True, "task_batch": 2},
         "runner": {"kind": "threads", "workers": 2},
