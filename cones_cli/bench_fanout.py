@@ -143,19 +143,18 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeat
 
 
 def _without_prefect(config) -> tuple[float, int]:
-    from flows.generate_combinations import (
-        PlanTally,
-        batch_calls,
-        generate_batch,
-        plan_chunks,
-        resolve_masks,
-    )
+    from catalog.planning import GridItem, PlanTally, plan_chunks, task_batches
+    from flows.generate_combinations import generate_batch, resolve_masks
 
     started = time.perf_counter()
     tally = PlanTally()
+
+    def generate(rows) -> int:  # the flow's generate-batch task, called as a plain function
+        return generate_batch.fn(config.catalog, config.model, GridItem.rows_of(rows), config.grid, config.discovery.attention)
+
     with ThreadPoolExecutor(max_workers=config.runner.workers) as pool:
         resolved = pool.submit(resolve_masks.fn, config.catalog, config.model, config.subjects, config.discovery, config.discovery_seed).result()
-        written = sum(pool.map(lambda call: generate_batch.fn(**call), batch_calls(config, plan_chunks(config, resolved, tally=tally))))
+        written = sum(pool.map(generate, task_batches(config.grid, plan_chunks(config, resolved, tally=tally))))
     seconds = time.perf_counter() - started
     if written != tally.items:
         raise RuntimeError(f"plain run wrote {written} of {tally.items} images")

@@ -46,7 +46,8 @@ def _catalog_with_masks(root, model_dir) -> str:
 
 def _planned_ids(config: dict) -> set[str]:
     from cones_tasks.config import GenerateConfig
-    from flows.generate_combinations import PlanTally, plan_chunks, resolve_masks
+    from catalog.planning import PlanTally, plan_chunks
+    from flows.generate_combinations import resolve_masks
 
     parsed = GenerateConfig.model_validate({**config, "catalog": config["catalog"] + "-empty"})
     resolved = resolve_masks.fn(config["catalog"], parsed.model, parsed.subjects, parsed.discovery, parsed.discovery_seed)
@@ -92,9 +93,9 @@ def test_resolve_masks_finds_every_subject_in_two_queries_and_names_the_missing(
     uri = _catalog_with_masks(tmp_path, tiny_model_dir)
     model = ModelRef(path=str(tiny_model_dir))
     resolved = resolve_masks.fn(uri, model, tuple(SUBJECTS), FitObjective(), 0)
-    assert list(resolved["class_words"]) == SUBJECTS and resolved["class_words"]["subject-4"] == "square"
+    assert list(resolved.class_words) == SUBJECTS and resolved.class_words["subject-4"] == "square"
     stored = {m["subject"]: m["mask_id"] for m in load_catalog(uri).query("SELECT subject, mask_id FROM concept_masks").to_pylist()}
-    assert resolved["mask_ids"] == stored
+    assert resolved.mask_ids == stored
     with pytest.raises(MissingMaskError, match=r"no concept mask for \['subject-9'\]"):
         resolve_masks.fn(uri, model, (*SUBJECTS, "subject-9"), FitObjective(), 0)
     with pytest.raises(MissingMaskError):
