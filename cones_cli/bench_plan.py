@@ -25,8 +25,9 @@ from typing import Annotated
 
 import typer
 
-from cones_cli.bench import app
 from cones_cli.output import emit
+
+app = typer.Typer(add_completion=False)  # added to `cones bench` by cones_cli/bench.py
 
 SEEDS = (0, 1, 2, 3)
 KS = (3, 4)

@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from cones_cli.app import app
 from cones_cli.flow_cmds import FLOWS
 from cones_cli.output import console
 
+app = typer.Typer(add_completion=False)  # `cones config …`, added to `cones` by cones_cli/app.py
 config_app = typer.Typer(no_args_is_help=True, add_completion=False)
 app.add_typer(config_app, name="config", help="The flows' configs: JSON schema, a commented example, the reference page.")
 

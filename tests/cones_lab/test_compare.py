@@ -89,9 +89,9 @@ def test_cli_compare_prints_the_table_as_json(tmp_path):
 
     from typer.testing import CliRunner
 
-    from cones_cli.toy import app
+    from cones_cli.app import app
 
-    args = ["compare", "--subjects", "2", "--quick", "--n", "2", "--select-n", "1", "--steps", "1", "--out", str(tmp_path),
+    args = ["toy", "compare", "--subjects", "2", "--quick", "--n", "2", "--select-n", "1", "--steps", "1", "--out", str(tmp_path),
             "--markdown", str(tmp_path / "table.md"), "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -66,12 +66,11 @@ def test_cli_validate_with_a_candidates_file(tmp_path):
 
     from typer.testing import CliRunner
 
-    from cones_cli import toy_validate  # noqa: F401  (registers `validate` on the toy app)
-    from cones_cli.toy import app
+    from cones_cli.app import app
 
     (tmp_path / "c.json").write_text(json.dumps([{"scope": "prompt", "objective": "score", "steps": 1, "batch_size": 2,
                                                   "rounds": 1, "threshold": "top_k", "threshold_value": 3, "eval_draws": 0}]))
-    args = ["validate", "--subjects", "2", "--n", "2", "--select-n", "2", "--steps", "1", "--candidates",
+    args = ["toy", "validate", "--subjects", "2", "--n", "2", "--select-n", "2", "--steps", "1", "--candidates",
             str(tmp_path / "c.json"), "--strategy", "union", "--prompts", "context", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -91,10 +90,9 @@ def test_cli_validate_quick_prints_the_recommended_strategy_flat():
 
     from typer.testing import CliRunner
 
-    from cones_cli import toy_validate  # noqa: F401  (registers `validate` on the toy app)
-    from cones_cli.toy import app
+    from cones_cli.app import app
 
-    result = CliRunner().invoke(app, ["validate", "--quick", "--subjects", "2", "--n", "2", "--steps", "1", "--json"])
+    result = CliRunner().invoke(app, ["toy", "validate", "--quick", "--subjects", "2", "--n", "2", "--steps", "1", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{"):])
     assert data["strategy"] == "token" and data["selection"] == []  # the recommended setting only
