@@ -31,8 +31,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from cones_tasks.combinations import subjects_phrase
 from cones_tasks.neurons.composition import COMPOSITIONS, Composition, compose, composition_for
 from cones_tasks.neurons.discovery import discover_concept_neurons, refine_union
+from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.objectives import (
     DISCOVERY_FOR,
     DiscoveryParams,
@@ -40,8 +42,11 @@ from cones_tasks.neurons.objectives import (
     PromptScoreObjective,
     WordScoreObjective,
 )
-from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.sampling import sample
+from cones_tasks.toyworld.captions import class_prompt
+from cones_tasks.toyworld.subjects import context_prompts, reference_renders, scene_references
+from cones_tasks.toyworld.world import BACKGROUNDS
 
 __all__ = [
     "DEFAULT_CANDIDATES", "Generate", "PriorImages", "ValidateParams", "context_line", "crosstalk_line",
@@ -114,8 +119,6 @@ def validate_toy(
     by_strategy = {s: [c for c in candidates if composition_for(c) == s] for s in params.strategies}
     if missing := [s for s, c in by_strategy.items() if not c]:
         raise ValueError(f"no DiscoveryParams candidate for strategies {missing} (scope 'word' is token, 'prompt' is union)")
-    from cones_tasks.toyworld.subjects import reference_renders
-
     started = time.perf_counter()
     references = {s.id: reference_renders(s, n=params.reference_images, seed=params.discovery_seed) for s in subjects}
     sampler = _Sampler(model, judge, params, progress)
@@ -203,8 +206,6 @@ def _choose(model, sampler, priors, subjects, references, strategy, options, par
 
 
 def _class_prompt(shape: str) -> str:
-    from cones_tasks.toyworld.captions import class_prompt
-
     return class_prompt(shape)
 
 
@@ -212,8 +213,6 @@ def _reference_prompts(subject, mode: str, n: int) -> str | list[str]:
     """Discovery's conditioning for `subject`'s n references (ValidateParams.prompt_modes)."""
     if mode == "class":
         return _class_prompt(subject.shape)
-    from cones_tasks.toyworld.subjects import context_prompts
-
     return context_prompts(subject, n)
 
 
@@ -222,8 +221,6 @@ def discovery_references(subject, params: ValidateParams, mode: str = "context",
     """What discovery is handed for `subject`: its params.reference_images renders, their conditioning
     (prompt `mode`, ValidateParams.prompt_modes) and, when `scenes`, params.scene_references captioned
     scene photos (word-scoped discovery only: validate passes scenes=candidate.scope == 'word')."""
-    from cones_tasks.toyworld.subjects import reference_renders
-
     images = reference_renders(subject, n=params.reference_images, seed=params.discovery_seed)
     prompts = _reference_prompts(subject, mode, params.reference_images)
     if scenes and params.scene_references:
@@ -249,8 +246,6 @@ def mask_lines(model, judge: Callable[[np.ndarray], Any], subjects: Sequence, ma
 
 def _with_scenes(subject, images, prompts, params: ValidateParams):
     """The references plus captioned renders of the subject beside another object (ValidateParams.scene_references)."""
-    from cones_tasks.toyworld.subjects import scene_references
-
     scenes, captions = scene_references(subject, n=params.scene_references, seed=params.discovery_seed)
     prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
     return np.concatenate([images, scenes]), prompts + captions
@@ -291,8 +286,6 @@ def single_line(generate: Generate, subjects: Sequence, *, n: int, spelled_out: 
 
 def context_line(generate: Generate, subjects: Sequence, *, n: int) -> dict[str, float]:
     """"a triangle on snow" with the subject's concept: the subject AND the asked background."""
-    from cones_tasks.toyworld.world import BACKGROUNDS
-
     pairs = _spread(list(itertools.product(subjects, BACKGROUNDS)), n)
     prompts = [f"{_class_prompt(s.shape)} on {bg}" for s, bg in pairs]
     verdicts = generate(prompts, [(s,) for s, _ in pairs], 2)
@@ -319,8 +312,6 @@ def multi_line(generate: Generate, subjects: Sequence, *, k: int, n: int, revers
     """k subjects in one prompt ("a triangle and a circle"), named in `subjects` order (or reversed), with the
     k subjects' concepts: all present, mean per-subject presence, A's look painted on another subject's class.
     spelled_out: the subjects in words and no concept (the ceiling)."""
-    from cones_tasks.combinations import subjects_phrase
-
     combos = _spread(list(itertools.combinations(subjects, k)), n)
     named = [tuple(reversed(c)) if reverse else c for c in combos]
     if spelled_out:
@@ -417,8 +408,6 @@ class PriorImages:
         self.model, self.params, self._cache = model, params, {}
 
     def of(self, shape: str) -> np.ndarray:
-        from cones_tasks.sampling import sample
-
         if shape not in self._cache:
             seeds = line_seeds(self.params.discovery_seed, 99, self.params.prior_images)
             self._cache[shape] = sample(
@@ -441,8 +430,6 @@ class _Sampler:
 
     def run(self, prompts: list[str], applied: list[tuple[ConceptMask | None, list]], space: NeuronSpace, *, seed: int, tag: int) -> list:
         """applied[i]: (every-token mask or None, word masks) of image i (composition.compose)."""
-        from cones_tasks.sampling import sample
-
         seeds = line_seeds(seed, tag, len(prompts))
         masks = [m for m, _ in applied]
         words = [w for _, w in applied]
