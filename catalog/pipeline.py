@@ -143,14 +143,5 @@ def mean_scores(catalog: Catalog, ids: Sequence[str]) -> dict[str, dict[str, flo
     return out
 
 
-def mask_stats(catalog: Catalog, mask_ids: Sequence[str]) -> list[dict[str, Any]]:
-    rows = catalog.query(
-        "SELECT mask_id, subject, neuron_count, fraction, stats FROM concept_masks WHERE list_contains(?, mask_id) "
-        "ORDER BY subject",
-        [list(mask_ids)],
-    ).to_pylist()
-    return [{**r, "stats": json.loads(r["stats"])} for r in rows]
-
-
 def _generation(r: dict[str, Any]) -> GenerationRow:
     return GenerationRow(id=r["id"], subjects=tuple(r["subjects"]), prompt=r["prompt"], seed=int(r["seed"]), image_uri=r["image_uri"])

@@ -52,7 +52,7 @@ def test_masks_of_a_catalog_written_before_today_resolve_under_their_old_ids(leg
     resolved = resolve_masks.fn(legacy_uri, MODEL, SUBJECTS, params, LEGACY["seed"])
     assert resolved.mask_ids == _legacy_ids(setting)
     found = [discover_subject.fn(legacy_uri, MODEL, s, params, LEGACY["seed"]) for s in SUBJECTS]
-    assert [(f["mask_id"], f["skipped"]) for f in found] == [(_legacy_ids(setting)[s], True) for s in SUBJECTS]
+    assert [(f.mask_id, f.skipped) for f in found] == [(_legacy_ids(setting)[s], True) for s in SUBJECTS]
     if isinstance(params, PromptScoreObjective):  # eval_draws never named the neurons: another value finds the same mask
         other = params.model_copy(update={"eval_draws": 7})
         assert resolve_masks.fn(legacy_uri, MODEL, SUBJECTS, other, LEGACY["seed"]).mask_ids == _legacy_ids(setting)
@@ -73,15 +73,15 @@ def test_todays_code_finds_the_same_neurons_and_reuses_them_whatever_eval_draws_
                               IngestParams(min_side=16))
     params = TODAY["paper"]
     first = [discover_subject.fn(uri, MODEL, s, params, LEGACY["seed"]) for s in SUBJECTS]
-    assert not any(f["skipped"] for f in first)
+    assert not any(f.skipped for f in first)
     legacy = load_catalog(str(FIXTURES / "legacy-catalog"))
     catalog = load_catalog(uri)
     for f in first:
-        assert f["mask_id"] != _legacy_ids("paper")[f["subject"]]  # today's identity, a new id …
+        assert f.mask_id != _legacy_ids("paper")[f.subject]  # today's identity, a new id …
         np.testing.assert_array_equal(  # … for the same neurons
-            catalog.get_mask(f["mask_id"]).indices, legacy.get_mask(_legacy_ids("paper")[f["subject"]]).indices
+            catalog.get_mask(f.mask_id).indices, legacy.get_mask(_legacy_ids("paper")[f.subject]).indices
         )
     again = [discover_subject.fn(uri, MODEL, s, params.model_copy(update={"eval_draws": 3}), LEGACY["seed"]) for s in SUBJECTS]
-    assert [(a["mask_id"], a["skipped"]) for a in again] == [(f["mask_id"], True) for f in first]
-    assert sum(not a["skipped"] for a in again) == 0
+    assert [(a.mask_id, a.skipped) for a in again] == [(f.mask_id, True) for f in first]
+    assert sum(not a.skipped for a in again) == 0
     assert catalog.read_table("concept_masks").num_rows == len(SUBJECTS)
