@@ -238,9 +238,34 @@ def _tags(value: object) -> object:
     return value
 
 
+class _AnyOf:
+    """JSON schema of the union: `anyOf` where pydantic writes `oneOf`, the discriminator kept.
+
+    `objective` may be left out (it defaults to fit), and then settings such as {"steps": 2} fit
+    several objectives' schemas; a JSON-schema validator (Prefect's, on a deployment's parameters)
+    would refuse them under `oneOf`. Which objective they are is pydantic's to decide, as above.
+    """
+
+    def __get_pydantic_json_schema__(self, core_schema, handler) -> dict[str, Any]:
+        schema = handler(core_schema)
+        _one_of_to_any_of(schema)
+        return schema
+
+
+def _one_of_to_any_of(node: object) -> None:
+    if isinstance(node, dict):
+        if "discriminator" in node and "oneOf" in node:
+            node["anyOf"] = node.pop("oneOf")
+        for value in node.values():
+            _one_of_to_any_of(value)
+    elif isinstance(node, list):
+        for value in node:
+            _one_of_to_any_of(value)
+
+
 ScoreObjective = Annotated[PromptScoreObjective | WordScoreObjective, Field(discriminator="scope")]
 DiscoveryParams = Annotated[
-    FitObjective | GateObjective | ScoreObjective, Field(discriminator="objective"), BeforeValidator(_tags)
+    FitObjective | GateObjective | ScoreObjective, Field(discriminator="objective"), BeforeValidator(_tags), _AnyOf()
 ]
 """Knobs of one discovery run: `FitObjective`, `GateObjective`, `PromptScoreObjective` or `WordScoreObjective`."""
 

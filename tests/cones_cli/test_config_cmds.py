@@ -99,6 +99,22 @@ def test_discover_schema_shows_the_objectives_as_a_discriminated_union():
     assert defs["PromptScoreObjective"]["properties"]["threshold_value"]["default"] == 0.1  # validation's 10 %, not 0.002
 
 
+def test_the_schema_takes_what_the_config_takes_with_the_objective_left_out():
+    """A JSON-schema validator (Prefect's, on a deployment's parameters) accepts discovery settings without
+    `objective`, as the config does (fit, the default); a key of another objective is refused by both."""
+    import jsonschema
+
+    schema = json.loads(_cli("config", "schema", "discover").output)
+    base = {"catalog": "c", "model": {"path": "m"}, "subjects": ["a"]}
+    for discovery, objective in (({"steps": 2, "batch_size": 2}, "FitObjective"),
+                                 ({"objective": "score", "scope": "prompt", "threshold_value": 0.05}, "PromptScoreObjective")):
+        jsonschema.validate({**base, "discovery": discovery}, schema)
+        config = config_class("discover").model_validate({**base, "discovery": discovery})
+        assert type(config.discovery).__name__ == objective
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**base, "discovery": {"objective": "fit", "threshold_value": 0.1}}, schema)
+
+
 def test_unknown_flow_is_refused_with_the_choices():
     result = _cli("config", "example", "custom")
     assert result.exit_code == 2 and "customize" in result.output
