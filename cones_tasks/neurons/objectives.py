@@ -14,6 +14,7 @@
 
 Each model's defaults are what validation chose for it (docs/research/validate-runs.md), so the
 settings the README names work as written; `DISCOVERY_FOR` names them per composition strategy.
+(The gate's are those it was introduced with: it is still being measured, docs/research/sparsity.md.)
 
 A mask's identity (`mask_identity`) hashes only the fields that change which neurons are found,
 plus the objective's algorithm version (docs/discovery.md, "A mask's identity").
