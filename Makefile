@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: on the project's machines pip takes these two from local disk.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,dask,s3]'
+	$(PY) -m pip install -q -e '.[dev,dask,s3]'  # dev brings the baselines extra (peft) and moto
 	touch $(STAMP)
 
 demo: $(STAMP)

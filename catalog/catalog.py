@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from catalog import maskmath
 from catalog.errors import (
     MaskShapeMismatchError,
+    QueryError,
     SchemaError,
     UnknownMaskError,
     UnknownModelError,
@@ -261,11 +262,14 @@ class Catalog:
         columns holds; DuckDB parses it as an expression, checked like the query.
         """
         with self._lookup(TABLES) as con:
-            last = read_only_statements(con, sql)[-1]
-            if where is None:
-                return con.sql(last, params=params).to_arrow_table()
-            condition = filter_expression(con, where)
-            return con.sql(last, params=params).filter(condition).to_arrow_table()
+            try:
+                last = read_only_statements(con, sql)[-1]
+                if where is None:
+                    return con.sql(last, params=params).to_arrow_table()
+                condition = filter_expression(con, where)
+                return con.sql(last, params=params).filter(condition).to_arrow_table()
+            except duckdb.Error as exc:  # the caller's SQL: a typed error, DuckDB's own words
+                raise QueryError(str(exc)) from exc
 
     def present(self, table: str, column: str, keys: pa.Array) -> np.ndarray:
         """bool [len(keys)]: whether each key is in `table.column`, by one DuckDB join against `keys`.

@@ -44,5 +44,9 @@ class SchemaError(CatalogError, ValueError):
     """Rows that do not fit a table's schema (missing column, wrong type)."""
 
 
+class QueryError(CatalogError, ValueError):
+    """SQL that DuckDB could not parse, bind or run (a misspelt column, a wrong type); the message is DuckDB's."""
+
+
 class ReadOnlyViolationError(CatalogError, PermissionError):
     """A SQL statement that would change state, given to a read-only entry point (`cones sql`)."""

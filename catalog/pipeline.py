@@ -8,7 +8,7 @@ these questions are phrased.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,8 @@ import pyarrow as pa
 
 from catalog.catalog import Catalog
 from catalog.errors import UnknownSubjectError
+from catalog.records import mask_id_for, params_hash
+from cones_tasks.neurons.objectives import legacy_mask_identity
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,36 @@ def existing_mask_ids(catalog: Catalog, ids: Sequence[str]) -> set[str]:
     ids = list(ids)
     found = catalog.present("concept_masks", "mask_id", pa.array(ids, pa.string()))
     return {ids[i] for i in np.flatnonzero(found)}
+
+
+def stored_mask_ids(
+    catalog: Catalog, subjects: Sequence[str], model_fingerprint: str, params: Mapping[str, Any]
+) -> dict[str, str]:
+    """{subject: mask id} of the masks stored for `subjects` on this model under mask `params`, for those that have one.
+
+    `params` is a mask's identity (cones_tasks.config.mask_params). First the ids it names (one join,
+    blobs not read); then, for the subjects still missing, masks written before identities held only
+    what changes the neurons (docs/discovery.md, "A mask's identity"): their flat params, read as
+    today's objective, must name the same identity. Such a mask keeps its old id, so the generations
+    made with it keep theirs too.
+    """
+    wanted = params_hash(params)
+    ids = {s: mask_id_for(s, model_fingerprint, wanted) for s in subjects}
+    stored = existing_mask_ids(catalog, list(ids.values()))
+    found = {s: m for s, m in ids.items() if m in stored}
+    missing = [s for s in subjects if s not in found]
+    if not missing:
+        return found
+    rows = catalog.query(
+        "SELECT mask_id, subject, params FROM concept_masks WHERE model_fingerprint = ? AND list_contains(?, subject) "
+        "AND json_extract(params, '$.version') IS NULL ORDER BY mask_id",
+        [model_fingerprint, missing],
+    ).to_pylist()
+    for r in rows:
+        identity = legacy_mask_identity(json.loads(r["params"]))
+        if r["subject"] not in found and identity is not None and params_hash(identity) == wanted:
+            found[r["subject"]] = r["mask_id"]
+    return found
 
 
 def class_words(catalog: Catalog, subjects: Sequence[str]) -> dict[str, str]:
@@ -109,15 +141,6 @@ def mean_scores(catalog: Catalog, ids: Sequence[str]) -> dict[str, dict[str, flo
     for r in rows:
         out.setdefault(r["generation"], {})[r["metric"]] = float(r["value"])
     return out
-
-
-def mask_stats(catalog: Catalog, mask_ids: Sequence[str]) -> list[dict[str, Any]]:
-    rows = catalog.query(
-        "SELECT mask_id, subject, neuron_count, fraction, stats FROM concept_masks WHERE list_contains(?, mask_id) "
-        "ORDER BY subject",
-        [list(mask_ids)],
-    ).to_pylist()
-    return [{**r, "stats": json.loads(r["stats"])} for r in rows]
 
 
 def _generation(r: dict[str, Any]) -> GenerationRow:

@@ -1,10 +1,11 @@
-"""`cones bench …`: each area adds its benchmarks in its own module."""
+"""`cones bench …`: each area's benchmarks, from their own modules."""
 
 from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+from cones_cli import bench_catalog, bench_fanout, bench_neurons, bench_plan, bench_scale
 
-# Registration by import: each module decorates functions with `@app.command`.
-from cones_cli import bench_catalog, bench_neurons, bench_fanout, bench_plan, bench_scale  # noqa: E402,F401
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+for part in (bench_catalog, bench_neurons, bench_fanout, bench_plan, bench_scale):
+    app.add_typer(part.app)

@@ -28,8 +28,9 @@ from typing import Annotated
 
 import typer
 
-from cones_cli.bench import app
 from cones_cli.output import emit
+
+app = typer.Typer(add_completion=False)  # added to `cones bench` by cones_cli/bench.py
 
 TEMPLATES = ("{subjects}", "{subjects} on night")
 SEEDS = (0, 1, 2, 3)
@@ -47,7 +48,7 @@ def _prepare(root: Path, model_dir: Path, n_subjects: int, name: str, *, steps: 
     import numpy as np
 
     from catalog import load_catalog
-    from cones_tasks.config import DiscoveryParams, GenerateConfig, mask_params
+    from cones_tasks.config import FitObjective, GenerateConfig, mask_params
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.neurons.masks import ConceptMask
     from cones_tasks.neurons.space import NeuronSpace
@@ -61,7 +62,7 @@ def _prepare(root: Path, model_dir: Path, n_subjects: int, name: str, *, steps: 
     for i, subject in enumerate(ids):
         catalog.write_subject(subject, class_word=shapes[i % 3])
         indices = rng.choice(space.size, size=max(1, space.size // 100), replace=False)
-        catalog.write_mask(subject=subject, mask=ConceptMask.from_indices(space, indices), params=mask_params(DiscoveryParams(), seed=0))
+        catalog.write_mask(subject=subject, mask=ConceptMask.from_indices(space, indices), params=mask_params(FitObjective(), seed=0))
     return GenerateConfig.model_validate(
         {
             "catalog": str(root / name),
@@ -143,19 +144,18 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeat
 
 
 def _without_prefect(config) -> tuple[float, int]:
-    from flows.generate_combinations import (
-        PlanTally,
-        batch_calls,
-        generate_batch,
-        plan_chunks,
-        resolve_masks,
-    )
+    from catalog.planning import GridItem, PlanTally, plan_chunks, task_batches
+    from flows.generate_combinations import generate_batch, resolve_masks
 
     started = time.perf_counter()
     tally = PlanTally()
+
+    def generate(rows) -> int:  # the flow's generate-batch task, called as a plain function
+        return generate_batch.fn(config.catalog, config.model, GridItem.rows_of(rows), config.grid, config.discovery.attention)
+
     with ThreadPoolExecutor(max_workers=config.runner.workers) as pool:
         resolved = pool.submit(resolve_masks.fn, config.catalog, config.model, config.subjects, config.discovery, config.discovery_seed).result()
-        written = sum(pool.map(lambda call: generate_batch.fn(**call), batch_calls(config, plan_chunks(config, resolved, tally=tally))))
+        written = sum(pool.map(generate, task_batches(config.grid, plan_chunks(config, resolved, tally=tally))))
     seconds = time.perf_counter() - started
     if written != tally.items:
         raise RuntimeError(f"plain run wrote {written} of {tally.items} images")

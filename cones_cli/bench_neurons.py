@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from cones_cli.bench import app
 from cones_cli.output import emit
+
+app = typer.Typer(add_completion=False)  # added to `cones bench` by cones_cli/bench.py
 
 # Options both benchmarks share.
 Preset = Annotated[str, typer.Option(help="UNet shape: tiny (tests), toy (the toy model's), sd15 (SD-1.5's published config; GPU-sized).")]

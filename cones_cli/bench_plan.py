@@ -25,8 +25,9 @@ from typing import Annotated
 
 import typer
 
-from cones_cli.bench import app
 from cones_cli.output import emit
+
+app = typer.Typer(add_completion=False)  # added to `cones bench` by cones_cli/bench.py
 
 SEEDS = (0, 1, 2, 3)
 KS = (3, 4)
@@ -68,6 +69,7 @@ def _peak_mb() -> float:
 
 def bench_config(catalog: str, *, subjects: int, items: int):
     """The benchmark's GenerateConfig and its resolved masks (synthetic fingerprint and mask ids)."""
+    from catalog.planning import ResolvedMasks
     from catalog.records import content_key
     from cones_tasks.config import GenerateConfig
 
@@ -82,11 +84,11 @@ def bench_config(catalog: str, *, subjects: int, items: int):
         }
     )
     words = ("dog", "cat", "owl", "teapot", "apple", "circle")
-    resolved = {
-        "model_fingerprint": content_key("bench-plan-model"),
-        "class_words": {s: words[i % len(words)] for i, s in enumerate(ids)},
-        "mask_ids": {s: content_key("mask", s) for s in ids},
-    }
+    resolved = ResolvedMasks(
+        model_fingerprint=content_key("bench-plan-model"),
+        class_words={s: words[i % len(words)] for i, s in enumerate(ids)},
+        mask_ids={s: content_key("mask", s) for s in ids},
+    )
     return config, resolved
 
 
@@ -97,7 +99,7 @@ def seed_catalog(config, resolved, *, present: int, commit_rows: int = 100_000) 
     from catalog import load_catalog
     from catalog.compact import compact
     from catalog.records import canonical_json
-    from flows.generate_combinations import plan_chunks
+    from catalog.planning import plan_chunks
 
     catalog = load_catalog(config.catalog)
     params = canonical_json(config.grid.sampler_settings())
@@ -113,7 +115,7 @@ def seed_catalog(config, resolved, *, present: int, commit_rows: int = 100_000) 
             n = batch.num_rows
             batch = batch.select(["id", "subjects", "prompt", "seed", "mask_ids"]).append_column(
                 "image_uri", pa.array([f"memory://bench/{i}.png" for i in range(n)])
-            ).append_column("model_fingerprint", pa.array([resolved["model_fingerprint"]] * n)).append_column(
+            ).append_column("model_fingerprint", pa.array([resolved.model_fingerprint] * n)).append_column(
                 "params", pa.array([params] * n)
             )
             started = time.perf_counter()
@@ -136,7 +138,7 @@ def _seed_in_child(catalog: str, subjects: int, items: int, present: int) -> dic
 def run_plan_bench(*, workdir: Path, subjects: int, items: int, present: int, chunk_items: int) -> dict:
     import multiprocessing
 
-    from flows.generate_combinations import PlanTally, grid_item_count, plan_chunks
+    from catalog.planning import PlanTally, grid_item_count, plan_chunks
 
     config, resolved = bench_config(str(workdir / "catalog"), subjects=subjects, items=items)
     # Seeded in a child process: the memory it leaves in this process's allocators would
@@ -177,7 +179,7 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Plan a sampled grid of ≥ 10 M items against a catalog already holding 1 M: items/s, peak memory, skipped."""
-    from flows.generate_combinations import PLAN_CHUNK_ITEMS
+    from catalog.planning import PLAN_CHUNK_ITEMS
 
     with tempfile.TemporaryDirectory(prefix="cones-plan-") as tmp:
         result = run_plan_bench(workdir=Path(tmp), subjects=subjects, items=items, present=present,

@@ -17,8 +17,9 @@ from typing import Annotated
 
 import typer
 
-from cones_cli.bench import app
 from cones_cli.output import emit
+
+app = typer.Typer(add_completion=False)  # added to `cones bench` by cones_cli/bench.py
 
 
 def _subjects_and_masks(catalog, n: int) -> tuple[list[str], list[str], str]:

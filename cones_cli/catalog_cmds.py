@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from cones_cli.app import app
 from cones_cli.output import console, emit
 
+app = typer.Typer(add_completion=False)  # its commands sit at the top of `cones` (cones_cli/app.py)
 catalog_app = typer.Typer(no_args_is_help=True, add_completion=False)
 app.add_typer(catalog_app, name="catalog", help="Catalog maintenance: compact small files.")
 
@@ -33,7 +33,7 @@ def sql(
     Files, URLs, settings and extensions are out of reach (the SQL sandbox in docs/catalog.md).
     Examples: docs/catalog.md.
     """
-    from catalog import CatalogError
+    from catalog import CatalogError, QueryError
     from catalog.export import FORMATS, cell_text, render, write_uri
 
     if format not in FORMATS:
@@ -43,11 +43,11 @@ def sql(
     cat = _open(catalog)
     try:
         result = cat.query(query)
+    except QueryError as exc:  # DuckDB's parser or binder: shown plainly, no traceback
+        console.print(f"[red]SQL error:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     except CatalogError as exc:  # a refusal (catalog/readonly.py) says what and why; the query may hold '[…]'
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from exc
-    except Exception as exc:  # DuckDB binder/parser errors: show them plainly, no traceback
-        console.print(f"[red]SQL error:[/red] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     if format == "table":
         if out:

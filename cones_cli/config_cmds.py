@@ -12,10 +12,10 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from cones_cli.app import app
 from cones_cli.flow_cmds import FLOWS
 from cones_cli.output import console
 
+app = typer.Typer(add_completion=False)  # `cones config …`, added to `cones` by cones_cli/app.py
 config_app = typer.Typer(no_args_is_help=True, add_completion=False)
 app.add_typer(config_app, name="config", help="The flows' configs: JSON schema, a commented example, the reference page.")
 
@@ -141,11 +141,38 @@ def render_example(flow: str) -> str:
 # ---------------------------------------------------------------- reference
 
 
-def _type_name(annotation) -> str:
+def _tagged_union(annotation, discriminator: object = None) -> tuple[list[type], list[str]] | None:
+    """(the models, the keys that choose between them) of a discriminated union, nested ones flattened; else None.
+
+    `discriminator`: the field's own (pydantic moves a field's `Field(discriminator=...)` off its annotation)."""
+    from pydantic.fields import FieldInfo
+
+    keys = [discriminator] if isinstance(discriminator, str) else []
+    if typing.get_origin(annotation) is typing.Annotated:
+        annotation, *metadata = typing.get_args(annotation)
+        keys += [m.discriminator for m in metadata if isinstance(m, FieldInfo) and isinstance(m.discriminator, str)]
+    if not keys:
+        return None
+    models: list[type] = []
+    for arg in typing.get_args(annotation):
+        nested = _tagged_union(arg)
+        if nested is None:
+            models.append(arg)
+            continue
+        models += nested[0]
+        keys += [k for k in nested[1] if k not in keys]
+    return models, keys
+
+
+def _type_name(annotation, discriminator: object = None) -> str:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if annotation is type(None):
         return "null"
+    if (tagged := _tagged_union(annotation, discriminator)) is not None:  # e.g. discovery: one model per objective
+        models, keys = tagged
+        names = [_type_name(m) for m in models]
+        return f"{', '.join(names[:-1])} or {names[-1]}, chosen by " + " then ".join(f"`{k}`" for k in keys)
     if origin is typing.Annotated:  # constrained items, e.g. tuple[Annotated[int, Field(ge=1)], ...]
         return _type_name(args[0])
     if origin is Literal:
@@ -169,6 +196,8 @@ def _default(field) -> str:
     if field.default is PydanticUndefined:
         return "(computed)"
     if isinstance(field.default, BaseModel):
+        if field.discriminator is not None:  # one of several models: say which
+            return f"[{type(field.default).__name__}](#{type(field.default).__name__.lower()})'s defaults"
         return "its defaults"
     return f"`{json.dumps(field.default, ensure_ascii=False)}`"
 
@@ -206,7 +235,7 @@ def render_reference() -> str:
             lines += ["| key | type | default | description |", "|---|---|---|---|"]
             for key, field in model.model_fields.items():
                 description = (field.description or "").replace("|", "\\|")
-                lines.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {description} |")
+                lines.append(f"| `{key}` | {_type_name(field.annotation, field.discriminator)} | {_default(field)} | {description} |")
     lines += ["", "## Example: `cones config example customize`", "", "```yaml", render_example("customize").rstrip(), "```"]
     return "\n".join(lines) + "\n"
 

@@ -9,9 +9,9 @@ from typing import Annotated
 
 import typer
 
-from cones_cli.app import app
 from cones_cli.output import console, emit
 
+app = typer.Typer(add_completion=False)  # its commands sit at the top of `cones` (cones_cli/app.py)
 run_app = typer.Typer(no_args_is_help=True, add_completion=False)
 app.add_typer(run_app, name="run", help="Run a pipeline flow with a JSON (or YAML) config file.")
 
@@ -104,7 +104,7 @@ def export(
     as_json: bool = JSON,
 ) -> None:
     """Export generated images, prompts, subjects and scores as a dataset: Parquet, imagefolder or WebDataset."""
-    from catalog import CatalogError, load_catalog
+    from catalog import CatalogError, QueryError, load_catalog
     from catalog.dataset import FORMATS, export_dataset
 
     if not catalog:
@@ -117,11 +117,14 @@ def export(
     try:
         result = export_dataset(load_catalog(catalog), where=where, to=to, include_bytes=include_bytes, format=format,
                                 shard_bytes=int(shard_mb * 1e6))
+    except QueryError as exc:  # DuckDB could not parse or bind the predicate: its words, no traceback
+        console.print(f"error in --where: {exc}", soft_wrap=True, markup=False)
+        raise typer.Exit(2) from exc
     except (CatalogError, ValueError) as exc:
         console.print(f"error: {exc}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from exc
-    except Exception as exc:  # DuckDB parser/binder errors in the predicate: show them plainly
-        console.print(f"error in --where: {exc}", soft_wrap=True, markup=False)
+    except OSError as exc:  # the destination: not writable, not a folder, disk full
+        console.print(f"error writing --to {to}: {exc}", soft_wrap=True, markup=False)
         raise typer.Exit(2) from exc
     emit(result, as_json=as_json, title="export")
 

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-from cones_cli.app import app
 from cones_cli.output import console
+
+app = typer.Typer(add_completion=False)  # `cones init`, at the top of `cones` (cones_cli/app.py)
 
 
 class InitError(ValueError):

@@ -1,4 +1,5 @@
-"""`cones toy …`: the embedded toy world (docs/research/toy-model.md)."""
+"""`cones toy …`: the embedded toy world (docs/research/toy-model.md). The lab's toy commands (validate,
+compare) are cones_cli/toy_validate.py and toy_compare.py; cones_cli/app.py puts them in the same group."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
-def _default(path: Path | None, attr: str) -> Path:
+def toy_asset(path: Path | None, attr: str) -> Path:
+    """`path`, or the shipped toy asset `attr` of cones_tasks.toyworld.assets (TOY_MODEL_DIR, TOY_CLIP_DIR)."""
     from cones_tasks.toyworld import assets
 
     return path or getattr(assets, attr)
@@ -62,7 +64,7 @@ def train_clip(out: Path = typer.Option(None, help="Output folder (default: the 
     """Train the toy CLIP from scratch (seeded); records the wall time."""
     from cones_tasks.toyworld.train_clip import TrainClipParams, train_toy_clip
 
-    log = train_toy_clip(_default(out, "TOY_CLIP_DIR"), TrainClipParams(steps=steps, seed=seed))
+    log = train_toy_clip(toy_asset(out, "TOY_CLIP_DIR"), TrainClipParams(steps=steps, seed=seed))
     emit({"wall_s": log["wall_s"], "final_loss": log["final_loss"], "steps": steps}, as_json=as_json, title="toy clip")
 
 
@@ -98,7 +100,7 @@ def train_model(out: Path = typer.Option(None, help="Output folder (default: the
     params = TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes, resume=resume, stop_at=stop_at, batch_size=batch_size,
                               lr=lr, text_encoder=text_encoder, device=device, workers=workers, data_stream=data_stream, object_order=object_order,
                               object_counts={int(k): float(v) for k, v in json.loads(object_counts).items()} if object_counts else None)
-    log = train_toy_model(_default(out, "TOY_MODEL_DIR"), params)
+    log = train_toy_model(toy_asset(out, "TOY_MODEL_DIR"), params)
     emit({k: log[k] for k in ("steps_done", "wall_s", "final_loss_ema50", "caption_gap")}, as_json=as_json, title="toy model")
 
 
@@ -117,7 +119,7 @@ def probe_text(model: Path = typer.Option(None, help="Diffusers folder whose tex
     else:
         from cones_tasks.loading import load_diffusion_model
 
-        encoder = load_diffusion_model(_default(model, "TOY_MODEL_DIR")).text_encoder
+        encoder = load_diffusion_model(toy_asset(model, "TOY_MODEL_DIR")).text_encoder
     emit(probe_binding(encoder), as_json=as_json, title="text-encoder binding probe")
 
 
@@ -131,12 +133,8 @@ def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default:
     from cones_tasks.toyworld.evaluate import eval_model as run
 
     start = time.perf_counter()
-    result = run(load_diffusion_model(_default(model, "TOY_MODEL_DIR"), device=device), n=n, seed=seed, steps=steps,
+    result = run(load_diffusion_model(toy_asset(model, "TOY_MODEL_DIR"), device=device), n=n, seed=seed, steps=steps,
                  guidance_scale=guidance, progress=not as_json)
     result["wall_s"] = time.perf_counter() - start
     emit(result, as_json=as_json, title="toy model")
 
-
-# Registers `cones toy validate` on this app.
-from cones_cli import toy_validate  # noqa: E402,F401
-from cones_cli import toy_compare  # noqa: E402,F401  (cones toy compare, docs/baselines.md)

@@ -1,6 +1,6 @@
 """`cones toy compare`: Cones against dense K/V fine-tuning and LoRA on the toy world (docs/baselines.md).
 
-Registered on the `cones toy` app when imported (cones_cli/toy.py imports this module).
+A command of the lab (cones_lab), in the `cones toy` group beside the toy world's own (cones_cli/app.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 import typer
 
 from cones_cli.output import emit
-from cones_cli.toy import JSON, _default, app
+from cones_cli.toy import JSON, toy_asset
+
+app = typer.Typer(add_completion=False)  # in the `cones toy` group (cones_cli/app.py)
 
 
 @app.command("compare")
@@ -73,7 +75,7 @@ def compare(
             return path.stat().st_size  # what the file system holds, not len(blob)
 
         start = time.perf_counter()
-        result = compare_toy(load_diffusion_model(_default(model, "TOY_MODEL_DIR")), TOY_SUBJECTS[:subjects], judge,
+        result = compare_toy(load_diffusion_model(toy_asset(model, "TOY_MODEL_DIR")), TOY_SUBJECTS[:subjects], judge,
                              store=store, params=params, progress=not as_json)
         result["wall_s"] = time.perf_counter() - start
         result["quick"] = quick

@@ -1,6 +1,6 @@
 """`cones toy validate`: the paper's claims measured on the toy world, per composition strategy.
 
-Registered on the `cones toy` app when imported (cones_cli/toy.py imports this module).
+A command of the lab (cones_lab), in the `cones toy` group beside the toy world's own (cones_cli/app.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 import typer
 
 from cones_cli.output import emit
-from cones_cli.toy import JSON, _default, app
+from cones_cli.toy import JSON, toy_asset
+
+app = typer.Typer(add_completion=False)  # in the `cones toy` group (cones_cli/app.py)
 
 
 @app.command("validate")
@@ -31,10 +33,11 @@ def validate(
     steps: int = typer.Option(25, min=1, help="Sampling steps per image."),
     guidance: float = 3.0,
     candidates: Path = typer.Option(
-        None, help="JSON list of DiscoveryParams objects to choose from (default: the built-in sweep)."
+        None, help="JSON list of discovery objectives ({\"objective\": \"fit\", ...}, docs/config.md) to choose from "
+        "(default: the built-in sweep)."
     ),
     union_refine: str = typer.Option(
-        None, help="DiscoveryParams JSON: also report multi_refined, each union after these joint rounds "
+        None, help="PromptScoreObjective JSON: also report multi_refined, each union after these joint rounds "
         "(e.g. '{\"rounds\": 3, \"steps\": 8, \"threshold_value\": 0.005}')."
     ),
     prompts: list[str] = typer.Option(
@@ -49,9 +52,9 @@ def validate(
 ) -> None:
     """Discovery on ≥ 2 toy subjects, judged: single (masked vs not), context, cross-talk, unions, bytes."""
     from cones_tasks.loading import load_diffusion_model
-    from cones_tasks.neurons.discovery import DiscoveryParams
+    from cones_lab.validate import DEFAULT_CANDIDATES, ValidateParams, validate_toy
     from cones_tasks.neurons.composition import COMPOSITIONS
-    from cones_lab.validate import DEFAULT_CANDIDATES, RECOMMENDED, ValidateParams, validate_toy
+    from cones_tasks.neurons.objectives import DISCOVERY_FOR, PromptScoreObjective, parse_discovery
     from cones_tasks.toyworld.judge import judge
     from cones_tasks.toyworld.subjects import TOY_SUBJECTS
 
@@ -64,19 +67,19 @@ def validate(
         raise typer.BadParameter(f"unknown strategy {unknown}; use {' and/or '.join(COMPOSITIONS)}", param_hint="--strategy")
     sweep = DEFAULT_CANDIDATES
     if candidates is not None:
-        sweep = tuple(DiscoveryParams.model_validate(c) for c in json.loads(candidates.read_text()))
-    refine = DiscoveryParams.model_validate_json(union_refine) if union_refine else None
+        sweep = tuple(parse_discovery(c) for c in json.loads(candidates.read_text()))
+    refine = PromptScoreObjective.model_validate_json(union_refine) if union_refine else None
     params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance,
                             union_refine=refine, prompt_modes=tuple(prompts), strategies=strategies,
                             scene_references=scene_references if scene_references is not None else (12 if quick else 0))
     if quick:
-        sweep = tuple(RECOMMENDED[s] for s in strategies)
+        sweep = tuple(DISCOVERY_FOR[s] for s in strategies)
         params = params.model_copy(update={
             "images_per_line": 48 if n == 100 else n, "sample_steps": 20 if steps == 25 else steps, "multi_sizes": (2, 3),
             "ceilings": False, "prompt_modes": ("context",),
         })
     start = time.perf_counter()
-    result = validate_toy(load_diffusion_model(_default(model, "TOY_MODEL_DIR")), TOY_SUBJECTS[:subjects], judge,
+    result = validate_toy(load_diffusion_model(toy_asset(model, "TOY_MODEL_DIR")), TOY_SUBJECTS[:subjects], judge,
                           candidates=sweep, params=params, progress=not as_json)
     result["wall_s"] = time.perf_counter() - start
     if quick:  # the recommended strategy's lines first, flat, then the rest

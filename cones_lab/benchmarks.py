@@ -25,10 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cones_lab.baselines.lora import lora_adapter
 from cones_tasks.neurons.discovery import DiscoveryProblem, frozen_unet, initial_loss_scale
 from cones_tasks.neurons.masks import ConceptMask, per_sample, shut
 from cones_tasks.neurons.noising import noised_batch
 from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.neurons.word_scope import mask_effects, stack_row_edits
+from cones_tasks.toyworld.architecture import build_unet
+from cones_tasks.toyworld.tokenizer import MAX_LENGTH
 
 __all__ = ["Preset", "bench_discovery", "bench_generate", "preset_unet"]
 
@@ -53,9 +57,6 @@ def preset_unet(preset: Preset, *, seed: int = 0) -> tuple[nn.Module, int]:
         )
         return unet, 4
     if preset == "toy":
-        from cones_tasks.toyworld.architecture import build_unet
-        from cones_tasks.toyworld.tokenizer import MAX_LENGTH
-
         return build_unet(seed=seed), MAX_LENGTH
     if preset == "sd15":
         unet = UNet2DConditionModel(
@@ -132,8 +133,6 @@ def bench_discovery(unet: nn.Module, *, tokens: int, batch: int = 4, repeats: in
     finetune_step = training_step(optimizer)
 
     def lora_timed() -> float:
-        from cones_lab.baselines.lora import lora_adapter
-
         with lora_adapter(unet, space, rank=lora_rank, seed=seed) as factors:
             lora_step = training_step(torch.optim.AdamW([t for pair in factors.values() for t in pair], lr=1e-4))
 
@@ -263,8 +262,6 @@ def _composition_runs(unet, space, denoise, x_t, text, combinations, density, se
     Token composition's per-batch work is included in its timing: building each subject's row
     edit from its mask (word_scope.mask_effects) and adding it at rows 2 and 5 of each prompt.
     """
-    from cones_tasks.neurons.word_scope import mask_effects, stack_row_edits
-
     if composition not in ("union", "token"):
         raise ValueError(f"unknown composition {composition!r}; choose union or token")
     pairs = [_random_masks(space, 2, density, seed + 1 + i) for i in range(combinations)]

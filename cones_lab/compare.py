@@ -27,12 +27,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from cones_lab.baselines.dense_kv import KVDelta, added, finetune_kv_on
 from cones_lab.baselines.lora import LoraFactors, LoraParams, train_lora_on
 from cones_lab.baselines.training import FineTuneParams, References, references
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
-from cones_tasks.neurons.space import NeuronSpace
+from cones_lab.benchmarks import preset_unet
 from cones_lab.validate import (
-    RECOMMENDED, PriorImages, ValidateParams, context_line, crosstalk_line, discovery_references, line_seeds, mask_lines,
+    PriorImages, ValidateParams, context_line, crosstalk_line, discovery_references, line_seeds, mask_lines,
     multi_line, single_line,
 )
+from cones_tasks.neurons.discovery import discover_concept_neurons
+from cones_tasks.neurons.masks import ConceptMask
+from cones_tasks.neurons.objectives import DISCOVERY_FOR, DiscoveryParams, PromptScoreObjective
+from cones_tasks.neurons.space import NeuronSpace, attention_modules
+from cones_tasks.sampling import sample
 from cones_tasks.toyworld.captions import class_prompt
 
 __all__ = ["COLUMNS", "CompareParams", "MultiMode", "compare_toy", "markdown_table", "sd15_bytes_per_concept"]
@@ -54,7 +58,7 @@ class CompareParams(BaseModel):
         description="images per line, sampler, references (with scene photos) and the selection/report seeds, as "
         "`cones toy validate --quick` sets them",
     )
-    cones: DiscoveryParams = Field(RECOMMENDED["token"], description="Cones' setting (the library default, token composition)")
+    cones: DiscoveryParams = Field(DISCOVERY_FOR["token"], description="Cones' setting (the library default, token composition)")
     dense_kv: tuple[FineTuneParams, ...] = Field(
         (FineTuneParams(steps=40, learning_rate=3e-3), FineTuneParams(steps=400, learning_rate=2e-3)), min_length=1,
         description="dense K/V fine-tunes to choose from on the selection seeds (one: reported without a selection run)",
@@ -114,7 +118,8 @@ def _cones(model, subjects, judge, store, params: CompareParams, progress) -> di
         t0 = time.perf_counter()
         masks[s.id] = discover_concept_neurons(
             model, images, prompts, dp, seed=sp.discovery_seed, progress=False, class_word=s.shape,
-            prior_images=priors.of(s.shape) if dp.prior_weight > 0 else None, prior_prompt=class_prompt(s.shape),
+            prior_images=priors.of(s.shape) if isinstance(dp, PromptScoreObjective) and dp.prior_weight > 0 else None,
+            prior_prompt=class_prompt(s.shape),
         ).mask
         seconds.append(time.perf_counter() - t0)
         written.append(store(f"cones/{s.id}.mask", masks[s.id].to_bytes()))
@@ -243,8 +248,6 @@ def _joint_lookup(trained: dict, joint: dict) -> Callable[[tuple], KVDelta | Non
 def _delta_generator(model, judge, sp: ValidateParams, space: NeuronSpace, lookup, *, seed: int, progress: bool):
     """validate's Generate for weight updates: images grouped by their subjects, each group sampled with its delta
     added (dense_kv.added). Seeds are per image (validate.line_seeds), so grouping does not change any image."""
-    from cones_tasks.sampling import sample
-
     def generate(prompts: list[str], combos: list[tuple], tag: int) -> list:
         seeds = line_seeds(seed, tag, len(prompts))
         groups: dict[tuple, list[int]] = {}
@@ -283,8 +286,6 @@ def sd15_bytes_per_concept(method: str, *, fraction: float = 0.0, rank: int = 4,
         up = {e.name: torch.zeros(e.shape[0], rank) for e in space.entries}
         return len(LoraFactors(space.fingerprint, rank, float(rank), down, up).to_safetensors())
     if method == "cones":
-        from cones_tasks.neurons.masks import ConceptMask
-
         count = round(fraction * space.size)
         indices = np.random.default_rng(seed).choice(space.size, count, replace=False)
         return len(ConceptMask.from_indices(space, indices).to_bytes())
@@ -296,9 +297,6 @@ _SD15: list[NeuronSpace] = []
 
 def _sd15_space() -> NeuronSpace:
     if not _SD15:
-        from cones_lab.benchmarks import preset_unet
-        from cones_tasks.neurons.space import attention_modules
-
         with torch.device("meta"):
             unet, _ = preset_unet("sd15")
         for _, module in attention_modules(unet, attention="cross"):

@@ -31,29 +31,36 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
+from cones_tasks.combinations import subjects_phrase
 from cones_tasks.neurons.composition import COMPOSITIONS, Composition, compose, composition_for
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons, refine_union
+from cones_tasks.neurons.discovery import discover_concept_neurons, refine_union
 from cones_tasks.neurons.masks import ConceptMask
+from cones_tasks.neurons.objectives import (
+    DISCOVERY_FOR,
+    DiscoveryParams,
+    FitObjective,
+    PromptScoreObjective,
+    WordScoreObjective,
+)
 from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.sampling import sample
+from cones_tasks.toyworld.captions import class_prompt
+from cones_tasks.toyworld.subjects import context_prompts, reference_renders, scene_references
+from cones_tasks.toyworld.world import BACKGROUNDS
 
 __all__ = [
-    "DEFAULT_CANDIDATES", "Generate", "PriorImages", "RECOMMENDED", "ValidateParams", "context_line", "crosstalk_line",
+    "DEFAULT_CANDIDATES", "Generate", "PriorImages", "ValidateParams", "context_line", "crosstalk_line",
     "discovery_references", "line_seeds", "mask_lines", "multi_line", "single_line", "validate_toy",
 ]
 
-# What validation chose, per strategy (docs/research/composition.md): `token` is the library's default
-# DiscoveryParams; `union` is the paper's statistic at every token, 10 % of the K/V over 30 rounds.
-RECOMMENDED: dict[str, DiscoveryParams] = {
-    "token": DiscoveryParams(),
-    "union": DiscoveryParams(scope="prompt", objective="score", threshold_value=0.1, rounds=30, steps=8, batch_size=4),
-}
-# The sweep `cones toy validate` chooses from by default: each strategy's recommendation and its nearest rivals.
+# The sweep `cones toy validate` chooses from by default: each strategy's recommendation (the core's
+# DISCOVERY_FOR, what earlier runs of this sweep chose: docs/research/composition.md) and its nearest rivals.
 # (union: runs 2–4 chose 10 % over 3 % on the first model; one candidate here, so it is reported as chosen then.)
 DEFAULT_CANDIDATES: tuple[DiscoveryParams, ...] = (
-    RECOMMENDED["union"],
-    RECOMMENDED["token"],
-    RECOMMENDED["token"].model_copy(update={"learning_rate": 0.05, "key_step": 1.0}),
-    DiscoveryParams(scope="word", objective="score", threshold_value=0.1, rounds=30, steps=8, batch_size=4),
+    DISCOVERY_FOR["union"],
+    DISCOVERY_FOR["token"],
+    FitObjective(learning_rate=0.05, key_step=1.0),
+    WordScoreObjective(threshold_value=0.1, rounds=30, steps=8, batch_size=4),
 )
 
 
@@ -75,7 +82,7 @@ class ValidateParams(BaseModel):
     multi_sizes: tuple[int, ...] = (2, 3, 4)
     batch_size: int = Field(128, ge=1, description="images per sampling batch (one UNet forward, per-sample masks)")
     prior_images: int = Field(8, ge=1, description="base-model images of each class prompt, for candidates with prior_weight > 0")
-    union_refine: DiscoveryParams | None = Field(
+    union_refine: PromptScoreObjective | None = Field(
         None, description="when set, also report multi_refined: every union after these joint discovery rounds"
     )
     strategies: tuple[Composition, ...] = Field(COMPOSITIONS, min_length=1, description="composition strategies to report")
@@ -112,8 +119,6 @@ def validate_toy(
     by_strategy = {s: [c for c in candidates if composition_for(c) == s] for s in params.strategies}
     if missing := [s for s, c in by_strategy.items() if not c]:
         raise ValueError(f"no DiscoveryParams candidate for strategies {missing} (scope 'word' is token, 'prompt' is union)")
-    from cones_tasks.toyworld.subjects import reference_renders
-
     started = time.perf_counter()
     references = {s.id: reference_renders(s, n=params.reference_images, seed=params.discovery_seed) for s in subjects}
     sampler = _Sampler(model, judge, params, progress)
@@ -161,6 +166,11 @@ def validate_toy(
     return result
 
 
+def _prior_weight(params: DiscoveryParams) -> float:
+    """λ of the prior-preservation term: only the paper's prompt-scoped objective has one."""
+    return params.prior_weight if isinstance(params, PromptScoreObjective) else 0.0
+
+
 def _choose(model, sampler, priors, subjects, references, strategy, options, params):
     """(chosen params, prompt mode, masks, space, selection table, discovery seconds of the chosen) for one strategy."""
     runs = list(itertools.product(options, params.prompt_modes))
@@ -173,7 +183,7 @@ def _choose(model, sampler, priors, subjects, references, strategy, options, par
             images, prompts = discovery_references(s, params, mode, scenes=candidate.scope == "word")
             masks[s.id] = discover_concept_neurons(
                 model, images, prompts, candidate, seed=params.discovery_seed, progress=False, class_word=s.shape,
-                prior_images=priors.of(s.shape) if candidate.prior_weight > 0 else None, prior_prompt=_class_prompt(s.shape),
+                prior_images=priors.of(s.shape) if _prior_weight(candidate) > 0 else None, prior_prompt=_class_prompt(s.shape),
             ).mask
         spent = time.perf_counter() - t0
         if len(runs) == 1:  # nothing to choose between: no selection images
@@ -196,8 +206,6 @@ def _choose(model, sampler, priors, subjects, references, strategy, options, par
 
 
 def _class_prompt(shape: str) -> str:
-    from cones_tasks.toyworld.captions import class_prompt
-
     return class_prompt(shape)
 
 
@@ -205,8 +213,6 @@ def _reference_prompts(subject, mode: str, n: int) -> str | list[str]:
     """Discovery's conditioning for `subject`'s n references (ValidateParams.prompt_modes)."""
     if mode == "class":
         return _class_prompt(subject.shape)
-    from cones_tasks.toyworld.subjects import context_prompts
-
     return context_prompts(subject, n)
 
 
@@ -215,8 +221,6 @@ def discovery_references(subject, params: ValidateParams, mode: str = "context",
     """What discovery is handed for `subject`: its params.reference_images renders, their conditioning
     (prompt `mode`, ValidateParams.prompt_modes) and, when `scenes`, params.scene_references captioned
     scene photos (word-scoped discovery only: validate passes scenes=candidate.scope == 'word')."""
-    from cones_tasks.toyworld.subjects import reference_renders
-
     images = reference_renders(subject, n=params.reference_images, seed=params.discovery_seed)
     prompts = _reference_prompts(subject, mode, params.reference_images)
     if scenes and params.scene_references:
@@ -242,8 +246,6 @@ def mask_lines(model, judge: Callable[[np.ndarray], Any], subjects: Sequence, ma
 
 def _with_scenes(subject, images, prompts, params: ValidateParams):
     """The references plus captioned renders of the subject beside another object (ValidateParams.scene_references)."""
-    from cones_tasks.toyworld.subjects import scene_references
-
     scenes, captions = scene_references(subject, n=params.scene_references, seed=params.discovery_seed)
     prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
     return np.concatenate([images, scenes]), prompts + captions
@@ -284,8 +286,6 @@ def single_line(generate: Generate, subjects: Sequence, *, n: int, spelled_out: 
 
 def context_line(generate: Generate, subjects: Sequence, *, n: int) -> dict[str, float]:
     """"a triangle on snow" with the subject's concept: the subject AND the asked background."""
-    from cones_tasks.toyworld.world import BACKGROUNDS
-
     pairs = _spread(list(itertools.product(subjects, BACKGROUNDS)), n)
     prompts = [f"{_class_prompt(s.shape)} on {bg}" for s, bg in pairs]
     verdicts = generate(prompts, [(s,) for s, _ in pairs], 2)
@@ -312,8 +312,6 @@ def multi_line(generate: Generate, subjects: Sequence, *, k: int, n: int, revers
     """k subjects in one prompt ("a triangle and a circle"), named in `subjects` order (or reversed), with the
     k subjects' concepts: all present, mean per-subject presence, A's look painted on another subject's class.
     spelled_out: the subjects in words and no concept (the ceiling)."""
-    from cones_tasks.combinations import subjects_phrase
-
     combos = _spread(list(itertools.combinations(subjects, k)), n)
     named = [tuple(reversed(c)) if reverse else c for c in combos]
     if spelled_out:
@@ -388,8 +386,8 @@ def _refined_multi(sampler, model, subjects, references, masks, space, params: V
     refine = params.union_refine
     if refine is None:
         return {}
-    if refine.attention != space.attention or refine.scope != "prompt":  # the union lives in the chosen candidate's space
-        refine = refine.model_copy(update={"attention": space.attention, "scope": "prompt", "objective": "score"})
+    if refine.attention != space.attention:  # the union lives in the chosen candidate's space
+        refine = refine.model_copy(update={"attention": space.attention})
     lines, added = {}, []
     for k in sizes:
         unions = {}
@@ -410,8 +408,6 @@ class PriorImages:
         self.model, self.params, self._cache = model, params, {}
 
     def of(self, shape: str) -> np.ndarray:
-        from cones_tasks.sampling import sample
-
         if shape not in self._cache:
             seeds = line_seeds(self.params.discovery_seed, 99, self.params.prior_images)
             self._cache[shape] = sample(
@@ -434,8 +430,6 @@ class _Sampler:
 
     def run(self, prompts: list[str], applied: list[tuple[ConceptMask | None, list]], space: NeuronSpace, *, seed: int, tag: int) -> list:
         """applied[i]: (every-token mask or None, word masks) of image i (composition.compose)."""
-        from cones_tasks.sampling import sample
-
         seeds = line_seeds(seed, tag, len(prompts))
         masks = [m for m, _ in applied]
         words = [w for _, w in applied]

@@ -14,7 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cones_tasks.combinations import check_template
 from cones_tasks.ingest import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, validate_subject_id
-from cones_tasks.neurons.discovery import DiscoveryParams
+from cones_tasks.neurons.composition import check_composition
+from cones_tasks.neurons.objectives import (
+    DISCOVERY_FOR,
+    DiscoveryParams,
+    FitObjective,
+    PromptScoreObjective,
+    WordScoreObjective,
+    legacy_mask_identity,
+    mask_identity,
+)
 from cones_tasks.subsets import (
     COMBINATION_FILE_SUFFIXES,
     check_listed,
@@ -26,16 +35,20 @@ __all__ = [
     "CustomizeConfig",
     "DiscoverConfig",
     "DiscoveryParams",
+    "FitObjective",
     "GenerateConfig",
     "GenerationGrid",
     "GridShard",
     "IngestConfig",
     "IngestParams",
     "ModelRef",
+    "PromptScoreObjective",
     "RunnerConfig",
     "ScoreConfig",
     "ScoringParams",
     "SubjectSource",
+    "WordScoreObjective",
+    "legacy_mask_identity",
     "mask_params",
     "with_trusted_pickle",
 ]
@@ -203,6 +216,13 @@ class RunnerConfig(_Frozen):
         return self
 
 
+_DISCOVERY = (
+    "how concept neurons are found: an objective, chosen by `objective` (fit, the default, or score) and for score by "
+    "`scope` (prompt or word); each has its own keys and defaults"
+)
+_DISCOVERY_DEFAULT = "Default: validation's choice for grid.composition (token: objective fit; union: score at prompt scope)"
+
+
 class _FlowConfig(_Frozen):
     catalog: str = Field(description="catalog URI: a local path, file://, memory:// or s3://")
     runner: RunnerConfig = Field(RunnerConfig(), description="where the flow's tasks run")
@@ -235,13 +255,21 @@ class IngestConfig(_FlowConfig):
 class DiscoverConfig(_FlowConfig):
     model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
     subjects: tuple[str, ...] = Field(min_length=1, description="subject ids already in the catalog")
-    discovery: DiscoveryParams = Field(DiscoveryParams(), description="how concept neurons are found")
+    discovery: DiscoveryParams = Field(FitObjective(), description=_DISCOVERY)
     seed: int = Field(0, description="discovery seed (noise and timesteps); part of what names a mask")
 
 
-def _composition_fits_discovery(config):
-    from cones_tasks.neurons.composition import check_composition
+def _discovery_for_composition(data: object) -> object:
+    """No `discovery` given: validation's choice for the grid's composition (objectives.DISCOVERY_FOR)."""
+    if isinstance(data, dict) and "discovery" not in data:
+        grid = data.get("grid")
+        composition = grid.composition if isinstance(grid, GenerationGrid) else (grid or {}).get("composition")
+        if composition in DISCOVERY_FOR:
+            return {**data, "discovery": DISCOVERY_FOR[composition]}
+    return data
 
+
+def _composition_fits_discovery(config):
     check_composition(config.grid.composition, config.discovery)
     return config
 
@@ -256,13 +284,16 @@ def _combinations_fit_subjects(config):
 class GenerateConfig(_FlowConfig):
     model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
     subjects: tuple[str, ...] = Field(min_length=1, description="subject ids whose masks are in the catalog")
-    discovery: DiscoveryParams = Field(DiscoveryParams(), description="which masks to use: those found with these params")
+    discovery: DiscoveryParams = Field(
+        FitObjective(), description="which masks to use: those found with these params. " + _DISCOVERY_DEFAULT
+    )
     discovery_seed: int = Field(0, description="… and this discovery seed")
     grid: GenerationGrid = Field(GenerationGrid(), description="which images to generate")
     shard: GridShard | None = Field(
         None, description="generate only this share of the grid: N flow runs with shards 0..N-1 of N split it (docs/scale.md)"
     )
 
+    _discovery_default = model_validator(mode="before")(_discovery_for_composition)
     _composition = model_validator(mode="after")(_composition_fits_discovery)
     _combinations = model_validator(mode="after")(_combinations_fit_subjects)
 
@@ -294,8 +325,9 @@ def with_trusted_pickle(config: _Config) -> _Config:
 
 
 def mask_params(discovery: DiscoveryParams, *, seed: int) -> dict[str, object]:
-    """What names a discovered mask in the catalog, besides subject and model (its params hash)."""
-    return {"discovery": discovery.model_dump(mode="json"), "seed": seed}
+    """What names a discovered mask in the catalog, besides subject and model (its params hash): only what changes
+    which neurons are found, plus the objective's version (objectives.mask_identity; docs/discovery.md)."""
+    return mask_identity(discovery, seed=seed)
 
 
 class CompactConfig(_Frozen):
@@ -312,13 +344,14 @@ class CustomizeConfig(_FlowConfig):
     model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
     subjects: tuple[SubjectSource, ...] = _AT_LEAST_ONE
     ingest: IngestParams = Field(IngestParams(), description="what ingest accepts")
-    discovery: DiscoveryParams = Field(DiscoveryParams(), description="how concept neurons are found")
+    discovery: DiscoveryParams = Field(FitObjective(), description=_DISCOVERY + ". " + _DISCOVERY_DEFAULT)
     seed: int = Field(0, description="discovery seed (noise and timesteps); part of what names a mask")
     grid: GenerationGrid = Field(GenerationGrid(), description="which images to generate")
     scoring: ScoringParams | None = Field(None, description="how to score the generations; None: no scoring")
     report: bool = Field(True, description="write the static HTML report into the catalog")
     report_top: int | None = Field(200, ge=1, description="image grids for the best N combinations (None: all)")
 
+    _discovery_default = model_validator(mode="before")(_discovery_for_composition)
     _combinations = model_validator(mode="after")(_combinations_fit_subjects)
     _composition = model_validator(mode="after")(_composition_fits_discovery)
 

@@ -4,8 +4,8 @@
   of one subject's reference images (Cones §4, "image alignment", as in DreamBooth/Custom
   Diffusion);
 - text alignment: cosine similarity to the prompt's CLIP embedding;
-- presence (toy world only): 1.0 if the rule-based judge finds an object with exactly the
-  subject's shape, colour and pattern, else 0.0;
+- presence (toy world only, cones_tasks.toyworld.presence): 1.0 if the rule-based judge finds an
+  object with exactly the subject's shape, colour and pattern, else 0.0;
 - all present (toy world only): 1.0 if every subject of the generation is present. What a
   combination is for: an image with one of two subjects is an image of something else, and the
   mean of per-subject presence hides that (docs/composition.md).
@@ -39,25 +39,9 @@ def text_alignment(generated: np.ndarray, texts: np.ndarray) -> np.ndarray:
     return np.einsum("nd,nd->n", np.asarray(generated, np.float64), np.asarray(texts, np.float64))
 
 
-def toy_presence(images: np.ndarray, subjects: Sequence[Sequence[str]]) -> list[dict[str, float]]:
-    """For each image `[H, W, 3]` and its subject ids: subject id → 1.0 if the judge sees it, else 0.0."""
-    from cones_tasks.toyworld.judge import judge
-    from cones_tasks.toyworld.subjects import ToySubject
-
-    out = []
-    for image, ids in zip(images, subjects, strict=True):
-        seen = {(o.shape, o.color, o.pattern) for o in judge(np.asarray(image)).objects}
-        out.append({s: float(_attributes(ToySubject.parse(s)) in seen) for s in ids})
-    return out
-
-
 def all_present(presence: Mapping[str, float]) -> float:
-    """One image's toy_presence → 1.0 if every subject in it was seen, else 0.0."""
+    """One image's presence (subject id → 1.0 or 0.0; cones_tasks.toyworld.presence) → 1.0 if every subject in it was seen."""
     return float(all(v == 1.0 for v in presence.values()))
-
-
-def _attributes(subject) -> tuple[str, str, str]:
-    return (subject.shape, subject.color, subject.pattern)
 
 
 @dataclass(frozen=True)

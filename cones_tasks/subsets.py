@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cones_tasks.ingest import validate_subject_id  # listed ids go into generation ids and catalog rows
+
 
 class CombinationRowError(ValueError):
     """A listed combination that cannot be generated; the message names the row."""
@@ -290,10 +292,6 @@ def check_listed(rows: Sequence[Sequence[str]], *, ids: Sequence[str] | None, ma
     """
     if not rows:
         raise CombinationRowError("the list of combinations is empty; list at least one, or use 'all'")
-    from cones_tasks.ingest import (
-        validate_subject_id,  # ids go into generation ids and catalog rows
-    )
-
     values = [v for row in rows for v in row]
     for r, row in enumerate(rows):
         for v in row:

@@ -2,7 +2,7 @@
 
     python experiments/composition_sweep.py '{"learning_rate": 0.1, "key_step": 0.2}' [--n 24] [--device cuda]
 
-For each DiscoveryParams override given (JSON, on top of the library default), discovers every
+For each discovery objective given (JSON, on top of that objective's defaults), discovers every
 toy subject's word-scoped mask, then judges, on the selection seeds (never the report seeds of
 `cones toy validate`): the class prompt ("a circle"), context ("a circle on snow" / "on night"),
 and every ordered pair of subjects under "a A and a B" with token composition. Prints one JSON
@@ -22,7 +22,8 @@ import numpy as np
 from cones_tasks.combinations import subjects_phrase
 from cones_tasks.loading import load_diffusion_model
 from cones_tasks.neurons.composition import compose
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.discovery import discover_concept_neurons
+from cones_tasks.neurons.objectives import parse_discovery
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
@@ -36,7 +37,7 @@ from cones_tasks.toyworld.subjects import (
 
 
 def run(model, overrides: dict, *, n: int, seed0: int) -> dict:
-    params = DiscoveryParams(**overrides)
+    params = parse_discovery(overrides)
     space = NeuronSpace.from_unet(model.unet)
     started = time.perf_counter()
     masks = {}
@@ -76,7 +77,7 @@ def run(model, overrides: dict, *, n: int, seed0: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="+", help="DiscoveryParams overrides as JSON objects, one setting each")
+    parser.add_argument("overrides", nargs="+", help="discovery objectives as JSON objects (docs/config.md), one setting each")
     parser.add_argument("--n", type=int, default=24, help="images per line")
     parser.add_argument("--seed0", type=int, default=1000, help="first sampling seed (selection seeds)")
     parser.add_argument("--device", default="cpu")

@@ -21,8 +21,8 @@ import numpy as np
 from cones_tasks.combinations import subjects_phrase
 from cones_tasks.loading import load_diffusion_model
 from cones_tasks.neurons.composition import compose
-from cones_tasks.neurons.discovery import DiscoveryParams
 from cones_tasks.neurons.masks import ConceptMask
+from cones_tasks.neurons.objectives import FitObjective
 from cones_tasks.neurons.space import NeuronSpace, attention_modules
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
@@ -77,7 +77,7 @@ def main() -> None:
     model = load_diffusion_model(TOY_MODEL_DIR)
     subjects = sorted(TOY_SUBJECTS[:4], key=lambda s: s.id)  # the generation grid's order
     masks = discover(model, subjects, captions="class", scenes=12)
-    space = NeuronSpace.from_unet(model.unet, attention=DiscoveryParams().attention)
+    space = NeuronSpace.from_unet(model.unet, attention=FitObjective().attention)
     restrict = restrictor(model, space)
     seeds = list(range(args.seed0, args.seed0 + args.seeds))
     pairs = list(itertools.combinations(subjects, 2))

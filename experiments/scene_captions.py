@@ -1,7 +1,7 @@
 """How scene photos are captioned, measured on the demo's pairs (docs/research/composition.md, "Scene captions").
 
 Discovery as `cones demo` runs it: the first four toy subjects, six photos alone on the class phrase
-and twelve scene photos on their captions, the library's default DiscoveryParams. Then every pair,
+and twelve scene photos on their captions, the library's default discovery (FitObjective). Then every pair,
 named in subject-id order as the generation grid names them, under the demo's two templates, at
 15 DPM-Solver steps and guidance 3, judged for both subjects; and each subject alone.
 
@@ -25,7 +25,8 @@ import numpy as np
 from cones_tasks.combinations import class_phrase, subjects_phrase
 from cones_tasks.loading import load_diffusion_model
 from cones_tasks.neurons.composition import compose
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.discovery import discover_concept_neurons
+from cones_tasks.neurons.objectives import FitObjective
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
@@ -44,7 +45,7 @@ def discover(model, subjects, *, captions: str, scenes: int, seed: int = 0) -> d
             photos, caps = scene_references(s, n=scenes, seed=0, others=captions)
             images, prompts = np.concatenate([images, photos]), prompts + caps
         masks[s.id] = discover_concept_neurons(
-            model, images, prompts, DiscoveryParams(), class_word=s.class_word, seed=seed, progress=False
+            model, images, prompts, FitObjective(), class_word=s.class_word, seed=seed, progress=False
         ).mask
     return masks
 
@@ -53,7 +54,7 @@ def judge_lines(model, subjects, masks, *, seeds: list[int], steps: int) -> dict
     named = sorted(subjects, key=lambda s: s.id)  # the generation grid's order
     combos = [list(p) for p in itertools.combinations(named, 2)] + [[s] for s in named]
     items = [(c, t, seed) for c in combos for t in TEMPLATES for seed in seeds]
-    space = NeuronSpace.from_unet(model.unet, attention=DiscoveryParams().attention)
+    space = NeuronSpace.from_unet(model.unet, attention=FitObjective().attention)
     images = sample(
         model, [t.format(subjects=subjects_phrase([s.shape for s in c])) for c, t, _ in items],
         seeds=[seed for *_, seed in items], steps=steps, guidance_scale=3.0,

@@ -1,7 +1,7 @@
 """Single hit and pairs against density: how sparse a concept can be on the toy model (docs/research/sparsity.md).
 
 Discovery as `cones toy validate --quick` runs it: the first six toy subjects, six renders alone on
-context prompts and twelve captioned scene photos, word scope. Each setting is one DiscoveryParams;
+context prompts and twelve captioned scene photos, word scope. Each setting is one discovery objective;
 every setting's masks are judged on the selection seeds (choose there) and on the report seeds (quote
 those), with validate's lines: single hit, context, crosstalk and both subjects of a pair present.
 
@@ -22,7 +22,8 @@ import torch
 from cones_lab.compare import sd15_bytes_per_concept
 from cones_lab.validate import ValidateParams, discovery_references, mask_lines
 from cones_tasks.loading import load_diffusion_model
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.discovery import discover_concept_neurons
+from cones_tasks.neurons.objectives import parse_discovery
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 from cones_tasks.toyworld.judge import judge
@@ -48,7 +49,7 @@ def lines(model, subjects, masks, space, params: ValidateParams, *, seed: int, n
 
 
 def run_setting(model, subjects, setting: dict, params: ValidateParams, *, n_select: int, n_report: int) -> dict:
-    discovery = DiscoveryParams(**setting)
+    discovery = parse_discovery(setting)
     started = time.perf_counter()
     masks = {}
     for s in subjects:
@@ -104,7 +105,7 @@ def plot(jsonl: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", default=None, help="JSON list of DiscoveryParams overrides (default: the curve)")
+    parser.add_argument("--settings", default=None, help="JSON list of discovery objectives (docs/config.md; default: the curve)")
     parser.add_argument("--subjects", type=int, default=6)
     parser.add_argument("--n-select", type=int, default=24)
     parser.add_argument("--n-report", type=int, default=48)

@@ -28,9 +28,9 @@ import numpy as np
 
 from cones_tasks.combinations import subjects_phrase
 from cones_tasks.loading import load_diffusion_model
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.discovery import discover_concept_neurons
+from cones_tasks.neurons.objectives import DISCOVERY_FOR, PromptScoreObjective
 from cones_tasks.neurons.space import NeuronSpace
-from cones_lab.validate import RECOMMENDED
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 from cones_tasks.toyworld.captions import class_prompt
@@ -76,10 +76,10 @@ def composed_references(subject, partner_shape: str, *, subject_first: bool, n: 
     return np.stack(images), prompts
 
 
-def run4_params(fraction: float = 0.1) -> DiscoveryParams:
+def run4_params(fraction: float = 0.1) -> PromptScoreObjective:
     """Validate run 4's chosen candidate (docs/research/validate-8750steps-context.json, chosen_params) at
     `fraction`: the paper's statistic at every token, which validate still recommends for union composition."""
-    return RECOMMENDED["union"].model_copy(update={"threshold_value": fraction})
+    return DISCOVERY_FOR["union"].model_copy(update={"threshold_value": fraction})
 
 
 def discover(model, images, prompts, shape: str, params):

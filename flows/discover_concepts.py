@@ -6,14 +6,14 @@ the catalog is skipped, so a rerun after a crash does only the subjects that are
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from catalog import load_catalog, params_hash
-from catalog.pipeline import subject_image_captions, subject_image_uris
+from catalog import load_catalog
+from catalog.pipeline import stored_mask_ids, subject_image_captions, subject_image_uris
 from cones_tasks.combinations import class_phrase
 from cones_tasks.config import DiscoverConfig, DiscoveryParams, ModelRef, mask_params
 from cones_tasks.ingest import decode_rgb, fit_to_resolution
@@ -25,18 +25,28 @@ from flows._runtime import TASK_OPTIONS, ensure_concurrency_limit, fan_out, mode
 _STATS_KEYS = ("images", "neurons", "fraction", "neurons_per_layer", "eval_loss_unmasked", "eval_loss_masked", "time_s", "rounds")
 
 
+@dataclass(frozen=True)
+class DiscoveredMask:
+    """What one `discover-concept` task returns: the subject's mask, and whether it was already in the catalog."""
+
+    subject: str
+    mask_id: str
+    neurons: int
+    skipped: bool
+
+
 @task(name="discover-concept", **TASK_OPTIONS)
 def discover_subject(
     catalog_uri: str, model_ref: ModelRef, subject: str, params: DiscoveryParams, seed: int
-) -> dict[str, Any]:
+) -> DiscoveredMask:
     catalog = load_catalog(catalog_uri)
     class_word = catalog.get_subject(subject).class_word  # UnknownSubjectError names the fix
     identity = mask_params(params, seed=seed)
     with model_session(model_ref) as model:
         space = NeuronSpace.from_unet(model.unet, attention=params.attention)
-        found = catalog.find_mask(subject=subject, model_fingerprint=space.fingerprint, params_hash=params_hash(identity))
+        found = stored_mask_ids(catalog, [subject], space.fingerprint, identity).get(subject)
         if found is not None:
-            return {"subject": subject, "mask_id": found.mask_id, "neurons": found.neuron_count, "skipped": True}
+            return DiscoveredMask(subject, found, catalog.get_mask(found).neuron_count, skipped=True)
         uris = subject_image_uris(catalog, subject)
         if not uris:
             raise ValueError(f"subject {subject!r} has no images in the catalog; run ingest-subjects for it first")
@@ -51,7 +61,7 @@ def discover_subject(
     catalog.write_model(space, source=model.source, attention=params.attention)
     stats = {k: result.report[k] for k in _STATS_KEYS if k in result.report}
     mask_id = catalog.write_mask(subject=subject, mask=result.mask, params=identity, stats=stats)
-    return {"subject": subject, "mask_id": mask_id, "neurons": result.mask.count, "skipped": False}
+    return DiscoveredMask(subject, mask_id, result.mask.count, skipped=False)
 
 
 @flow(name="discover-concepts")
@@ -67,12 +77,12 @@ def discover_concepts(config: DiscoverConfig) -> dict[str, str]:
         runner=config.runner,
         label="discover-concepts",
     )
-    cached = sum(r["skipped"] for r in results)
+    cached = sum(r.skipped for r in results)
     get_run_logger().info(
         "discover-concepts: %d of %d masks already in the catalog (skipped), %d discovered", cached, len(results),
         len(results) - cached,
     )
     lines = ["# Concept neurons", "", "| subject | neurons | mask | |", "|---|---|---|---|"]
-    lines += [f"| {r['subject']} | {r['neurons']} | `{r['mask_id'][:12]}` | {'cached' if r['skipped'] else 'new'} |" for r in results]
+    lines += [f"| {r.subject} | {r.neurons} | `{r.mask_id[:12]}` | {'cached' if r.skipped else 'new'} |" for r in results]
     create_markdown_artifact(key="discovery-summary", markdown="\n".join(lines), description="discover-concepts")
-    return {r["subject"]: r["mask_id"] for r in results}
+    return {r.subject: r.mask_id for r in results}

@@ -19,6 +19,7 @@ from cones_tasks import generation_scores as gs
 from cones_tasks.combinations import batched, batched_by_position
 from cones_tasks.config import ClipRef, ScoreConfig
 from cones_tasks.ingest import decode_rgb
+from cones_tasks.toyworld.presence import toy_presence
 from flows._runtime import TASK_OPTIONS, clip_session, ensure_concurrency_limit, fan_out
 
 JUDGE = "toy-judge"
@@ -34,7 +35,7 @@ def score_batch(catalog_uri: str, rows: list[GenerationRow], scorer: str, clip: 
     images = np.stack([decode_rgb(catalog.get_bytes(r.image_uri)) for r in rows])  # [N, H, W, 3]
     scores: list[ClipScore] = []
     if scorer == JUDGE:
-        for row, present in zip(rows, gs.toy_presence(images, [r.subjects for r in rows])):
+        for row, present in zip(rows, toy_presence(images, [r.subjects for r in rows])):
             scores += [ClipScore(row.id, gs.PRESENCE, s, v, JUDGE) for s, v in present.items()]
             scores.append(ClipScore(row.id, gs.ALL_PRESENT, "+".join(row.subjects), gs.all_present(present), JUDGE))
     else:

@@ -110,8 +110,12 @@ def lora_adapter(unet: nn.Module, space: NeuronSpace, *, rank: int, alpha: float
     every other parameter is frozen. On exit the adapter is taken out (peft's unload, no merge):
     the original nn.Linear objects are back, weights untouched, parameter names and flags as before.
     """
-    from peft import LoraConfig
-    from peft.tuners.lora import LoraModel
+    # peft is the optional `baselines` extra: imported only when a LoRA is built, so the rest of the lab loads without it
+    try:
+        from peft import LoraConfig
+        from peft.tuners.lora import LoraModel
+    except ImportError as exc:
+        raise ImportError("the LoRA baseline needs peft: pip install 'cones[baselines]'") from exc
 
     space.modules(unet)  # names and shapes must be this space's
     flags = {name: p.requires_grad for name, p in unet.named_parameters()}

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cones_tasks.combinations import class_phrase
+
 __all__ = ["compose_side_by_side", "composed_prompts"]
 
 
@@ -67,8 +69,6 @@ def composed_prompts(prompt: str, class_word: str) -> tuple[str, str]:
 
     Returned twice, for the subject on the left (first mention) and on the right (second mention).
     """
-    from cones_tasks.combinations import class_phrase
-
     phrase = class_phrase(class_word)
     if phrase not in prompt:
         raise ValueError(f"prompt {prompt!r} does not contain the class phrase {phrase!r}; composed references need it")

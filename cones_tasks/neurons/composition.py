@@ -6,7 +6,9 @@
   (cones_tasks.neurons.word_scope), so two subjects never compete for the same text states.
 
 Masks must be discovered for the strategy that applies them: `union` takes masks found at
-every token (DiscoveryParams.scope 'prompt'), `token` masks found at the word (scope 'word').
+every token (`objective: score, scope: prompt`), `token` masks found at the word (scope 'word':
+`objective: fit`, the default, or `score`); cones_tasks.neurons.objectives.DISCOVERY_FOR names
+validation's choice for each.
 Measured on the toy model, docs/research/composition.md.
 """
 
@@ -23,10 +25,11 @@ __all__ = ["COMPOSITIONS", "Composition", "check_composition", "compose", "compo
 Composition = Literal["union", "token"]
 COMPOSITIONS: tuple[Composition, ...] = ("union", "token")
 _SCOPE = {"union": "prompt", "token": "word"}
+_DISCOVERY_HINT = {"union": "{objective: score, scope: prompt}", "token": "{objective: fit} (the default)"}
 
 
 def composition_for(params) -> Composition:
-    """The strategy that applies masks discovered with `params` (a DiscoveryParams)."""
+    """The strategy that applies masks discovered with `params` (any objective of DiscoveryParams)."""
     return "token" if params.scope == "word" else "union"
 
 
@@ -37,7 +40,7 @@ def check_composition(composition: str, params) -> None:
     if params.scope != _SCOPE[composition]:
         raise ValueError(
             f"composition {composition!r} applies masks discovered with scope {_SCOPE[composition]!r}, but the discovery "
-            f"parameters say scope {params.scope!r}: set discovery.scope to {_SCOPE[composition]!r}, or use composition "
+            f"parameters say scope {params.scope!r}: set discovery to {_DISCOVERY_HINT[composition]}, or use composition "
             f"{composition_for(params)!r}"
         )
 

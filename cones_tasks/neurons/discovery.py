@@ -20,89 +20,29 @@ import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
+from cones_tasks.ingest import fit_to_resolution
+from cones_tasks.neurons.composed import compose_side_by_side, composed_prompts
 from cones_tasks.neurons.masks import ConceptMask
-from cones_tasks.neurons.noising import images_to_model_inputs, noised_batch, training_scheduler
+from cones_tasks.neurons.noising import images_to_model_inputs, model_resolution, noised_batch, training_scheduler
+from cones_tasks.neurons.objectives import DiscoveryParams, FitObjective, PromptScoreObjective
 from cones_tasks.neurons.scores import round_budget, select_neurons
 from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.neurons.word_discovery import discover_at_word
+from cones_tasks.sampling import sample
 
 __all__ = [
     "DiscoveryParams", "DiscoveryProblem", "DiscoveryResult", "concept_loss", "discover_concept_neurons", "frozen_unet",
     "initial_loss_scale", "refine_union", "subject_loss",
 ]
-
-
-class DiscoveryParams(BaseModel):
-    """Knobs of one discovery run (no learning rate: scores, not an optimiser, decide)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    # The defaults are what validation chose (docs/research/composition.md): word-scoped neurons chosen by
-    # `fit`, 200 gradient steps over 6 references at a time. Every knob is relative to the model (steps of
-    # the word rows' RMS, a tolerance in the same unit, no neuron budget), so the same values apply to an
-    # SD-scale space (19 M neurons) as to the toy model's 45 k. With objective 'score' keep the rounds
-    # iterative (Cones Alg. 1): on the toy model shutting the top 200 at once RAISED the loss 52 %
-    # (neurons share rows) where 20 rounds × 10 neurons lowered it (docs/discovery.md).
-    steps: int = Field(20, ge=1, description="score: accumulation steps per round; fit: gradient steps per round")
-    batch_size: int = Field(6, ge=1, description="subject images per step")
-    threshold: Literal["tau", "fraction", "top_k"] = Field(
-        "fraction", description="tau: shut every neuron with mean score > value; fraction/top_k: a budget"
-    )
-    threshold_value: float = Field(0.002, description="τ, the fraction of the space, or k")
-    rounds: int = Field(10, ge=1, description="score: 1 one-shot, >1 iterative, shutting as it goes; fit: steps × rounds steps")
-    rho: float = Field(0.0, ge=0.0, description="soft step θ ← θ − ρ·θ²·∂L/∂θ between steps (0: off)")
-    prior_weight: float = Field(0.0, ge=0.0, description="λ of the prior-preservation term (0: off)")
-    attention: Literal["cross", "self", "both"] = Field("cross", description="which attention layers hold neurons")
-    eval_draws: int = Field(4, ge=0, description="fixed (t, ε) draws per image for the report's before/after loss")
-    scope: Literal["prompt", "word"] = Field(
-        "word",
-        description="where the shut neurons act: 'prompt', every text token (the paper); 'word', only the rows of the "
-        "subject's class word (token composition, docs/composition.md)",
-    )
-    objective: Literal["score", "fit", "gate"] = Field(
-        "fit",
-        description="how neurons are chosen: 'score', rounds of θ·∂L/∂θ (the paper); 'fit' (scope 'word' only), the word "
-        "rows' edit learned by gradient steps, then the weights whose zeroing makes it; 'gate' (scope 'word' only), a "
-        "shut gate learned on every weight with a cost per shut weight held at `density`",
-    )
-    learning_rate: float = Field(0.1, gt=0.0, description="fit: Adam step on the word rows' edit, in units of their RMS")
-    key_step: float = Field(0.2, gt=0.0, description="fit: the key projections' step as a fraction of learning_rate")
-    fit_tolerance: float = Field(
-        1e-3, ge=0.0, description="fit: stop adding weights to an output once it gains less than this × the rows' RMS"
-    )
-    density: float = Field(
-        0.01, gt=0.0, le=1.0,
-        description="gate: the fraction of the K/V weights a concept may shut (the cost per shut weight is tuned to hold it)",
-    )
-    composed: int = Field(
-        0, ge=0, le=2,
-        description="scope 'word': composed two-object images per reference (docs/composition.md): 0 off, 1 the subject "
-        "on alternating sides, 2 on both sides",
-    )
-
-    @model_validator(mode="after")
-    def _threshold_value_fits_mode(self) -> DiscoveryParams:
-        if self.objective in ("fit", "gate") and self.scope != "word":
-            raise ValueError(f"objective {self.objective!r} learns an edit of the class word's rows: it needs scope 'word'")
-        if self.scope == "word" and self.attention != "cross":
-            raise ValueError("scope 'word' acts on text tokens, which only cross-attention reads: use attention 'cross'")
-        if self.scope == "word" and self.prior_weight > 0:
-            raise ValueError("scope 'word' does not take a prior-preservation term yet; set prior_weight=0")
-        v = self.threshold_value
-        if self.threshold == "fraction" and not 0.0 < v <= 1.0:
-            raise ValueError(f"threshold 'fraction' needs 0 < threshold_value <= 1, got {v}")
-        if self.threshold == "top_k" and (v < 1 or v != int(v)):
-            raise ValueError(f"threshold 'top_k' needs a whole threshold_value >= 1, got {v}")
-        return self
 
 
 @dataclass(frozen=True)
@@ -118,7 +58,7 @@ def discover_concept_neurons(
     model,
     images: np.ndarray,
     class_prompt: str | Sequence[str],
-    params: DiscoveryParams = DiscoveryParams(),
+    params: DiscoveryParams = FitObjective(),
     *,
     prior_images: np.ndarray | None = None,
     prior_prompt: str | None = None,
@@ -134,24 +74,26 @@ def discover_concept_neurons(
     far better (README, "Variants tried").
     model: anything with `.unet`, `.scheduler`, `.encode_prompts(list[str]) -> [B, T, D]`
     and optionally `.vae` (cones_tasks.loading.DiffusionModel). prior_images: the base
-    model's own images for `class_prompt`, required when params.prior_weight > 0; `prior_prompt`
+    model's own images for `class_prompt`, required when params.prior_weight > 0 (prompt scope); `prior_prompt`
     is the prompt they were sampled for, by default the one `class_prompt` (required with one
     prompt per image: the prior term must not borrow the first reference's context).
     Deterministic on CPU for a given seed (all randomness comes from one CPU generator;
     `generator`, if given, replaces it for the steps, while `seed` still fixes the report's eval draws).
     class_word: the subject's class word ("dog"), which every prompt must name; required by
-    params.scope 'word', whose neurons act at that word's rows only.
+    every objective but the paper's prompt scope, whose neurons act at that word's rows only.
     """
-    if params.scope == "word" and not class_word:
+    word = not isinstance(params, PromptScoreObjective)  # fit and score at the word act at the class word's rows
+    prior_weight = 0.0 if word else params.prior_weight
+    if word and not class_word:
         raise ValueError(
             "scope 'word' shuts neurons at the class word's rows: pass class_word (e.g. 'dog', named in every class prompt)"
         )
-    if params.prior_weight > 0 and prior_images is None:
+    if prior_weight > 0 and prior_images is None:
         raise ValueError(
             "prior_weight > 0 needs prior_images: generate a few images of the class prompt with the base model "
             "(cones_tasks.sampling.sample) and pass them, or set prior_weight=0"
         )
-    if params.prior_weight > 0 and prior_prompt is None and not isinstance(class_prompt, str):
+    if prior_weight > 0 and prior_prompt is None and not isinstance(class_prompt, str):
         raise ValueError(
             "one class prompt per image and prior_weight > 0 need prior_prompt: the prompt the prior images were "
             "sampled for (e.g. 'a dog'), so the prior term is not conditioned on one reference's context"
@@ -161,10 +103,10 @@ def discover_concept_neurons(
     unet = model.unet
     space = NeuronSpace.from_unet(unet, attention=params.attention)
     mentions = None
-    if params.scope == "word" and params.composed:
+    if word and params.composed:
         images, class_prompt, mentions = _with_composed(model, images, class_prompt, class_word, params.composed, seed)
     problem = DiscoveryProblem.build(
-        model, space, images, class_prompt, prior_images, params.prior_weight, params.batch_size, gen,
+        model, space, images, class_prompt, prior_images, prior_weight, params.batch_size, gen,
         prior_prompt=prior_prompt,
     )
 
@@ -172,9 +114,7 @@ def discover_concept_neurons(
     bar = tqdm(total=params.steps * params.rounds, desc=f"discover {class_prompt!r}", disable=not progress)
     extra: dict[str, Any] = {}
     with frozen_unet(unet):
-        if params.scope == "word":
-            from cones_tasks.neurons.word_discovery import discover_at_word
-
+        if word:
             prompts = _prompts_for(class_prompt, len(problem.x0))
             mask, extra = discover_at_word(problem, model, space, params, class_word, prompts, gen, bar, mentions=mentions)
             bar.close()
@@ -221,11 +161,6 @@ def _with_composed(model, images, class_prompt, class_word, per_reference: int, 
     (its own seed), on the right (the subject is the first mention) and, with 2 per reference, on
     the left (the second mention).
     """
-    from cones_tasks.neurons.composed import compose_side_by_side, composed_prompts
-    from cones_tasks.neurons.noising import model_resolution
-    from cones_tasks.ingest import fit_to_resolution
-    from cones_tasks.sampling import sample
-
     prompts = _prompts_for(class_prompt, len(images))
     if isinstance(class_prompt, str):
         prompts = prompts * len(images)
@@ -273,8 +208,7 @@ def refine_union(
     model,
     subjects: Sequence[tuple[np.ndarray, str]],
     union: ConceptMask,
-    params: DiscoveryParams = DiscoveryParams(scope="prompt", objective="score", rounds=3, steps=10, batch_size=4,
-                                              threshold_value=0.002),
+    params: PromptScoreObjective = PromptScoreObjective(rounds=3, steps=10, batch_size=4, threshold_value=0.002),
     *,
     seed: int = 0,
     progress: bool = True,
@@ -291,10 +225,11 @@ def refine_union(
     """
     if len(subjects) < 2:
         raise ValueError("refine_union needs at least 2 subjects; for one subject use discover_concept_neurons")
+    if not isinstance(params, PromptScoreObjective):
+        raise ValueError("refine_union refines the paper's every-token union: pass PromptScoreObjective params (objective "
+                         "'score', scope 'prompt')")
     if params.prior_weight > 0:
         raise ValueError("refine_union does not take a prior-preservation term; set prior_weight=0")
-    if params.scope != "prompt":
-        raise ValueError("refine_union refines the paper's every-token union: pass params with scope='prompt', objective='score'")
     started = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     space = NeuronSpace.from_unet(model.unet, attention=params.attention)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cones_tasks.combinations import class_phrase
 from cones_tasks.neurons.masks import ConceptMask, RowEdits
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.words import word_rows
@@ -47,8 +48,6 @@ class WordMask:
 
 def class_phrase_states(model, class_word: str) -> torch.Tensor:
     """The class word's own text states [R, D]: its rows when the prompt is its class phrase ("a dog")."""
-    from cones_tasks.combinations import class_phrase
-
     phrase = class_phrase(class_word)
     (rows,) = word_rows(model.tokenizer, phrase, [class_word])
     states = model.encode_prompts([phrase])[0]  # [T, D]

@@ -11,6 +11,6 @@ TOY_CLIP_DIR = ASSETS / "toy-clip"
 
 
 def toy_clip_weights() -> Path:
-    from cones_tasks.toyworld.train_clip import WEIGHTS_FILE
+    from cones_tasks.toyworld.train_clip import WEIGHTS_FILE  # here, not above: train_clip loads torch; `cones toy assets` must not
 
     return TOY_CLIP_DIR / WEIGHTS_FILE

@@ -8,6 +8,7 @@ from collections import Counter
 import numpy as np
 import torch
 
+from cones_tasks.sampling import sample
 from cones_tasks.toyworld.captions import class_prompt, full_caption
 from cones_tasks.toyworld.judge import Judgement, judge
 from cones_tasks.toyworld.render import random_scene, render
@@ -91,8 +92,6 @@ def pair_prompts(rng: np.random.Generator, n: int) -> list[tuple[str, tuple]]:
 
 def eval_model(model, *, n: int = 200, seed: int = 0, steps: int = 25, guidance_scale: float = 3.0, progress: bool = True) -> dict:
     """Judge the toy model's samples: full single-object prompts, class-only prompts, two-object prompts."""
-    from cones_tasks.sampling import sample
-
     rng = np.random.default_rng(seed)
     scenes = single_prompts(rng, n)
     classes = [SHAPES[i % len(SHAPES)] for i in range(n)]

@@ -13,7 +13,8 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from cones_tasks.toyworld.render import place_objects, render
+from cones_tasks.toyworld.captions import class_prompt, describe
+from cones_tasks.toyworld.render import place_objects, random_attributes, render
 from cones_tasks.toyworld.world import BACKGROUNDS, ObjectSpec, Scene
 
 
@@ -61,8 +62,6 @@ def reference_backgrounds(n: int) -> list[str]:
 def context_prompts(subject: ToySubject, n: int) -> list[str]:
     """One prompt per reference render, naming its background ("a triangle on snow"): discovery
     conditioned this way leaves the background to the words, not to the mask (docs/research/validate-runs.md)."""
-    from cones_tasks.toyworld.captions import class_prompt
-
     return [f"{class_prompt(subject.shape)} on {background}" for background in reference_backgrounds(n)]
 
 
@@ -92,9 +91,6 @@ def scene_references(
     "described" ("... and a dotted red square ..."), where the words fix it. Class words drew
     both subjects of a pair far more often (docs/research/composition.md, "Scene captions").
     """
-    from cones_tasks.toyworld.captions import describe
-    from cones_tasks.toyworld.render import random_attributes
-
     rng = np.random.default_rng([seed, 7, *map(ord, subject.id)])
     me = (subject.shape, subject.color, subject.pattern)
     images, captions = [], []

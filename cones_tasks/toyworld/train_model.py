@@ -126,7 +126,7 @@ def caption_gap(unet, encode, scheduler, *, seed: int, n: int = 256) -> float:
 
 
 def _text_encoder(params: TrainModelParams):
-    if params.text_encoder == "toy-clip":
+    if params.text_encoder == "toy-clip":  # only this option needs the toy CLIP's weights and its converter
         from cones_tasks.toyworld.assets import toy_clip_weights
         from cones_tasks.toyworld.clip_text_encoder import text_encoder_from_toy_clip
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from cones_tasks.toyworld.batches import OBJECT_COUNT_WEIGHTS, random_batch
-from cones_tasks.toyworld.tokenizer import BOS, EOS, MAX_LENGTH, build_vocab_and_merges
+from cones_tasks.toyworld.tokenizer import BOS, EOS, MAX_LENGTH, build_vocab_and_merges, write_tokenizer
 from cones_tasks.toyworld.world import vocabulary
 
 
@@ -25,8 +25,6 @@ def _tokenizer():
     import tempfile
 
     from transformers import CLIPTokenizer
-
-    from cones_tasks.toyworld.tokenizer import write_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         return CLIPTokenizer.from_pretrained(write_tokenizer(tmp))

@@ -80,6 +80,16 @@ def test_export_refuses_writes_and_reports_bad_predicates(catalog, tmp_path):
     assert '"rows": 3' in ok.output
 
 
+def test_export_names_the_destination_when_it_cannot_be_written(catalog, tmp_path):
+    """An OSError writing --to is reported as such, not as an error in --where."""
+    from cones_cli.app import app
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    res = CliRunner().invoke(app, ["export", "--catalog", catalog.uri, "--to", str(blocker / "export"), "--where", "seed = 0"])
+    assert res.exit_code == 2 and "error writing --to" in res.output and "--where" not in res.output, res.output
+
+
 DOCUMENTED_FILTERS = sorted(
     {
         m

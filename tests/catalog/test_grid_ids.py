@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from grid_oracle import enumerate_combinations
 
 from catalog import generation_id, generation_ids, load_catalog
 from catalog.combination_files import (
@@ -15,8 +17,8 @@ from catalog.combination_files import (
     count_combination_rows,
 )
 from catalog.pipeline import generations_present
-from cones_tasks.combinations import grid_items
-from cones_tasks.subsets import grid_subsets
+from catalog.planning import grid_items
+from cones_tasks.subsets import Subsets, grid_subsets
 
 PARAMS = {"steps": 25, "guidance_scale": 7.5, "composition": "token"}
 
@@ -67,3 +69,18 @@ def test_combination_files_parquet_and_csv(tmp_path):
         list(combination_rows(str(tmp_path / "bad.parquet")))
     with pytest.raises(CombinationFileError, match="does not exist"):
         list(combination_rows(str(tmp_path / "missing.csv")))
+
+
+def test_grid_items_prompts_match_the_enumeration():
+    words = {"cat": "cat", "dog": "dog", "owl": "owl", "sun": "sun"}
+    templates, seeds = ["{subjects}", "{{x}} {subjects} on snow"], [0, 3]
+    ids = ["cat", "dog", "owl", "sun"]
+    chunks = list(grid_subsets("all", n=4, ids=ids, max_k=3, chunk_rows=5))
+    table = [row for s in chunks for row in grid_items(
+        s, ids=ids, class_words=[words[i] for i in ids], mask_ids=[f"m-{i}" for i in ids], templates=templates, seeds=seeds
+    ).to_pylist()]
+    expected = list(enumerate_combinations(words, max_k=3, templates=templates, seeds=seeds))
+    assert [(tuple(r["subjects"]), r["prompt"], r["seed"]) for r in table] == [(c.subjects, c.prompt, c.seed) for c in expected]
+    assert table[0]["mask_ids"] == ["m-cat"] and table[-1]["class_words"] == ["dog", "owl", "sun"]
+    assert table[-1]["prompt"] == "{x} a dog and an owl and a sun on snow"
+    assert len(Subsets.fixed(np.zeros((0, 2), np.int32))) == 0

@@ -34,7 +34,9 @@ def test_every_field_of_every_config_model_has_a_description():
 def test_reachable_models_finds_parts_behind_optional_and_tuples():
     names = {m.__name__ for m in reachable_models(config_class("customize"))}
     # ClipRef only through `scoring: ScoringParams | None` -> `clip: ClipRef | None`; SubjectSource through a tuple.
-    assert {"ClipRef", "ScoringParams", "SubjectSource", "DiscoveryParams", "GenerationGrid", "RunnerConfig"} <= names
+    assert {"ClipRef", "ScoringParams", "SubjectSource", "GenerationGrid", "RunnerConfig"} <= names
+    # every objective of the discovery union, the nested `score` ones too
+    assert {"FitObjective", "GateObjective", "PromptScoreObjective", "WordScoreObjective"} <= names
 
 
 def test_docs_config_md_is_current():
@@ -74,10 +76,43 @@ def test_schema_is_the_models_json_schema():
     assert set(schema["required"]) == {"catalog", "model", "subjects"}
     assert schema["additionalProperties"] is False  # misspelt keys are refused, and the schema says so
     assert "stable" not in result.output.lower()  # a schema, not an example
-    discovery = schema["$defs"]["DiscoveryParams"]["properties"]
-    assert discovery["threshold"]["enum"] == ["tau", "fraction", "top_k"]
+    paper = schema["$defs"]["PromptScoreObjective"]["properties"]
+    assert paper["threshold"]["enum"] == ["tau", "fraction", "top_k"]
     for flow in FLOW_NAMES:
         assert json.loads(_cli("config", "schema", flow).output)["title"] == FLOWS[flow][2]
+
+
+def test_discover_schema_shows_the_objectives_as_a_discriminated_union():
+    schema = json.loads(_cli("config", "schema", "discover").output)
+    discovery = schema["properties"]["discovery"]
+    assert discovery["discriminator"]["propertyName"] == "objective"
+    mapping = discovery["discriminator"]["mapping"]
+    assert mapping["fit"] == "#/$defs/FitObjective" and mapping["gate"] == "#/$defs/GateObjective"
+    assert mapping["score"]["discriminator"] == {
+        "propertyName": "scope",
+        "mapping": {"prompt": "#/$defs/PromptScoreObjective", "word": "#/$defs/WordScoreObjective"},
+    }
+    defs = schema["$defs"]
+    # each objective has its own keys: the fit's learning rate is not a key of the paper's score, and back
+    assert "learning_rate" in defs["FitObjective"]["properties"] and "learning_rate" not in defs["PromptScoreObjective"]["properties"]
+    assert "threshold_value" not in defs["FitObjective"]["properties"]
+    assert defs["PromptScoreObjective"]["properties"]["threshold_value"]["default"] == 0.1  # validation's 10 %, not 0.002
+
+
+def test_the_schema_takes_what_the_config_takes_with_the_objective_left_out():
+    """A JSON-schema validator (Prefect's, on a deployment's parameters) accepts discovery settings without
+    `objective`, as the config does (fit, the default); a key of another objective is refused by both."""
+    import jsonschema
+
+    schema = json.loads(_cli("config", "schema", "discover").output)
+    base = {"catalog": "c", "model": {"path": "m"}, "subjects": ["a"]}
+    for discovery, objective in (({"steps": 2, "batch_size": 2}, "FitObjective"),
+                                 ({"objective": "score", "scope": "prompt", "threshold_value": 0.05}, "PromptScoreObjective")):
+        jsonschema.validate({**base, "discovery": discovery}, schema)
+        config = config_class("discover").model_validate({**base, "discovery": discovery})
+        assert type(config.discovery).__name__ == objective
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**base, "discovery": {"objective": "fit", "threshold_value": 0.1}}, schema)
 
 
 def test_unknown_flow_is_refused_with_the_choices():

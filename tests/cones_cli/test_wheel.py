@@ -1,5 +1,6 @@
 """A wheel that works: built from the tree, installed into a fresh venv outside the repository, and run
-from there, with the toy model and toy CLIP as package data (slow: builds and installs a 12 MB wheel)."""
+from there, with the toy model and toy CLIP as package data (slow: builds and installs a 12 MB wheel).
+Installed without extras it needs neither peft (the `baselines` extra) nor moto (a test server, `dev`)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,21 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# Extras a plain `pip install cones` leaves out: the venv below is made unable to import them.
+NOT_INSTALLED = ("peft", "moto")
+# Loaded by the test venv's site-packages at start-up: the packages above, though present in the venv its
+# dependencies come from, cannot be imported (ModuleNotFoundError, as when they are not installed).
+_BLOCKER = f"""
+import sys
+
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {NOT_INSTALLED!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (not installed: cones without extras)", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
 
 
 def _sources(dest: Path) -> Path:
@@ -51,6 +67,7 @@ def test_wheel_installs_outside_the_repo_and_runs_the_toy_commands(tmp_path):
     site = Path(subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "repo-venv-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    (site / "sitecustomize.py").write_text(_BLOCKER)
     subprocess.run([py, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)], check=True,
                    capture_output=True, timeout=300)
 
@@ -68,8 +85,16 @@ def test_wheel_installs_outside_the_repo_and_runs_the_toy_commands(tmp_path):
     where = subprocess.run([py, "-c", "import cones_cli, cones_tasks; print(cones_cli.__file__, cones_tasks.__file__)"],
                            cwd=run_dir, env=env, capture_output=True, text=True, check=True).stdout
     assert str(REPO) not in where and str(site) in where, where  # the installed copy, not the checkout
+    for name in NOT_INSTALLED:  # the extras really are out of reach here
+        missing = subprocess.run([py, "-c", f"import {name}"], cwd=run_dir, env=env, capture_output=True, text=True)
+        assert missing.returncode == 1 and "ModuleNotFoundError" in missing.stderr, missing.stderr
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in zipfile.ZipFile(wheel).namelist() if n.endswith("METADATA")))
+    requires = [line for line in metadata.decode().splitlines() if line.startswith("Requires-Dist:")]
+    assert all("extra ==" in line for line in requires if any(name in line for name in NOT_INSTALLED)), requires
 
     assert "Run `customize` end to end" in re.sub(r"\s+", " ", cones("demo", "--help"))
+    for group in ("run", "toy", "bench", "config"):  # every command group loads without the extras
+        assert "Usage" in cones(group, "--help")
     judge = json.loads(cones("toy", "eval-judge", "--json"))
     assert judge["single"]["shape"] >= 0.99 and judge["pair"]["shape"] >= 0.97
     model_dir = Path(cones("toy", "assets", "toy-model").strip())
@@ -77,6 +102,18 @@ def test_wheel_installs_outside_the_repo_and_runs_the_toy_commands(tmp_path):
     # The shipped toy model loads and samples from the installed wheel: 4 images per line, 4 steps.
     sampled = json.loads(cones("toy", "eval-model", "--n", "4", "--steps", "4", "--json"))
     assert sampled["single"]["n"] == 4 and 0.0 <= sampled["single"]["shape"] <= 1.0
+
+
+def test_peft_and_moto_are_extras_and_make_test_installs_them():
+    """The fast twin of the wheel test's check: a plain install lists neither; `make test` still gets both."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if re.match(r"(peft|moto)\b", d)]
+    extras = project["optional-dependencies"]
+    assert any(d.startswith("peft") for d in extras["baselines"]) and not any("moto" in d for d in extras["s3"])
+    assert any(d.startswith("moto") for d in extras["dev"]) and "cones[baselines]" in extras["dev"]
+    assert re.search(r"pip install -q -e '\.\[dev,[^']*\]'", (REPO / "Makefile").read_text())
 
 
 def test_makefile_installs_the_torch_that_pyproject_names_as_tested():

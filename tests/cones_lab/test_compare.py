@@ -10,7 +10,7 @@ import torch
 from cones_lab.compare import COLUMNS, CompareParams, compare_toy, markdown_table, sd15_bytes_per_concept
 from cones_lab.baselines.lora import LoraParams
 from cones_lab.baselines.training import FineTuneParams
-from cones_tasks.neurons.discovery import DiscoveryParams
+from cones_tasks.neurons.objectives import FitObjective
 from cones_lab.validate import ValidateParams
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 
@@ -47,7 +47,7 @@ def test_compare_rows_storage_is_the_bytes_written(tmp_path):
                               scene_references=2, multi_sizes=(2,), ceilings=False, reversed_order=False,
                               prompt_modes=("context",))
     params = CompareParams(
-        sampling=sampling, cones=DiscoveryParams(steps=2, rounds=1, batch_size=2),
+        sampling=sampling, cones=FitObjective(steps=2, rounds=1, batch_size=2),
         dense_kv=(FineTuneParams(steps=2, batch_size=2), FineTuneParams(steps=3, batch_size=2)),
         lora=(LoraParams(steps=2, batch_size=2, rank=2),),
     )
@@ -89,9 +89,9 @@ def test_cli_compare_prints_the_table_as_json(tmp_path):
 
     from typer.testing import CliRunner
 
-    from cones_cli.toy import app
+    from cones_cli.app import app
 
-    args = ["compare", "--subjects", "2", "--quick", "--n", "2", "--select-n", "1", "--steps", "1", "--out", str(tmp_path),
+    args = ["toy", "compare", "--subjects", "2", "--quick", "--n", "2", "--select-n", "1", "--steps", "1", "--out", str(tmp_path),
             "--markdown", str(tmp_path / "table.md"), "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

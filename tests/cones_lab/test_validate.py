@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cones_tasks.neurons.discovery import DiscoveryParams
+from cones_tasks.neurons.objectives import FitObjective, PromptScoreObjective
 from cones_tasks.neurons.space import NeuronSpace
 from cones_lab.validate import ValidateParams, _spread, validate_toy
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
@@ -22,14 +22,14 @@ def test_validate_toy_reports_every_line_per_strategy():
     from cones_tasks.toyworld.subjects import TOY_SUBJECTS
 
     model = load_diffusion_model(TOY_MODEL)
-    paper = dict(scope="prompt", objective="score", steps=2, batch_size=2, rounds=1, eval_draws=0)
+    paper = dict(steps=2, batch_size=2, rounds=1, eval_draws=0)
     union = [
-        DiscoveryParams(**paper, threshold_value=0.01),
-        DiscoveryParams(**paper, threshold="top_k", threshold_value=5),
-        DiscoveryParams(**paper, threshold_value=0.01, prior_weight=1.0),
+        PromptScoreObjective(**paper, threshold_value=0.01),
+        PromptScoreObjective(**paper, threshold="top_k", threshold_value=5),
+        PromptScoreObjective(**paper, threshold_value=0.01, prior_weight=1.0),
     ]
-    token = [DiscoveryParams(steps=2, batch_size=2, rounds=1)]
-    refine = DiscoveryParams(**{**paper, "steps": 1}, threshold="top_k", threshold_value=4)
+    token = [FitObjective(steps=2, batch_size=2, rounds=1)]
+    refine = PromptScoreObjective(**{**paper, "steps": 1}, threshold="top_k", threshold_value=4)
     params = ValidateParams(images_per_line=4, select_images_per_line=2, sample_steps=2, reference_images=2, multi_sizes=(2, 3),
                             prior_images=2, union_refine=refine, prompt_modes=("class", "context"))
     subjects = TOY_SUBJECTS[:2]
@@ -66,12 +66,11 @@ def test_cli_validate_with_a_candidates_file(tmp_path):
 
     from typer.testing import CliRunner
 
-    from cones_cli import toy_validate  # noqa: F401  (registers `validate` on the toy app)
-    from cones_cli.toy import app
+    from cones_cli.app import app
 
     (tmp_path / "c.json").write_text(json.dumps([{"scope": "prompt", "objective": "score", "steps": 1, "batch_size": 2,
                                                   "rounds": 1, "threshold": "top_k", "threshold_value": 3, "eval_draws": 0}]))
-    args = ["validate", "--subjects", "2", "--n", "2", "--select-n", "2", "--steps", "1", "--candidates",
+    args = ["toy", "validate", "--subjects", "2", "--n", "2", "--select-n", "2", "--steps", "1", "--candidates",
             str(tmp_path / "c.json"), "--strategy", "union", "--prompts", "context", "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -91,10 +90,9 @@ def test_cli_validate_quick_prints_the_recommended_strategy_flat():
 
     from typer.testing import CliRunner
 
-    from cones_cli import toy_validate  # noqa: F401  (registers `validate` on the toy app)
-    from cones_cli.toy import app
+    from cones_cli.app import app
 
-    result = CliRunner().invoke(app, ["validate", "--quick", "--subjects", "2", "--n", "2", "--steps", "1", "--json"])
+    result = CliRunner().invoke(app, ["toy", "validate", "--quick", "--subjects", "2", "--n", "2", "--steps", "1", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{"):])
     assert data["strategy"] == "token" and data["selection"] == []  # the recommended setting only

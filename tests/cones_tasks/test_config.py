@@ -29,7 +29,8 @@ def test_minimal_config_fills_typed_defaults_and_round_trips_json():
         ({"grid": {"seeds": [0, "x"]}}, "grid.seeds.1"),
         ({"grid": {"templates": ["a photo"]}}, "grid.templates"),
         ({"runner": {"kind": "kubernetes"}}, "runner.kind"),
-        ({"discovery": {"steps": 0}}, "discovery.steps"),
+        ({"discovery": {"steps": 0}}, "discovery.fit.steps"),  # the objective is named too
+        ({"discovery": {"objective": "score", "scope": "prompt", "threshold_value": 5}}, "discovery.score.prompt"),
         ({"subjects": [{"subject_id": "../etc", "class_word": "dog", "uri": "/x"}]}, "subjects.0.subject_id"),
         ({"modle": {"path": "/x"}}, "modle"),
     ],
@@ -76,8 +77,8 @@ def test_the_composition_must_match_how_the_masks_were_discovered():
     assert GenerateConfig.model_validate(base).grid.composition == "token"  # the defaults agree
     paper = {"scope": "prompt", "objective": "score"}
     GenerateConfig.model_validate({**base, "discovery": paper, "grid": {"composition": "union"}})
-    with pytest.raises(ValidationError, match="set discovery.scope to 'prompt', or use composition 'token'"):
-        GenerateConfig.model_validate({**base, "grid": {"composition": "union"}})
-    with pytest.raises(ValidationError, match="set discovery.scope to 'word'"):
+    with pytest.raises(ValidationError, match=r"set discovery to \{objective: score, scope: prompt\}, or use composition 'token'"):
+        GenerateConfig.model_validate({**base, "discovery": {"steps": 4}, "grid": {"composition": "union"}})
+    with pytest.raises(ValidationError, match=r"set discovery to \{objective: fit\} \(the default\)"):
         CustomizeConfig.model_validate({**base, "subjects": [{"subject_id": "a", "class_word": "dog", "uri": "x"}],
                                         "discovery": paper})

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from cones_tasks import generation_scores as gs
+from cones_tasks.toyworld.presence import toy_presence
 from cones_tasks.toyworld.render import place_objects, render
 from cones_tasks.toyworld.world import Scene
 
@@ -28,7 +29,7 @@ def test_toy_presence_reads_the_exact_subject_back():
     rng = np.random.default_rng(0)
     both = render(Scene("snow", place_objects(rng, [("triangle", "yellow", "striped"), ("circle", "blue", "dotted")])))
     one = render(Scene("night", place_objects(rng, [("triangle", "yellow", "plain")])))
-    out = gs.toy_presence(np.stack([both, one]), [["striped-yellow-triangle", "dotted-blue-circle"], ["striped-yellow-triangle"]])
+    out = toy_presence(np.stack([both, one]), [["striped-yellow-triangle", "dotted-blue-circle"], ["striped-yellow-triangle"]])
     assert out == [{"striped-yellow-triangle": 1.0, "dotted-blue-circle": 1.0}, {"striped-yellow-triangle": 0.0}]
     assert [gs.all_present(p) for p in out] == [1.0, 0.0]
 

@@ -5,9 +5,9 @@ import io
 
 import numpy as np
 from bs4 import BeautifulSoup
+from grid_oracle import enumerate_combinations
 from PIL import Image
 
-from cones_tasks.combinations import enumerate_combinations
 from cones_tasks.report import REFERENCES_SHOWN, ReferencePhoto, ReportEntry, render_report, score_figures, thumbnail
 
 

@@ -9,12 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from cones_tasks.combinations import enumerate_combinations, grid_items
 from cones_tasks.config import GenerateConfig, GenerationGrid
 from cones_tasks.subsets import (
     CombinationRowError,
     SeenRows,
-    Subsets,
     balanced_subsets,
     grid_subset_count,
     grid_subsets,
@@ -132,17 +130,3 @@ def test_the_config_refuses_bad_rows_naming_them():
     with pytest.raises(ValueError, match="neither 'all' nor a file"):
         GenerationGrid(combinations="al")
     assert GenerationGrid().combinations == "all"
-
-
-def test_grid_items_prompts_match_the_enumeration():
-    words = {"cat": "cat", "dog": "dog", "owl": "owl", "sun": "sun"}
-    templates, seeds = ["{subjects}", "{{x}} {subjects} on snow"], [0, 3]
-    chunks = list(grid_subsets("all", n=4, ids=IDS, max_k=3, chunk_rows=5))
-    table = [row for s in chunks for row in grid_items(
-        s, ids=IDS, class_words=[words[i] for i in IDS], mask_ids=[f"m-{i}" for i in IDS], templates=templates, seeds=seeds
-    ).to_pylist()]
-    expected = list(enumerate_combinations(words, max_k=3, templates=templates, seeds=seeds))
-    assert [(tuple(r["subjects"]), r["prompt"], r["seed"]) for r in table] == [(c.subjects, c.prompt, c.seed) for c in expected]
-    assert table[0]["mask_ids"] == ["m-cat"] and table[-1]["class_words"] == ["dog", "owl", "sun"]
-    assert table[-1]["prompt"] == "{x} a dog and an owl and a sun on snow"
-    assert len(Subsets.fixed(np.zeros((0, 2), np.int32))) == 0

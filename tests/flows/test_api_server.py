@@ -50,7 +50,7 @@ def test_sigkilled_customize_leaves_no_process_behind(tmp_path, tiny_model_dir):
         "model": {"path": str(tiny_model_dir)},
         "subjects": _subjects(tmp_path),
         "ingest": {"min_side": 16},
-        "discovery": {"steps": 2, "batch_size": 2, "eval_draws": 1},
+        "discovery": {"steps": 2, "batch_size": 2},
         "grid": {"max_k": 2, "steps": 2},
         "scoring": {"judge": True},
     })

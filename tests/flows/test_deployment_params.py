@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cones_lab.validate import RECOMMENDED, ValidateParams
+from cones_lab.validate import ValidateParams
+from cones_tasks.neurons.objectives import DISCOVERY_FOR
 from cones_tasks.toyworld.world import RESOLUTION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,8 +53,8 @@ def test_presets_carry_the_toy_models_knobs_where_they_differ_from_the_library_d
         grid = configs[name].grid
         assert grid.guidance_scale == toy_guidance != type(grid)().guidance_scale, name  # SD's 7.5 over-saturates it
         # Masks must be found the way validation chose for this composition on the toy model.
-        assert configs[name].discovery == RECOMMENDED[grid.composition], name
-    assert configs["discover_concepts"].discovery == RECOMMENDED[configs["customize"].grid.composition]
+        assert configs[name].discovery == DISCOVERY_FOR[grid.composition], name
+    assert configs["discover_concepts"].discovery == DISCOVERY_FOR[configs["customize"].grid.composition]
     for name in ("customize", "ingest_subjects"):
         # Toy photos are RESOLUTION px; the library default refuses anything below 64 px.
         assert configs[name].ingest.min_side <= RESOLUTION < type(configs[name].ingest)().min_side, name

@@ -71,7 +71,7 @@ def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(prefect_serv
         with temporary_settings({PREFECT_API_URL: prefect_server["PREFECT_API_URL"]}):
             catalog_uri, model = env["CONES_CATALOG"], {"path": env["CONES_MODEL"]}
             ids = [s.id for s in subjects]
-            fast = {"steps": 2, "batch_size": 2, "eval_draws": 1}
+            fast = {"steps": 2, "batch_size": 2}
             grid = {"max_k": 2, "templates": ["{subjects}"], "seeds": [0], "steps": 2}
 
             # Ingest with the deployment's own preset (no parameter override).

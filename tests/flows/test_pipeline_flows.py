@@ -48,7 +48,7 @@ def _config(tmp_path, model_dir, clip, *, max_k: int) -> CustomizeConfig:
             "model": {"path": str(model_dir)},
             "subjects": subjects,
             "ingest": {"min_side": 16},
-            "discovery": {"steps": 2, "batch_size": 2, "eval_draws": 1, "threshold_value": 0.02},
+            "discovery": {"steps": 2, "batch_size": 2},
             "grid": {"max_k": max_k, "templates": ["{subjects}", "{subjects} on night"], "seeds": [0], "steps": 2,
                      "sample_batch": 4, "task_batch": 3},
             "scoring": {"clip": clip, "judge": True, "task_batch": 5},

@@ -83,8 +83,9 @@ def _photo(side: int, seed: int) -> bytes:
 def _thousand_combination_run(root) -> tuple[str, list[str]]:
     """A catalog as a 1,000-combination run leaves it: 10 subjects with 6 reference photos each, their
     masks, one 192 px image per combination and its scores. Returns (catalog URI, generation ids)."""
+    from grid_oracle import enumerate_combinations
+
     from catalog import ClipScore, Generation, SubjectImage, load_catalog
-    from cones_tasks.combinations import enumerate_combinations
     from cones_tasks.neurons.masks import ConceptMask
     from cones_tasks.neurons.space import NeuronSpace
     from cones_tasks.toyworld.architecture import build_unet

@@ -40,12 +40,26 @@ def test_gpu_limit_is_created_once_and_an_operator_setting_is_kept(prefect_api):
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).limit >= 1
 
 
+@pytest.mark.slow  # ~30 s: a LocalCluster of two worker processes starts; the fast twin checks what it is asked for
 def test_two_worker_dask_local_cluster_runs_batches_in_two_processes(prefect_api):
     batches = [[i] for i in range(8)]
     results = _probe(RunnerConfig(kind="dask", workers=2), batches)
     assert [r[0] for r in results] == [[i * i] for i in range(8)]
     pids = {r[1] for r in results}
     assert os.getpid() not in pids and len(pids) == 2
+
+
+def test_a_dask_runner_asks_for_worker_processes_that_report_to_this_api(prefect_api):
+    """The fast twin of the LocalCluster test: the runner the flows build asks for `workers` single-threaded worker
+    processes that report their task runs to this flow's Prefect API (a thread-only cluster without one)."""
+    pytest.importorskip("prefect_dask")
+    from flows._runtime import build_task_runner
+
+    runner = build_task_runner(RunnerConfig(kind="dask", workers=2))
+    kwargs = runner.cluster_kwargs
+    assert kwargs["n_workers"] == 2 and kwargs["threads_per_worker"] == 1 and kwargs["processes"] is True
+    assert kwargs["env"] == {"PREFECT_API_URL": prefect_api}
+    assert build_task_runner(RunnerConfig(kind="dask", address="tcp://10.0.0.1:8786")).address == "tcp://10.0.0.1:8786"
 
 
 def test_ray_without_the_extra_says_how_to_install():

@@ -27,7 +27,7 @@ SKIPPED = re.compile(r"generate-combinations: (\d+) of (\d+) generations already
 
 def _catalog_with_masks(root, model_dir) -> str:
     """Eight subjects with random 1 % masks on the tiny model (discovery is not what is tested here)."""
-    from cones_tasks.config import DiscoveryParams, mask_params
+    from cones_tasks.config import FitObjective, mask_params
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.neurons.masks import ConceptMask
     from cones_tasks.neurons.space import NeuronSpace
@@ -40,13 +40,14 @@ def _catalog_with_masks(root, model_dir) -> str:
     for i, subject in enumerate(SUBJECTS):
         catalog.write_subject(subject, class_word=("circle", "square", "triangle")[i % 3])
         indices = rng.choice(space.size, size=max(1, space.size // 100), replace=False)
-        catalog.write_mask(subject=subject, mask=ConceptMask.from_indices(space, indices), params=mask_params(DiscoveryParams(), seed=0))
+        catalog.write_mask(subject=subject, mask=ConceptMask.from_indices(space, indices), params=mask_params(FitObjective(), seed=0))
     return uri
 
 
 def _planned_ids(config: dict) -> set[str]:
     from cones_tasks.config import GenerateConfig
-    from flows.generate_combinations import PlanTally, plan_chunks, resolve_masks
+    from catalog.planning import PlanTally, plan_chunks
+    from flows.generate_combinations import resolve_masks
 
     parsed = GenerateConfig.model_validate({**config, "catalog": config["catalog"] + "-empty"})
     resolved = resolve_masks.fn(config["catalog"], parsed.model, parsed.subjects, parsed.discovery, parsed.discovery_seed)
@@ -86,16 +87,16 @@ def test_a_killed_sampled_run_rerun_completes_the_same_combinations(tmp_path, ti
 
 
 def test_resolve_masks_finds_every_subject_in_two_queries_and_names_the_missing(tmp_path, tiny_model_dir):
-    from cones_tasks.config import DiscoveryParams, ModelRef
+    from cones_tasks.config import FitObjective, ModelRef
     from flows.generate_combinations import MissingMaskError, resolve_masks
 
     uri = _catalog_with_masks(tmp_path, tiny_model_dir)
     model = ModelRef(path=str(tiny_model_dir))
-    resolved = resolve_masks.fn(uri, model, tuple(SUBJECTS), DiscoveryParams(), 0)
-    assert list(resolved["class_words"]) == SUBJECTS and resolved["class_words"]["subject-4"] == "square"
+    resolved = resolve_masks.fn(uri, model, tuple(SUBJECTS), FitObjective(), 0)
+    assert list(resolved.class_words) == SUBJECTS and resolved.class_words["subject-4"] == "square"
     stored = {m["subject"]: m["mask_id"] for m in load_catalog(uri).query("SELECT subject, mask_id FROM concept_masks").to_pylist()}
-    assert resolved["mask_ids"] == stored
+    assert resolved.mask_ids == stored
     with pytest.raises(MissingMaskError, match=r"no concept mask for \['subject-9'\]"):
-        resolve_masks.fn(uri, model, (*SUBJECTS, "subject-9"), DiscoveryParams(), 0)
+        resolve_masks.fn(uri, model, (*SUBJECTS, "subject-9"), FitObjective(), 0)
     with pytest.raises(MissingMaskError):
-        resolve_masks.fn(uri, model, tuple(SUBJECTS), DiscoveryParams(), 1)  # masks of another discovery seed
+        resolve_masks.fn(uri, model, tuple(SUBJECTS), FitObjective(), 1)  # masks of another discovery seed

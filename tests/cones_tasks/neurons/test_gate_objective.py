@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.discovery import discover_concept_neurons
+from cones_tasks.neurons.objectives import GateObjective
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 
 
@@ -28,8 +29,7 @@ def references():
 @pytest.fixture(scope="module")
 def gate_run(model, references):
     images, prompts, word = references
-    params = DiscoveryParams(objective="gate", density=0.02, learning_rate=0.05, key_step=1.0, steps=10, rounds=3,
-                             batch_size=4)
+    params = GateObjective(density=0.02, learning_rate=0.05, key_step=1.0, steps=10, rounds=3, batch_size=4)
     before = {n: p.detach().clone() for n, p in model.unet.named_parameters()}
     result = discover_concept_neurons(model, images, prompts, params, class_word=word, seed=0, progress=False)
     return params, result, before
@@ -54,4 +54,4 @@ def test_gate_is_deterministic_and_leaves_the_unet_alone(model, references, gate
 
 def test_gate_needs_the_word_scope():
     with pytest.raises(ValueError, match="objective 'gate'.*needs scope 'word'"):
-        DiscoveryParams(objective="gate", scope="prompt")
+        GateObjective(scope="prompt")

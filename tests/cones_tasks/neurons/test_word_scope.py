@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from cones_tasks.neurons.composition import check_composition, compose
-from cones_tasks.neurons.discovery import DiscoveryParams, discover_concept_neurons
+from cones_tasks.neurons.discovery import discover_concept_neurons
+from cones_tasks.neurons.objectives import FitObjective, PromptScoreObjective, WordScoreObjective, parse_discovery
 from cones_tasks.neurons.masks import ConceptMask, per_sample
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import WordMask, class_phrase_states, word_row_edits
@@ -108,18 +109,24 @@ def test_a_batch_mixing_strategies_equals_one_image_at_a_time_and_weights_come_b
 
 
 def test_compositions_need_masks_discovered_for_them():
-    check_composition("token", DiscoveryParams())
-    check_composition("union", DiscoveryParams(scope="prompt", objective="score"))
-    with pytest.raises(ValueError, match="set discovery.scope to 'word'"):
-        check_composition("token", DiscoveryParams(scope="prompt", objective="score"))
+    check_composition("token", FitObjective())
+    check_composition("token", WordScoreObjective())
+    check_composition("union", PromptScoreObjective())
+    with pytest.raises(ValueError, match=r"set discovery to \{objective: fit\} \(the default\)"):
+        check_composition("token", PromptScoreObjective())
+    with pytest.raises(ValueError, match=r"set discovery to \{objective: score, scope: prompt\}"):
+        check_composition("union", FitObjective())
     with pytest.raises(ValueError, match="objective 'fit'.*needs scope 'word'"):
-        DiscoveryParams(scope="prompt")
+        FitObjective(scope="prompt")
+    with pytest.raises(ValueError, match="objective 'fit'.*needs scope 'word'"):
+        parse_discovery({"scope": "prompt"})  # no objective: fit, the default
 
 
 @pytest.mark.parametrize("objective", ["fit", "score"])
 def test_word_discovery_lowers_the_loss_under_its_edit_and_leaves_the_unet_alone(model, space, subject, objective):
     images, prompts = subject
-    params = DiscoveryParams(objective=objective, steps=6, rounds=2, batch_size=4, threshold_value=0.02)
+    params = (FitObjective(steps=6, rounds=2, batch_size=4) if objective == "fit"
+              else WordScoreObjective(steps=6, rounds=2, batch_size=4, threshold_value=0.02))
     before = {k: v.detach().clone() for k, v in model.unet.state_dict().items()}
     result = discover_concept_neurons(model, images, prompts, params, class_word="triangle", seed=0, progress=False)
     again = discover_concept_neurons(model, images, prompts, params, class_word="triangle", seed=0, progress=False)
@@ -140,7 +147,7 @@ def test_fit_edit_drawn_by_the_mask_beats_no_mask_on_the_references(model, space
     from cones_tasks.neurons.noising import images_to_model_inputs, noised_batch, training_scheduler
 
     images, prompts = subject
-    params = DiscoveryParams(steps=40, rounds=1, batch_size=4)
+    params = FitObjective(steps=40, rounds=1, batch_size=4)
     mask = discover_concept_neurons(model, images, prompts, params, class_word="triangle", seed=0, progress=False).mask
     gen = torch.Generator().manual_seed(5)
     x0 = images_to_model_inputs(model, images, generator=gen).repeat(8, 1, 1, 1)
