@@ -20,17 +20,13 @@ REPO = Path(__file__).resolve().parents[2]
 # Extras a plain `pip install cones` leaves out: the venv below is made unable to import them.
 NOT_INSTALLED = ("peft", "moto")
 # Loaded by the test venv's site-packages at start-up: the packages above, though present in the venv its
-# dependencies come from, cannot be imported (ModuleNotFoundError, as when they are not installed).
+# dependencies come from, look absent: `import` raises ModuleNotFoundError and importlib.util.find_spec returns
+# None (a None in sys.modules), which is how libraries probe for optional packages (diffusers' is_peft_available).
 _BLOCKER = f"""
 import sys
 
-class _NotInstalled:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {NOT_INSTALLED!r}:
-            raise ModuleNotFoundError(f"No module named {{name!r}} (not installed: cones without extras)", name=name)
-        return None
-
-sys.meta_path.insert(0, _NotInstalled())
+for name in {NOT_INSTALLED!r}:
+    sys.modules[name] = None
 """
 
 
