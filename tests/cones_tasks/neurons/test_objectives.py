@@ -17,9 +17,9 @@ from cones_tasks.neurons.objectives import (
 )
 
 OBJECTIVES = (FitObjective, GateObjective, PromptScoreObjective, WordScoreObjective)
-# A value other than the default for every field an objective has (objective and scope choose the class).
+# A value other than every objective's default for every field they have (objective and scope choose the class).
 CHANGED = {
-    "steps": 3, "rounds": 2, "batch_size": 5, "learning_rate": 0.05, "key_step": 1.0, "fit_tolerance": 0.01,
+    "steps": 3, "rounds": 2, "batch_size": 5, "learning_rate": 0.07, "key_step": 0.5, "fit_tolerance": 0.01,
     "composed": 1, "threshold": "top_k", "threshold_value": 7, "rho": 0.5, "prior_weight": 1.0, "attention": "both",
     "eval_draws": 1, "density": 0.05,
 }
@@ -94,6 +94,6 @@ def test_legacy_flat_params_read_as_todays_identity():
     # written once `density` had come with the gate objective: sixteen fields, the gate's read as a gate
     gate = {**flat, "objective": "gate", "density": 0.02}
     assert legacy_mask_identity({"discovery": gate, "seed": 0}) == mask_params(
-        GateObjective(steps=2, batch_size=2, rounds=1, density=0.02), seed=0
+        GateObjective(steps=2, batch_size=2, rounds=1, density=0.02, learning_rate=0.1, key_step=0.2), seed=0
     )
     assert legacy_mask_identity({"discovery": {**flat, "density": 0.5}, "seed": 0}) == mask_params(fit, seed=0)
