@@ -1,22 +1,25 @@
 """Load a diffusion model (diffusers folder layout) and a CLIP scorer (open_clip), local files only.
 
-One code path for the toy model and a real Stable Diffusion checkpoint: the
+One code path for the toy model and a real Stable Diffusion checkpoint (1.x, 2.x or XL): the
 folder's `model_index.json` names each component's library and class, as `DiffusionPipeline`
-does; nothing here knows which model it is given.
+does; nothing here knows which model it is given. Text goes through the stock diffusers
+pipeline's own `encode_prompt` and images through its denoising loop (`DiffusionModel.pipeline`),
+so what Cones discovers on and generates with is what a user's StableDiffusion(XL)Pipeline computes.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 REQUIRED_COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
-OPTIONAL_COMPONENTS = ("vae",)
+# SDXL adds a second text encoder and tokenizer (their states are concatenated, the second one's pooled)
+OPTIONAL_COMPONENTS = ("vae", "text_encoder_2", "tokenizer_2")
 # model_index.json names classes to import; only these libraries may be named (a config
 # file must not be able to import arbitrary code).
 ALLOWED_LIBRARIES = ("diffusers", "transformers")
@@ -27,7 +30,9 @@ TRUST_PICKLE_HINT = (
     "If you trust the source, opt in: trust_pickle=True in Python, `trust_pickle: true` on the config's "
     "model (ModelRef) or scoring.clip (ClipRef), or `cones run <flow> --config FILE --trust-pickle`."
 )
-WEIGHTED_COMPONENTS = ("unet", "text_encoder", "vae")
+WEIGHTED_COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
+# model_index.json settings (not components) that the pipelines take as arguments
+PIPELINE_OPTIONS = ("force_zeros_for_empty_prompt",)
 
 
 class ModelLoadError(ValueError):
@@ -44,6 +49,66 @@ class DiffusionModel:
     scheduler: Any
     vae: Any | None
     source: str
+    text_encoder_2: Any | None = None  # SDXL
+    tokenizer_2: Any | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # PIPELINE_OPTIONS from model_index.json
+
+    @classmethod
+    def from_pipeline(cls, pipe) -> DiffusionModel:
+        """The components of a diffusers StableDiffusion(XL)Pipeline, shared with it (not copied)."""
+        missing = [c for c in ("unet", "text_encoder", "tokenizer") if getattr(pipe, c, None) is None]
+        if missing:
+            raise TypeError(
+                f"{type(pipe).__name__} has no {', '.join(missing)}: pass a text-to-image pipeline such as "
+                "StableDiffusionPipeline or StableDiffusionXLPipeline"
+            )
+        config = getattr(pipe, "config", {})
+        return cls(
+            unet=pipe.unet, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, scheduler=pipe.scheduler,
+            vae=getattr(pipe, "vae", None), source=getattr(pipe, "name_or_path", None) or type(pipe).__name__,
+            text_encoder_2=getattr(pipe, "text_encoder_2", None), tokenizer_2=getattr(pipe, "tokenizer_2", None),
+            options={k: config[k] for k in PIPELINE_OPTIONS if k in config},
+        )
+
+    @property
+    def xl(self) -> bool:
+        """Two text encoders, pooled text embeddings and added time ids (Stable Diffusion XL)."""
+        return self.text_encoder_2 is not None
+
+    @property
+    def tokenizers(self) -> list[Any]:
+        """Every tokenizer the prompt goes through (SDXL: two, whose token rows must agree)."""
+        return [self.tokenizer] + ([self.tokenizer_2] if self.tokenizer_2 is not None else [])
+
+    def pipeline(self, scheduler: Any | None = None):
+        """A stock diffusers pipeline over these components (shared, not copied), progress bar off.
+
+        StableDiffusionXLPipeline when there is a second text encoder, else StableDiffusionPipeline (a
+        pixel-space model without a VAE runs it with output_type="latent"). The scheduler is set after
+        construction: the pipelines' constructors rewrite an old scheduler config (steps_offset,
+        clip_sample), and Cones samples with exactly the scheduler it was given. A new pipeline per
+        call: pipelines keep per-call state on themselves (guidance scale, cross_attention_kwargs), so
+        one shared between threads would mix their calls.
+        """
+        if self.xl:
+            from diffusers import StableDiffusionXLPipeline
+
+            pipe = StableDiffusionXLPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, text_encoder_2=self.text_encoder_2,
+                tokenizer=self.tokenizer, tokenizer_2=self.tokenizer_2, unet=self.unet, scheduler=None,
+                force_zeros_for_empty_prompt=self.options.get("force_zeros_for_empty_prompt", True),
+                add_watermarker=False,
+            )
+        else:
+            from diffusers import StableDiffusionPipeline
+
+            pipe = StableDiffusionPipeline(
+                vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet, scheduler=None,
+                safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            )
+        pipe.scheduler = scheduler if scheduler is not None else self.scheduler
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     @property
     def device(self) -> torch.device:
@@ -65,15 +130,29 @@ class DiffusionModel:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Per-token text states [B, T, D] — what the UNet's cross-attention K/V read."""
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.text_encoder.device)
-        return self.text_encoder(ids)[0].to(self.dtype)
+        """Per-token text states [B, T, D] — what the UNet's cross-attention K/V read (the pipeline's encode_prompt)."""
+        return self.conditions(prompts)[0]
+
+    @torch.no_grad()
+    def conditions(self, prompts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """(text states [B, T, D], the UNet's added_cond_kwargs or None), as the stock pipeline computes them.
+
+        SDXL: the two encoders' penultimate states side by side, and {"text_embeds": pooled [B, P],
+        "time_ids": [B, 6]} with the time ids of an uncropped image at the model's resolution, the
+        ones the pipeline uses by default.
+        """
+        pipe = self.pipeline()
+        if not self.xl:
+            states, _ = pipe.encode_prompt(list(prompts), self.device, 1, False)
+            return states.to(self.dtype), None
+        states, _, pooled, _ = pipe.encode_prompt(
+            prompt=list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        )
+        # (original size, crop top-left, target size): the pipeline's defaults for an image of the model's resolution
+        side = self.resolution
+        time_ids = torch.tensor([[side, side, 0, 0, side, side]], device=self.device, dtype=self.dtype)
+        added = {"text_embeds": pooled.to(self.dtype), "time_ids": time_ids.repeat(len(prompts), 1)}
+        return states.to(self.dtype), added
 
 
 def _check_weights(folder: Path, component: str, *, trust_pickle: bool) -> bool:
@@ -143,12 +222,17 @@ def load_diffusion_model(
                     "come from different models; re-export the component with save_pretrained."
                 ) from e
             raise ModelLoadError(f"{component}: could not load {folder}: {e}") from e
+    if (parts["text_encoder_2"] is None) != (parts["tokenizer_2"] is None):
+        raise ModelLoadError(
+            f"{index_path} lists only one of text_encoder_2 and tokenizer_2; an SDXL model needs both (copy the whole folder)"
+        )
     for component in WEIGHTED_COMPONENTS:
         if (module := parts[component]) is not None:
             # dtype only when it changes: diffusers warns on any dtype cast, even float32 to float32
             cast = {} if next(module.parameters()).dtype == dtype else {"dtype": dtype}
             module.to(device=device, **cast).eval().requires_grad_(False)
-    return DiffusionModel(source=str(root), **parts)
+    options = {k: index[k] for k in PIPELINE_OPTIONS if k in index}
+    return DiffusionModel(source=str(root), options=options, **parts)
 
 
 class ClipScorer:

@@ -34,6 +34,7 @@ from cones_tasks.neurons.composed import compose_side_by_side, composed_prompts
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.noising import images_to_model_inputs, model_resolution, noised_batch, training_scheduler
 from cones_tasks.neurons.objectives import DiscoveryParams, FitObjective, PromptScoreObjective
+from cones_tasks.neurons.processor import attached
 from cones_tasks.neurons.scores import round_budget, select_neurons
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_discovery import discover_at_word
@@ -116,7 +117,8 @@ def discover_concept_neurons(
     with frozen_unet(unet):
         if word:
             prompts = _prompts_for(class_prompt, len(problem.x0))
-            mask, extra = discover_at_word(problem, model, space, params, class_word, prompts, gen, bar, mentions=mentions)
+            with attached(unet):  # once for every step: the edits reach the K/V rows through the Cones processor
+                mask, extra = discover_at_word(problem, model, space, params, class_word, prompts, gen, bar, mentions=mentions)
             bar.close()
             losses, rounds, mean_scores = extra.pop("loss_curve"), extra.pop("rounds"), torch.zeros(space.size)
             eval_before, eval_after = None, None  # the every-token eval loss does not apply to a word-scoped mask

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cones_tasks.neurons.masks import ConceptMask, RowEdits, per_sample
+from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.noising import noised_batch
+from cones_tasks.neurons.processor import KWARG, ConceptBatch, RowEdits, attached
 from cones_tasks.neurons.scores import round_budget, select_neurons
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import class_phrase_states, mask_effects
@@ -86,8 +87,9 @@ def _edited_loss(problem, space, edit: dict[str, torch.Tensor], spans, gen) -> t
     b, r = _rows_of_batch(spans, idx, problem.device)
     edits = RowEdits(batch=b, rows=r, values={k: v.repeat(n, 1) for k, v in edit.items()}, batch_size=n)
     text = cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
-    with per_sample(problem.unet, space, [None], row_edits=edits):
-        pred = problem.unet(batch.noisy.to(problem.dtype), batch.timesteps, encoder_hidden_states=text).sample
+    with attached(problem.unet):  # the gradient reaches `edit` through the processor's row edits
+        pred = problem.unet(batch.noisy.to(problem.dtype), batch.timesteps, encoder_hidden_states=text,
+                            cross_attention_kwargs={KWARG: ConceptBatch(space, row_edits=edits)}).sample
     return F.mse_loss(pred.float(), batch.target.float())
 
 

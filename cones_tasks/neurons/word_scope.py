@@ -19,8 +19,8 @@ weights' contribution is taken from the word's own state, and the row keeps what
 around it adds (W · (x_row − s)). Measured on the toy model: the full splice of s into the row
 drew both subjects of a pair 0.06 of the time, this form 0.27, no splice 0.17 (same masks).
 
-The edit is a sparse row update added after the K/V projection, by a removable forward
-(cones_tasks.neurons.masks): the UNet's weights are never written.
+The edit is a sparse row update added after the K/V projection by the Cones attention processor
+(cones_tasks.neurons.processor): the UNet's weights are never written.
 """
 
 from __future__ import annotations
@@ -78,14 +78,13 @@ def mask_effects(unet, space: NeuronSpace, mask: ConceptMask, states: torch.Tens
 
 
 def word_row_edits(
-    model, space: NeuronSpace, prompts: Sequence[str], subjects: Sequence[Sequence[WordMask]], *, batch_offset: int = 0,
-    batch_size: int | None = None,
+    model, space: NeuronSpace, prompts: Sequence[str], subjects: Sequence[Sequence[WordMask]]
 ) -> RowEdits | None:
     """The row edits that apply each prompt's word-scoped masks at their own class words.
 
-    subjects[i]: the WordMasks of prompt i (empty: nothing at that prompt). Prompt i is UNet batch
-    element batch_offset + i (under classifier-free guidance the conditional half starts at the
-    number of prompts; the unconditional half names no subject and stays unedited). Raises
+    subjects[i]: the WordMasks of prompt i (empty: nothing at that prompt). Prompt i is element i
+    of a UNet call over the prompts, or of the conditional half of a classifier-free-guidance call
+    (RowEdits.offset; the unconditional half names no subject and stays unedited). Raises
     ClassWordNotInPromptError when a prompt does not name a subject's class word.
     """
     if len(subjects) != len(prompts):
@@ -108,8 +107,8 @@ def word_row_edits(
             key = (wm.mask.content_hash, wm.class_word)
             if key not in effects:
                 effects[key] = mask_effects(model.unet, space, wm.mask, states[wm.class_word])
-            mentions.append((batch_offset + i, span, effects[key]))
-    return stack_row_edits(space, mentions, device=next(model.unet.parameters()).device, batch_size=batch_size)
+            mentions.append((i, span, effects[key]))
+    return stack_row_edits(space, mentions, device=next(model.unet.parameters()).device, batch_size=len(prompts))
 
 
 def stack_row_edits(

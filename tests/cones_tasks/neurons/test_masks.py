@@ -9,7 +9,7 @@ import pytest
 import torch
 from neuron_fixtures import TEXT_DIM, TOKENS
 
-from cones_tasks.neurons.masks import ConceptMask, is_masked, per_sample, shut
+from cones_tasks.neurons.masks import ConceptMask, is_attached, per_sample, shut
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 
 
@@ -69,6 +69,7 @@ def test_shut_equals_hand_zeroed_weights_and_restores_bit_for_bit(unet):
     space = NeuronSpace.from_unet(unet, attention="both")
     mask = _random_mask(space, 0.2, 0)
     before = {k: v.clone() for k, v in unet.state_dict().items()}
+    processors = unet.attn_processors
     zeroed = copy.deepcopy(unet)
     with torch.no_grad():
         params = dict(zeroed.named_parameters())
@@ -87,15 +88,16 @@ def test_shut_equals_hand_zeroed_weights_and_restores_bit_for_bit(unet):
     assert not torch.allclose(masked, plain)
     assert torch.equal(after, plain)
     assert all(torch.equal(v, before[k]) for k, v in unet.state_dict().items())
-    assert not any(is_masked(m) or "forward" in m.__dict__ for m in unet.modules())
+    assert not is_attached(unet) and unet.attn_processors == processors  # the UNet's own processors, the same objects
 
 
 def test_shut_removes_hooks_on_error(unet):
     space = NeuronSpace.from_unet(unet)
+    processors = unet.attn_processors
     with pytest.raises(RuntimeError, match="boom"):
         with shut(unet, space, _random_mask(space, 0.1, 0)):
             raise RuntimeError("boom")
-    assert not any(is_masked(m) or "forward" in m.__dict__ for m in unet.modules())
+    assert not is_attached(unet) and unet.attn_processors == processors
 
 
 @pytest.mark.parametrize("attention", ["cross", "both"])
@@ -142,14 +144,14 @@ def test_nested_masks_are_refused_not_silently_overridden(unet):
         with pytest.raises(RuntimeError, match="union"):
             with shut(unet, space, b):
                 pass
-        assert any(is_masked(m) for m in unet.modules())  # the outer block is still in force
-    assert not any(is_masked(m) for m in unet.modules())
+        assert is_attached(unet)  # the outer block is still in force
+    assert not is_attached(unet)
 
 
 def test_uncached_path_and_gradients_match_hand_zeroed(unet, monkeypatch):
-    from cones_tasks.neurons import masks as masks_module
+    from cones_tasks.neurons import processor as processor_module
 
-    monkeypatch.setattr(masks_module._MaskedLinear, "CACHE_BYTES", 0)  # rebuild the masked stack every forward
+    monkeypatch.setattr(processor_module.ConceptBatch, "CACHE_BYTES", 0)  # rebuild the masked stack every forward
     space = NeuronSpace.from_unet(unet)
     mask = _random_mask(space, 0.2, 3)
     x, t, text = _inputs(2)

@@ -11,6 +11,7 @@ from cones_tasks.neurons.composition import check_composition, compose
 from cones_tasks.neurons.discovery import discover_concept_neurons
 from cones_tasks.neurons.objectives import FitObjective, PromptScoreObjective, WordScoreObjective, parse_discovery
 from cones_tasks.neurons.masks import ConceptMask, per_sample
+from cones_tasks.neurons.processor import ConceptBatch
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import WordMask, class_phrase_states, word_row_edits
 from cones_tasks.neurons.words import ClassWordNotInPromptError, word_rows
@@ -64,12 +65,11 @@ def test_a_word_mask_shuts_its_neurons_at_its_word_row_and_nowhere_else(model, s
     mask = _random_mask(space, 0.05, 1)
     prompt = "a triangle and a circle"
     text = model.encode_prompts([prompt])  # [1, T, D]
-    edits = word_row_edits(model, space, [prompt], [[WordMask(mask, "triangle")]], batch_size=1)
+    edits = word_row_edits(model, space, [prompt], [[WordMask(mask, "triangle")]])
     e = space.entries[0]
     module = space.modules(model.unet)[e.name]
     plain = F.linear(text, module.weight, module.bias)
-    with per_sample(model.unet, space, [None], row_edits=edits):
-        edited = module(text)
+    edited = ConceptBatch(space, [None], edits).project(e.name, module, text)  # what the processor's to_k/to_v return
     zeroed = module.weight.detach().clone().reshape(-1)
     zeroed[torch.from_numpy(space.locate(mask.indices)[e.name])] = 0
     by_hand = F.linear(text[0, 2], zeroed.view_as(module.weight), module.bias)
@@ -153,7 +153,7 @@ def test_fit_edit_drawn_by_the_mask_beats_no_mask_on_the_references(model, space
     x0 = images_to_model_inputs(model, images, generator=gen).repeat(8, 1, 1, 1)
     batch = noised_batch(training_scheduler(model.scheduler), x0, generator=gen)
     text = model.encode_prompts(prompts * 8)
-    edits = word_row_edits(model, space, prompts * 8, [[WordMask(mask, "triangle")]] * len(x0), batch_size=len(x0))
+    edits = word_row_edits(model, space, prompts * 8, [[WordMask(mask, "triangle")]] * len(x0))
 
     def loss() -> float:
         with torch.no_grad():
