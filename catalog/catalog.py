@@ -315,6 +315,10 @@ class Catalog:
         found = self._masks_where("mask_id = ?", [mask_id_for(subject, model_fingerprint, params_hash)])
         return found[0] if found else None
 
+    def subject_masks(self, subject: str) -> list[StoredMask]:
+        """Every mask of `subject` (any model, any discovery parameters), ordered by mask id."""
+        return sorted(self._masks_where("subject = ?", [subject]), key=lambda m: m.mask_id)
+
     def get_mask(self, mask_id: str) -> StoredMask:
         found = self._masks_where("mask_id = ?", [mask_id])
         if not found:

@@ -154,8 +154,9 @@ class _ProcessGpuSlot:
     Measured with Prefect 3.9 on its SQLite server: re-acquiring a slot right after releasing
     one is answered 503 and retried ~2 s later, every time. Per batch that left the model idle
     2 s between batches (13 % of the fan-out benchmark). Threads of one process share one model
-    and queue on its lock anyway, so the process keeps its slot while threads are queued and
-    gives it back when the last one is done: the limit counts processes on the device.
+    (generating together, or queued on its lock behind a discovery), so the process keeps its slot
+    while any thread uses or awaits it and gives it back when the last one is done: the limit
+    counts processes on the device.
     """
 
     def __init__(self) -> None:
@@ -216,6 +217,48 @@ def _artifact_key(label: str) -> str:
 _cache_lock = threading.Lock()
 
 
+class _ModelLock:
+    """Readers share a loaded model; a writer has it alone (writers first once one waits).
+
+    Generation only reads the UNet: its concepts travel in each call's cross_attention_kwargs
+    (cones_tasks.neurons.processor), so generation threads share the model, and so does hashing
+    its weights. Discovery swaps K/V weights into the modules for its forwards
+    (torch.func.functional_call), which a concurrent reader would see, so it holds the model alone.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._writing and not self._writers_waiting)
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            self._cond.wait_for(lambda: not self._writing and not self._readers)
+            self._writers_waiting -= 1
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
 @functools.lru_cache(maxsize=2)
 def _load_model(ref: ModelRef, pid: int):
     import torch
@@ -223,7 +266,7 @@ def _load_model(ref: ModelRef, pid: int):
     from cones_tasks.loading import load_diffusion_model
 
     model = load_diffusion_model(ref.path, device=ref.device, dtype=getattr(torch, ref.dtype), trust_pickle=ref.trust_pickle)
-    return model, threading.Lock()
+    return model, _ModelLock()
 
 
 @functools.lru_cache(maxsize=2)
@@ -244,15 +287,18 @@ def _exclusive(loaded) -> Iterator[Any]:
         yield model
 
 
-def model_session(ref: ModelRef):
-    """The diffusion model for `ref`, loaded once per process, held exclusively inside one `gpu` slot.
+@contextlib.contextmanager
+def model_session(ref: ModelRef, *, shared: bool = False) -> Iterator[Any]:
+    """The diffusion model for `ref`, loaded once per process, held inside one `gpu` slot.
 
-    Exclusive because mask hooks (cones_tasks.neurons.masks) are installed on the shared UNet:
-    two threads masking the same module at once would see each other's masks.
+    shared: for work that only reads the model (generation: concepts travel per call, never in the
+    modules), so threads of one process generate at once. Otherwise the model is held alone
+    (discovery: see _ModelLock).
     """
     with _cache_lock:
-        loaded = _load_model(ref, os.getpid())
-    return _exclusive(loaded)
+        model, lock = _load_model(ref, os.getpid())
+    with _process_gpu_slot(), (lock.shared() if shared else lock.exclusive()):
+        yield model
 
 
 def clip_session(ref: ClipRef):
@@ -305,7 +351,7 @@ def _space(ref: ModelRef, attention: str, pid: int):
 
     with _cache_lock:
         model, lock = _load_model(ref, pid)
-    with lock:  # no mask hooks installed while the weights are hashed
+    with lock.shared():  # not while a discovery has its own K/V weights swapped in
         return NeuronSpace.from_unet(model.unet, attention=attention)
 
 

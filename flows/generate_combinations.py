@@ -79,7 +79,9 @@ def generate_batch(
     subject_masks = {mid: ConceptMask.from_bytes(m.blob, space_fingerprint=m.model_fingerprint) for mid, m in stored.items()}
     images = []
     space = neuron_space(model_ref, attention)
-    with model_session(model_ref) as model:  # hold the model (and a gpu slot) only while sampling
+    # shared: concepts travel in each call's kwargs, so batches of one process sample the model at once;
+    # the gpu slot is held only while sampling
+    with model_session(model_ref, shared=True) as model:
         for chunk in batched(items, grid.sample_batch):
             # subjects in prompt order with their class words: token composition finds each one's word by it
             applied = [

@@ -42,7 +42,7 @@ from cones_tasks.sampling import sample
 
 __all__ = [
     "DiscoveryParams", "DiscoveryProblem", "DiscoveryResult", "concept_loss", "discover_concept_neurons", "frozen_unet",
-    "initial_loss_scale", "refine_union", "subject_loss",
+    "initial_loss_scale", "refine_union", "subject_loss", "text_conditions",
 ]
 
 
@@ -262,18 +262,45 @@ def refine_union(
     return DiscoveryResult(mask=mask, report=report, scores=mean_scores.numpy())
 
 
-def concept_loss(unet: nn.Module, batch, cond: torch.Tensor, overrides: dict[str, torch.Tensor]) -> torch.Tensor:
+def concept_loss(unet: nn.Module, batch, cond: torch.Tensor, overrides: dict[str, torch.Tensor],
+                 added: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """MSE (fp32) between the UNet's prediction and the batch target, K/V weights taken from `overrides`.
 
-    cond: [1, T, D] (broadcast to the batch) or [B, T, D].
+    cond: [1, T, D] (broadcast to the batch) or [B, T, D]. added: the UNet's added_cond_kwargs
+    (SDXL's pooled text embeddings and time ids), rows as cond's, or None.
     """
     dtype = cond.dtype
-    text = cond.expand(batch.noisy.shape[0], -1, -1) if cond.shape[0] == 1 else cond
+    n = batch.noisy.shape[0]
+    text = cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
+    kwargs: dict[str, Any] = {"encoder_hidden_states": text}
+    if added is not None:
+        kwargs["added_cond_kwargs"] = _broadcast(added, n)
     # tie_weights=False: K/V projections are never tied, and the tie search walks every parameter
     # of the UNet in Python on each call (1.7 ms of a 686-parameter SD-1.5 UNet, measured on CPU).
-    pred = functional_call(unet, overrides, (batch.noisy.to(dtype), batch.timesteps), {"encoder_hidden_states": text},
-                           tie_weights=False).sample
+    pred = functional_call(unet, overrides, (batch.noisy.to(dtype), batch.timesteps), kwargs, tie_weights=False).sample
     return F.mse_loss(pred.float(), batch.target.float())
+
+
+def text_conditions(model, prompts: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+    """(text states [B, T, D], added_cond_kwargs or None): what the UNet is conditioned on for `prompts`.
+
+    A model without added conditions (anything with only `encode_prompts`) gets None.
+    """
+    conditions = getattr(model, "conditions", None)
+    if conditions is None:
+        return model.encode_prompts(list(prompts)), None
+    return conditions(list(prompts))
+
+
+def _broadcast(added: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {k: v.expand(n, *v.shape[1:]) if v.shape[0] == 1 else v for k, v in added.items()}
+
+
+def _take(added: dict[str, torch.Tensor] | None, idx: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """The rows of per-image added conditions for the drawn images (one shared row stays as it is)."""
+    if added is None:
+        return None
+    return {k: v if v.shape[0] == 1 else v[idx.to(v.device)] for k, v in added.items()}
 
 
 # ---------------------------------------------------------------- the problem a step solves
@@ -301,6 +328,8 @@ class DiscoveryProblem:
     _order: list[int] = field(default_factory=list)
     loss_scale: float = 1.0  # set to 2**16 for fp16 UNets in build (see _grads)
     prior_cond: torch.Tensor | None = None  # the prior images' prompt, [1, T, D]
+    added: dict[str, torch.Tensor] | None = None  # SDXL's added_cond_kwargs, rows as cond's
+    prior_added: dict[str, torch.Tensor] | None = None
 
     @classmethod
     def build(cls, model, space, images, class_prompt, prior_images, prior_weight, batch_size, gen, *,
@@ -310,15 +339,21 @@ class DiscoveryProblem:
         x0 = images_to_model_inputs(model, images, generator=gen)
         prior = images_to_model_inputs(model, prior_images, generator=gen) if prior_weight > 0 else None
         with torch.no_grad():
-            cond = model.encode_prompts(_prompts_for(class_prompt, len(x0))).to(first.device, first.dtype)
-            prior_cond = None
+            cond, added = text_conditions(model, _prompts_for(class_prompt, len(x0)))
+            cond = cond.to(first.device, first.dtype)
+            prior_cond, prior_added = None, None
             if prior is not None:
-                prior_cond = cond if prior_prompt is None else model.encode_prompts([prior_prompt]).to(first.device, first.dtype)
+                prior_cond, prior_added = (cond, added) if prior_prompt is None else text_conditions(model, [prior_prompt])
+                prior_cond = prior_cond.to(first.device, first.dtype)
         modules = space.modules(unet)
         base = {e.name: modules[e.name].weight.detach().float() for e in space.entries}
         return cls(unet, space, training_scheduler(model.scheduler), x0, prior, prior_weight, cond, base,
                    first.dtype, first.device, batch_size, loss_scale=initial_loss_scale(first.dtype),
-                   prior_cond=prior_cond)
+                   prior_cond=prior_cond, added=added, prior_added=prior_added)
+
+    def added_for(self, idx: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """The UNet's added_cond_kwargs for the drawn images `idx` ([n] each), or None."""
+        return None if self.added is None else _broadcast(_take(self.added, idx), len(idx))
 
     def batch_indices(self, n: int, size: int, gen: torch.Generator) -> torch.Tensor:
         # epoch-style: every image is seen once before any repeats (lower-variance scores than iid draws)
@@ -344,11 +379,13 @@ class DiscoveryProblem:
         overrides = {k: v.to(self.dtype) for k, v in theta.items()}
         idx = self.batch_indices(self.x0.shape[0], self.batch_size, gen)
         cond = self.cond if self.cond.shape[0] == 1 else self.cond[idx]  # one prompt, or one per image
-        loss = concept_loss(self.unet, noised_batch(self.scheduler, self.x0[idx], generator=gen), cond, overrides)
+        loss = concept_loss(self.unet, noised_batch(self.scheduler, self.x0[idx], generator=gen), cond, overrides,
+                            self.added_for(idx))
         if self.prior is not None:
             pidx = torch.randint(0, self.prior.shape[0], (len(idx),), generator=gen)
             loss = loss + self.prior_weight * concept_loss(
-                self.unet, noised_batch(self.scheduler, self.prior[pidx], generator=gen), self.prior_cond[:1], overrides
+                self.unet, noised_batch(self.scheduler, self.prior[pidx], generator=gen), self.prior_cond[:1], overrides,
+                _take(self.prior_added, torch.zeros(1, dtype=torch.long)),
             )
         grads, scale = self._grads(loss, list(theta.values()))
         with torch.no_grad():
@@ -390,10 +427,13 @@ class DiscoveryProblem:
         overrides = {k: v.to(self.dtype) for k, v in self._weights(shut_layers, None).items()}
         x0 = self.x0.repeat_interleave(draws, dim=0)
         conds = self.cond.repeat_interleave(draws, dim=0).split(_EVAL_CHUNK) if self.cond.shape[0] > 1 else None
+        image = torch.arange(self.x0.shape[0]).repeat_interleave(draws).split(_EVAL_CHUNK)  # each chunk's images
         total = 0.0
         for i, chunk in enumerate(x0.split(_EVAL_CHUNK)):  # fixed: the draws must not depend on batch_size
             cond = self.cond if conds is None else conds[i]
-            total += concept_loss(self.unet, noised_batch(self.scheduler, chunk, generator=gen), cond, overrides).item() * len(chunk)
+            loss = concept_loss(self.unet, noised_batch(self.scheduler, chunk, generator=gen), cond, overrides,
+                                self.added_for(image[i]))
+            total += loss.item() * len(chunk)
         return total / len(x0)
 
 

@@ -35,7 +35,7 @@ from cones_tasks.neurons.processor import KWARG, ConceptBatch, RowEdits, attache
 from cones_tasks.neurons.scores import round_budget, select_neurons
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import class_phrase_states, mask_effects
-from cones_tasks.neurons.words import word_rows
+from cones_tasks.neurons.words import text_tokenizers, word_rows
 
 __all__ = ["discover_at_word", "project_edit"]
 
@@ -53,7 +53,7 @@ def discover_at_word(
     """
     states = class_phrase_states(model, class_word).to(problem.device)  # [R, D]
     mentions = list(mentions) if mentions is not None else [0] * len(prompts)
-    spans = [word_rows(model.tokenizer, p, [class_word] * (m + 1))[m] for p, m in zip(prompts, mentions)]
+    spans = [word_rows(text_tokenizers(model), p, [class_word] * (m + 1))[m] for p, m in zip(prompts, mentions)]
     if len({len(s) for s in spans}) != 1:
         raise ValueError(f"class word {class_word!r} tokenizes differently across the reference prompts {list(prompts)}")
     if params.objective == "gate":
@@ -89,6 +89,7 @@ def _edited_loss(problem, space, edit: dict[str, torch.Tensor], spans, gen) -> t
     text = cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
     with attached(problem.unet):  # the gradient reaches `edit` through the processor's row edits
         pred = problem.unet(batch.noisy.to(problem.dtype), batch.timesteps, encoder_hidden_states=text,
+                            added_cond_kwargs=problem.added_for(idx),
                             cross_attention_kwargs={KWARG: ConceptBatch(space, row_edits=edits)}).sample
     return F.mse_loss(pred.float(), batch.target.float())
 

@@ -33,7 +33,7 @@ import torch
 from cones_tasks.combinations import class_phrase
 from cones_tasks.neurons.masks import ConceptMask, RowEdits
 from cones_tasks.neurons.space import NeuronSpace
-from cones_tasks.neurons.words import word_rows
+from cones_tasks.neurons.words import text_tokenizers, word_rows
 
 __all__ = ["WordMask", "class_phrase_states", "mask_effects", "stack_row_edits", "word_row_edits"]
 
@@ -49,7 +49,7 @@ class WordMask:
 def class_phrase_states(model, class_word: str) -> torch.Tensor:
     """The class word's own text states [R, D]: its rows when the prompt is its class phrase ("a dog")."""
     phrase = class_phrase(class_word)
-    (rows,) = word_rows(model.tokenizer, phrase, [class_word])
+    (rows,) = word_rows(text_tokenizers(model), phrase, [class_word])
     states = model.encode_prompts([phrase])[0]  # [T, D]
     return states[list(rows)].float()
 
@@ -100,7 +100,7 @@ def word_row_edits(
     for i, (prompt, scoped) in enumerate(zip(prompts, subjects)):
         if not scoped:
             continue
-        spans = word_rows(model.tokenizer, prompt, [wm.class_word for wm in scoped])
+        spans = word_rows(text_tokenizers(model), prompt, [wm.class_word for wm in scoped])
         for wm, span in zip(scoped, spans):
             if wm.class_word not in states:
                 states[wm.class_word] = class_phrase_states(model, wm.class_word)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["ClassWordNotInPromptError", "word_rows", "word_token_ids"]
+__all__ = ["ClassWordNotInPromptError", "text_tokenizers", "word_rows", "word_token_ids"]
 
 
 class ClassWordNotInPromptError(ValueError):
@@ -31,13 +31,30 @@ def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     return list(tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids)
 
 
+def text_tokenizers(model) -> list:
+    """Every tokenizer a model's prompts go through (SDXL: two, DiffusionModel.tokenizers)."""
+    return list(getattr(model, "tokenizers", None) or [model.tokenizer])
+
+
 def word_rows(tokenizer, prompt: str, words: Sequence[str]) -> list[tuple[int, ...]]:
     """Token rows of each word in `words`, in the order given.
 
     A word given n times gets its first n mentions in the prompt, left to right, so the subjects
     of "a circle and a circle" own one mention each. Raises ClassWordNotInPromptError when a word
     is not in the prompt (or not as often as it is given), or was cut off by the tokenizer's length.
+
+    tokenizer: one tokenizer, or a list of them (SDXL's two, text_tokenizers): the UNet reads their
+    states side by side, row by row, so a word's rows must be the same in each; they are found
+    through every tokenizer and a disagreement is refused.
     """
+    if isinstance(tokenizer, (list, tuple)):
+        found = [word_rows(t, prompt, words) for t in tokenizer]
+        if any(rows != found[0] for rows in found[1:]):
+            raise ValueError(
+                f"the model's tokenizers put the class words {list(words)} of prompt {prompt!r} at different token rows "
+                f"({found}); token composition needs them at the same rows in every text encoder's states"
+            )
+        return found[0]
     ids = _prompt_ids(tokenizer, prompt)
     used: dict[str, int] = {}
     rows: list[tuple[int, ...]] = []

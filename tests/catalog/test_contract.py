@@ -77,6 +77,7 @@ def test_masks_write_find_and_decode(catalog, space, make_mask):
     assert found.fraction == pytest.approx(mask.fraction)
     assert found.params == PARAMS and found.stats == {"loss": [1.0, 0.5]}
     assert catalog.find_mask(subject="cat", model_fingerprint=space.fingerprint, params_hash=params_hash(PARAMS)) is None
+    assert [m.mask_id for m in catalog.subject_masks("dog")] == [mask_id] and catalog.subject_masks("cat") == []
     # Same subject, model and params -> same id: a re-run does not add a row.
     assert catalog.write_mask(subject="dog", mask=mask, params=dict(reversed(PARAMS.items()))) == mask_id
     assert catalog.query("SELECT count(*) AS n FROM concept_masks").to_pylist() == [{"n": 1}]

@@ -99,3 +99,35 @@ def test_transient_errors_are_retried_and_bad_input_fails_at_once(prefect_api):
     result = _retry_probe()
     assert result["io"] == 2  # failed once with OSError, succeeded on the retry
     assert isinstance(result["bad"], ValueError) and _attempts["bad-input"] == 1
+
+
+def test_model_lock_lets_readers_share_and_keeps_a_writer_alone():
+    """Generation threads share a loaded model; a discovery (writer) waits for them and runs alone."""
+    import threading
+    import time
+
+    from flows._runtime import _ModelLock
+
+    lock = _ModelLock()
+    inside: list[str] = []
+    peak = {"readers": 0, "with_writer": 0}
+    guard = threading.Lock()
+
+    def use(kind: str) -> None:
+        with lock.shared() if kind == "read" else lock.exclusive():
+            with guard:
+                inside.append(kind)
+                peak["readers"] = max(peak["readers"], inside.count("read"))
+                if "write" in inside and len(inside) > 1:
+                    peak["with_writer"] += 1
+            time.sleep(0.05)
+            with guard:
+                inside.remove(kind)
+
+    threads = [threading.Thread(target=use, args=(k,)) for k in ["read"] * 3 + ["write"] + ["read"] * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak["readers"] >= 2  # readers overlapped
+    assert peak["with_writer"] == 0  # nobody was inside with the writer
