@@ -71,7 +71,8 @@ def generate(
     ] = None,
     as_json: AsJson = False,
 ) -> None:
-    """Images/s: per-sample masked batch vs unmasked batch vs one at a time with shut; target masked ≥ 0.9 × unmasked."""
+    """Images/s: per-sample masked batch (Cones attention processor, concepts in cross_attention_kwargs) vs unmasked batch
+    vs one at a time; target masked ≥ 0.9 × unmasked."""
     from cones_lab.benchmarks import bench_generate
 
     if composition is not None and composition not in ("union", "token"):

@@ -5,7 +5,9 @@
   (forward, backward, AdamW), interleaved on the same UNet and batch.
 - `bench_generate`: images/s for B subject combinations denoised as one batch
   with per-sample masks, the same batch unmasked, and the B combinations one
-  at a time with `shut` applied and removed between.
+  at a time. Masks act through the Cones attention processor with each call's
+  ConceptBatch in cross_attention_kwargs, as in a stock pipeline; unmasked is
+  the UNet's own processors, nothing attached.
 
 Random weights and random text embeddings: cost depends on shapes, not values.
 Timings are the minimum over interleaved repeats (timeit's convention): on a
@@ -27,7 +29,8 @@ from torch import nn
 
 from cones_lab.baselines.lora import lora_adapter
 from cones_tasks.neurons.discovery import DiscoveryProblem, frozen_unet, initial_loss_scale
-from cones_tasks.neurons.masks import ConceptMask, per_sample, shut
+from cones_tasks.neurons.masks import ConceptMask
+from cones_tasks.neurons.processor import KWARG, ConceptBatch, attached
 from cones_tasks.neurons.noising import noised_batch
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import mask_effects, stack_row_edits
@@ -196,10 +199,10 @@ def _random_masks(space: NeuronSpace, count: int, density: float, seed: int) -> 
 
 def bench_generate(unet: nn.Module, *, tokens: int, combinations: int = 8, steps: int = 2, density: float = 0.01,
                    guidance_scale: float = 7.5, repeats: int = 5, seed: int = 0, composition: str | None = None) -> dict:
-    """Images/s: B combinations with per-sample masks in one batch vs unmasked vs one at a time with `shut`.
+    """Images/s: B combinations with per-sample masks in one batch vs unmasked vs one at a time.
 
     Each image is a classifier-free-guided DDIM denoise of `steps` steps (batch doubled to
-    [uncond..., cond...], so per_sample's i % B mapping gives both halves of prompt j mask j).
+    [uncond..., cond...], so the ConceptBatch's i % B mapping gives both halves of prompt j mask j).
     """
     from diffusers import DDIMScheduler
 
@@ -215,24 +218,26 @@ def bench_generate(unet: nn.Module, *, tokens: int, combinations: int = 8, steps
     scheduler.set_timesteps(steps)
 
     @torch.inference_mode()
-    def denoise(latents: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def denoise(latents: torch.Tensor, cond: torch.Tensor, concepts: ConceptBatch | None = None) -> torch.Tensor:
         both = torch.cat([uncond[: len(cond)], cond])
+        kwargs = None if concepts is None else {KWARG: concepts}  # one batch for every step, as a pipeline call
         for t in scheduler.timesteps:
-            eps_u, eps_c = unet(torch.cat([latents, latents]), t, encoder_hidden_states=both).sample.chunk(2)
+            eps_u, eps_c = unet(torch.cat([latents, latents]), t, encoder_hidden_states=both,
+                                cross_attention_kwargs=kwargs).sample.chunk(2)
             latents = scheduler.step(eps_u + guidance_scale * (eps_c - eps_u), t, latents).prev_sample
         return latents
 
     def masked() -> None:
-        with per_sample(unet, space, masks):
-            denoise(x_t, text)
+        with attached(unet):
+            denoise(x_t, text, ConceptBatch(space, masks))
 
     def unmasked() -> None:
         denoise(x_t, text)
 
     def sequential() -> None:
-        for i, mask in enumerate(masks):
-            with shut(unet, space, mask):
-                denoise(x_t[i : i + 1], text[i : i + 1])
+        with attached(unet):
+            for i, mask in enumerate(masks):
+                denoise(x_t[i : i + 1], text[i : i + 1], ConceptBatch(space, [mask]))
 
     kinds = {"masked": masked, "unmasked": unmasked, "sequential": sequential}
     if composition is not None:
@@ -270,8 +275,8 @@ def _composition_runs(unet, space, denoise, x_t, text, combinations, density, se
     states = torch.randn(combinations, 2, text.shape[-1], generator=gen).to(text.device)  # each subject's word state [D]
 
     def union() -> None:
-        with per_sample(unet, space, unions):
-            denoise(x_t, text)
+        with attached(unet):
+            denoise(x_t, text, ConceptBatch(space, unions))
 
     def token() -> None:
         # subject j of combination i at row (2, 5)[j] of the conditional half, as word_row_edits stacks them
@@ -280,8 +285,8 @@ def _composition_runs(unet, space, denoise, x_t, text, combinations, density, se
             for i, masks in enumerate(pairs) for j, mask in enumerate(masks)
         ]
         edits = stack_row_edits(space, mentions, device=text.device, batch_size=2 * combinations)
-        with per_sample(unet, space, [None], row_edits=edits):
-            denoise(x_t, text)
+        with attached(unet):
+            denoise(x_t, text, ConceptBatch(space, [None], edits))
 
     runs = {"pair_union": union}
     if composition == "token":

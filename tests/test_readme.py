@@ -1,8 +1,9 @@
 """README.md is the product page: at most 200 lines, its links resolve, and every command and config in
 it runs or validates as written.
 
-Fenced `bash`, `json` and `yaml` blocks preceded by `<!-- runnable -->` (bash) or `<!-- runnable: FLOW -->`
-(a config for `cones run FLOW`; `FLOW.field` for one part of it) are run or validated here. The others
+Fenced `bash`, `python`, `json` and `yaml` blocks preceded by `<!-- runnable -->` (bash, python) or
+`<!-- runnable: FLOW -->` (a config for `cones run FLOW`; `FLOW.field` for one part of it) are run or validated here;
+Python runs on a tiny Stable Diffusion 1.5-style pipeline built locally at the path it names. The others
 are listed in EXEMPT with the test that covers them instead; a new unmarked block fails until it is
 marked or listed.
 """
@@ -23,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 BLOCK = re.compile(r"(?:^<!-- runnable(?:: (?P<target>[\w.]+))? -->\n)?^```(?P<lang>\w+)\n(?P<body>.*?)^```$", re.M | re.S)
 BLOCKS = [(m["lang"], m["body"], m["target"], m.group(0).startswith("<!-- runnable")) for m in BLOCK.finditer(README)]
-CHECKED = ("bash", "json", "yaml")
+CHECKED = ("bash", "python", "json", "yaml")
 
 # First line of an unmarked block -> what covers it instead (too slow, or needs a GPU model or a server).
 EXEMPT = {
@@ -39,8 +40,9 @@ EXEMPT = {
 def test_readme_is_a_product_page_of_at_most_200_lines():
     assert len(README.splitlines()) <= 200
     headings = re.findall(r"^## (.+)$", README, re.M)
-    assert headings == ["Quick start", "Use your own subjects", "Use Stable Diffusion and real CLIP", "Query the catalog",
-                        "Scheduled runs and scaling out", "What we measured", "Layout"]
+    assert headings == ["Quick start", "Use your own subjects", "Use Stable Diffusion and real CLIP",
+                        "Use a concept in your own pipeline", "Query the catalog", "Scheduled runs and scaling out",
+                        "What we measured", "Layout"]
 
 
 def test_links_and_the_picture_resolve():
@@ -98,3 +100,45 @@ def _example(stdout: str) -> dict:
     """The part of stdout `cones config example customize` printed (after init's one-line report)."""
     start = stdout.index("# cones run customize")
     return yaml.safe_load(stdout[start:])
+
+
+def test_python_blocks_run_on_a_tiny_local_pipeline(tmp_path, monkeypatch):
+    """Each Python block runs as written where it expects to be: a tiny SD-1.5-style pipeline saved at the folder it
+    names, and a catalog with two subjects whose concepts the `cones concept export` of its first line writes."""
+    import shlex
+
+    import numpy as np
+    from tiny_pipelines import saved
+    from typer.testing import CliRunner
+
+    from catalog import load_catalog
+    from cones_cli.app import app
+    from cones_tasks.config import DiscoveryParams, mask_params
+    from cones_tasks.neurons.masks import ConceptMask
+    from cones_tasks.neurons.processor import is_attached
+    from cones_tasks.neurons.space import NeuronSpace
+
+    blocks = [body for lang, body, _, marked in BLOCKS if marked and lang == "python"]
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for body in blocks:
+        folder = re.search(r'from_pretrained\("([^"]+)"\)', body)[1]
+        unet = saved("sd15", tmp_path / folder).joinpath("unet")
+        from diffusers import UNet2DConditionModel
+
+        space = NeuronSpace.from_unet(UNet2DConditionModel.from_pretrained(unet))
+        export = shlex.split(next(line for line in body.splitlines() if line.startswith("# cones "))[2:].split("(")[0])
+        catalog = load_catalog(str(tmp_path / export[export.index("--catalog") + 1]))
+        catalog.write_model(space, source=folder)
+        rng = np.random.default_rng(0)
+        for subject, word in (("my-dog", "dog"), ("my-cat", "cat")):
+            catalog.write_subject(subject, class_word=word)
+            mask = ConceptMask.from_indices(space, rng.choice(space.size, space.size // 10, replace=False))
+            catalog.write_mask(subject=subject, mask=mask, params=mask_params(DiscoveryParams(), seed=0))
+            args = [a.replace("my-dog", subject).replace("dog.", f"{word}.") for a in export[1:]]
+            done = CliRunner().invoke(app, args)
+            assert done.exit_code == 0, done.output
+        scope: dict = {}
+        exec(compile(body, "README.md", "exec"), scope)
+        assert len(scope["images"]) == len(scope["prompts"])
+        assert not is_attached(scope["pipe"].unet)
