@@ -255,7 +255,7 @@ class AppliedConcepts:
             raise ValueError(f"got {len(prompts)} prompts but concepts for {len(per_prompt)}; pass one list per prompt")
         masks, words = [], []
         for chosen in per_prompt:
-            unknown = [c for c in chosen if not any(c is a for a in self.concepts)]
+            unknown = [c for c in chosen if c not in self.concepts]
             if unknown:
                 raise ValueError(f"concepts {[c.subject for c in unknown]} are not applied in this block; "
                                  "pass them to apply_concepts")

@@ -281,7 +281,8 @@ class _Attachment:
                 f"the concept batch changes K/V layers this UNet does not have ({sorted(missing)[:3]}): it was built "
                 "for another architecture; build it from NeuronSpace.from_unet(unet)"
             )
-        self.checked.add(batch)
+        with _ATTACH_LOCK:
+            self.checked.add(batch)
 
 
 _ATTACH_LOCK = threading.Lock()
