@@ -39,7 +39,7 @@ def test_sdxl_runs_through_ingest_discover_and_generate(prefect_api, tmp_path):
     }))
     catalog = load_catalog(catalog_uri)
     rows = catalog.query("SELECT prompt, image_uri FROM generations ORDER BY prompt").to_pylist()
-    assert [r["prompt"] for r in rows] == ["a cat on the beach", "a dog and a cat on the beach", "a dog on the beach"]
+    assert [r["prompt"] for r in rows] == ["a cat and a dog on the beach", "a cat on the beach", "a dog on the beach"]
     assert len(result["generations"]) == result["new"] == 3
     for r in rows:
         image = np.asarray(Image.open(io.BytesIO(catalog.get_bytes(r["image_uri"]))))
