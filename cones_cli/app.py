@@ -14,6 +14,6 @@ for part in (toy, toy_validate, toy_compare):  # the toy world's commands, then 
     toy_app.add_typer(part.app)
 app.add_typer(toy_app, name="toy", help="The embedded toy world: render, train, evaluate.")
 app.add_typer(bench.app, name="bench", help="Benchmarks; each prints JSON with --json.")
-for part in (catalog_cmds, flow_cmds, config_cmds, init_cmd, concept_cmds):  # sql, catalog, run, export, demo, config,
-    # init, concept
+# cones sql, catalog, run, export, demo, config, init, concept
+for part in (catalog_cmds, flow_cmds, config_cmds, init_cmd, concept_cmds):
     app.add_typer(part.app)

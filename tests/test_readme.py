@@ -113,7 +113,7 @@ def test_python_blocks_run_on_a_tiny_local_pipeline(tmp_path, monkeypatch):
 
     from catalog import load_catalog
     from cones_cli.app import app
-    from cones_tasks.config import DiscoveryParams, mask_params
+    from cones_tasks.config import FitObjective, mask_params
     from cones_tasks.neurons.masks import ConceptMask
     from cones_tasks.neurons.processor import is_attached
     from cones_tasks.neurons.space import NeuronSpace
@@ -134,7 +134,7 @@ def test_python_blocks_run_on_a_tiny_local_pipeline(tmp_path, monkeypatch):
         for subject, word in (("my-dog", "dog"), ("my-cat", "cat")):
             catalog.write_subject(subject, class_word=word)
             mask = ConceptMask.from_indices(space, rng.choice(space.size, space.size // 10, replace=False))
-            catalog.write_mask(subject=subject, mask=mask, params=mask_params(DiscoveryParams(), seed=0))
+            catalog.write_mask(subject=subject, mask=mask, params=mask_params(FitObjective(), seed=0))
             args = [a.replace("my-dog", subject).replace("dog.", f"{word}.") for a in export[1:]]
             done = CliRunner().invoke(app, args)
             assert done.exit_code == 0, done.output

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cones_cli.app import app
 from cones_tasks.concepts import ConceptModelMismatchError, load_concept
-from cones_tasks.config import DiscoveryParams, mask_params
+from cones_tasks.config import FitObjective, mask_params
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
 
@@ -33,7 +33,7 @@ def setup(tmp_path_factory):
     cat.write_subject("my-dog", class_word="dog")
     rng = np.random.default_rng(0)
     mask = ConceptMask.from_indices(space, rng.choice(space.size, 300, replace=False))
-    mask_id = cat.write_mask(subject="my-dog", mask=mask, params=mask_params(DiscoveryParams(), seed=0))
+    mask_id = cat.write_mask(subject="my-dog", mask=mask, params=mask_params(FitObjective(), seed=0))
     return {"root": root, "folder": folder, "pipe": pipe, "space": space, "catalog": cat, "mask": mask, "mask_id": mask_id}
 
 
@@ -70,7 +70,7 @@ def test_several_concepts_of_a_subject_need_a_choice(setup, tmp_path):
     cat, space = setup["catalog"], setup["space"]
     second = ConceptMask.from_indices(space, np.arange(10))
     # the catalog is append-only: this test, last in the module, leaves the subject with two concepts
-    other_id = cat.write_mask(subject="my-dog", mask=second, params=mask_params(DiscoveryParams(), seed=1))
+    other_id = cat.write_mask(subject="my-dog", mask=second, params=mask_params(FitObjective(), seed=1))
     out = tmp_path / "dog.safetensors"
     refused = _export(setup, "--out", str(out))
     assert refused.exit_code == 2 and setup["mask_id"] in refused.output and other_id in refused.output

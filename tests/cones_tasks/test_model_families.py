@@ -16,12 +16,12 @@ from tiny_pipelines import saved, subject_images
 from typer.testing import CliRunner
 
 from cones_tasks.concepts import apply_concepts, load_concept
-from cones_tasks.config import DiscoveryParams, mask_params
+from cones_tasks.config import FitObjective, mask_params
 from cones_tasks.neurons.discovery import discover_concept_neurons
 from cones_tasks.neurons.processor import is_attached
 from cones_tasks.neurons.space import NeuronSpace
 
-PARAMS = DiscoveryParams(steps=6, rounds=1, batch_size=2)
+PARAMS = FitObjective(steps=6, rounds=1, batch_size=2)
 SUBJECTS = {"my-dog": ("dog", 0), "my-cat": ("cat", 1)}
 
 
