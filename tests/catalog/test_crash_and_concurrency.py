@@ -46,11 +46,21 @@ def _crash_trials(tmp_path: Path, trials: int) -> None:
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read() if proc.stderr else ""
         reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
         reader.start()
-        time.sleep(rng.uniform(0.0, 0.6))
+        # Killed after a random number of whole commits, a random part of a commit later, so the kill lands
+        # with commits already published and one in flight (often inside its Parquet write). A writer that
+        # commits nothing never gets here.
+        before = rng.randint(1, 3)
+        deadline = time.monotonic() + 60
+        while len(_completed(list(lines))) < before:
+            assert proc.poll() is None, f"the writer exited before {before} commits: {proc.stderr.read() if proc.stderr else ''}"
+            assert time.monotonic() < deadline, f"the writer made {len(_completed(list(lines)))} of {before} commits in 60 s"
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         reader.join(timeout=5)
         done = _completed(lines)
+        assert len(done) >= before and done == set(range(len(done)))  # it had committed, in order, before the kill
         catalog = load_catalog(uri)
         # Every published file is a complete Parquet file.
         for table in TABLES:
@@ -66,7 +76,7 @@ def _crash_trials(tmp_path: Path, trials: int) -> None:
         assert all(n == 2_000 for n in found.values()), found
         assert done <= set(found), (done, found)
         extra = set(found) - done
-        assert extra <= {max(done, default=-1) + 1}, (done, found)
+        assert extra <= {max(done) + 1}, (done, found)
 
 
 def test_sigkill_writers_fast(tmp_path):
