@@ -90,13 +90,22 @@ def test_bench_storage_is_within_ten_percent_of_entropy():
         assert 0.99 * bound_kb <= r["bytes"] / 1000 <= 1.10 * bound_kb  # lossless: never below the bound
 
 
-def test_bench_catalog_quick_reports_every_key():
+def test_bench_catalog_quick_meets_the_targets_at_a_tenth_of_the_size():
+    """`--quick` measures a tenth of each size against the targets (docs/research/measurements.md: all-pairs
+    Jaccard of 1,000 SD-scale masks ≤ 60 s, a 10 M-row aggregate ≤ 2 s, a lookup among 100,000 masks ≤ 50 ms).
+    Jaccard's time here is reading and decoding the masks, linear in their number, so its target scales to
+    6 s; the aggregate and the lookup keep their full-size targets (measured 3.3 s, 0.03 s and 6 ms at a load
+    average of 5 on 2 cores)."""
     res = runner.invoke(app, ["bench", "catalog", "--json", "--quick"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert {"jaccard_matrix_1000_s", "agg_10m_rows_s", "point_lookup_ms"} <= set(out)
     assert out["scale"] == 0.1
-    assert out["point_lookup_ms"] < 500  # generous: a shared 2-core machine; the real target is checked by the bench
+    assert (out["jaccard_masks"], out["agg_rows"], out["lookup_masks"]) == (100, 1_000_000, 10_000)
+    assert 0 < out["jaccard_matrix_1000_s"] <= 60 * out["scale"], out
+    assert 0 < out["agg_10m_rows_s"] <= 2.0, out
+    assert 0 < out["point_lookup_ms"] <= 50, out
+    # compaction is what the aggregate's target needs: one file instead of one per commit
+    assert out["agg_10m_rows_s"] < out["agg_10m_rows_uncompacted_s"], out
 
 
 def test_sql_refuses_to_read_files_and_prints_none_of_them(cat_uri, tmp_path):
