@@ -31,16 +31,19 @@ REFUSED = [
     ("/* harmless */ CREATE MACRO f(x) AS x", "CREATE"),
 ]
 
+# Each read with what it must return on a catalog holding one subject, "dog" (a reader that returned
+# nothing, or the wrong thing, fails here, not only one that raised).
 ALLOWED = [
-    "SELECT count(*) FROM subjects",
-    "WITH s AS (SELECT * FROM subjects) SELECT * FROM s",
-    "DESCRIBE concept_masks",
-    "SHOW TABLES",
-    "SUMMARIZE subjects",
-    "EXPLAIN SELECT * FROM generations",
-    "PRAGMA table_info('subjects')",
-    "PRAGMA version",
-    "SELECT 1; SELECT 2",
+    ("SELECT count(*) AS n FROM subjects", lambda rows: rows == [{"n": 1}]),
+    ("WITH s AS (SELECT * FROM subjects) SELECT id, class_word FROM s", lambda rows: rows == [{"id": "dog", "class_word": "dog"}]),
+    ("DESCRIBE concept_masks", lambda rows: {"mask_id", "subject", "mask"} <= {r["column_name"] for r in rows}),
+    ("SHOW TABLES", lambda rows: {"subjects", "concept_masks", "generations", "clip_scores"} <= {r["name"] for r in rows}),
+    ("SUMMARIZE subjects", lambda rows: {r["column_name"] for r in rows} >= {"id", "class_word"}
+     and all(r["count"] == 1 for r in rows)),
+    ("EXPLAIN SELECT * FROM generations", lambda rows: len(rows) >= 1 and "explain_value" in rows[0]),
+    ("PRAGMA table_info('subjects')", lambda rows: {"id", "class_word"} <= {r["name"] for r in rows}),
+    ("PRAGMA version", lambda rows: len(rows) == 1 and rows[0]["library_version"].startswith("v")),
+    ("SELECT 1 AS a; SELECT 2 AS b", lambda rows: rows == [{"b": 2}]),  # the last statement's rows
 ]
 
 
@@ -51,11 +54,12 @@ def test_state_changing_statements_are_refused_by_name(tmp_path, sql, kind):
         read_only_statements(con, sql.format(out=tmp_path))
 
 
-@pytest.mark.parametrize("sql", ALLOWED)
-def test_reads_run_on_a_catalog(tmp_path, sql):
+@pytest.mark.parametrize(("sql", "expected"), ALLOWED, ids=[sql for sql, _ in ALLOWED])
+def test_reads_run_on_a_catalog_and_return_what_they_read(tmp_path, sql, expected):
     cat = load_catalog(str(tmp_path))
     cat.write_subject("dog", class_word="dog")
-    cat.query(sql)
+    rows = cat.query(sql).to_pylist()
+    assert expected(rows), rows
 
 
 def test_refused_write_changes_nothing(tmp_path):
