@@ -212,11 +212,32 @@ def test_fp16_unet_scores_like_fp32_even_when_gradients_are_below_fp16_range(sub
     assert np.corrcoef(r16.scores, r32.scores)[0, 1] > 0.99
 
 
+def _subject_loss_by_hand(model, images, mask, *, draws: int, seed: int) -> float:
+    """subject_loss's definition, computed without discovery's code: every image `draws` times (t, ε) drawn from
+    seed + 1, the UNet run with the mask shut by the sampling-time hook (masks.shut), plain MSE."""
+    import contextlib
+
+    space = NeuronSpace.from_unet(model.unet)
+    x0 = images_to_model_inputs(model, images, generator=torch.Generator().manual_seed(seed)).repeat_interleave(draws, 0)
+    batch = noised_batch(training_scheduler(model.scheduler), x0, generator=torch.Generator().manual_seed(seed + 1))
+    text = model.encode_prompts([PROMPT]).expand(len(x0), -1, -1)
+    with torch.no_grad(), (shut(model.unet, space, mask) if mask is not None else contextlib.nullcontext()):
+        pred = model.unet(batch.noisy, batch.timesteps, encoder_hidden_states=text).sample
+    return F.mse_loss(pred.float(), batch.target.float()).item()
+
+
 def test_subject_loss_matches_the_report_and_refuses_foreign_masks(model, subject, one_shot):
     params = paper_params(**QUICK, threshold_value=0.05)
-    assert subject_loss(model, subject, PROMPT, draws=params.eval_draws, seed=3) == one_shot.report["eval_loss_unmasked"]
-    masked = subject_loss(model, subject, PROMPT, mask=one_shot.mask, draws=params.eval_draws, seed=3)
-    assert masked == one_shot.report["eval_loss_masked"]
+    draws = params.eval_draws
+    plain = _subject_loss_by_hand(model, subject, None, draws=draws, seed=3)
+    masked_by_hand = _subject_loss_by_hand(model, subject, one_shot.mask, draws=draws, seed=3)
+    assert masked_by_hand != plain  # the mask changes the loss: the two checks below are not one number twice
+    # discovery's report and subject_loss give the loss computed independently above
+    assert one_shot.report["eval_loss_unmasked"] == pytest.approx(plain, rel=1e-5)
+    assert one_shot.report["eval_loss_masked"] == pytest.approx(masked_by_hand, rel=1e-5)
+    assert subject_loss(model, subject, PROMPT, draws=draws, seed=3) == pytest.approx(plain, rel=1e-5)
+    masked = subject_loss(model, subject, PROMPT, mask=one_shot.mask, draws=draws, seed=3)
+    assert masked == pytest.approx(masked_by_hand, rel=1e-5)
     small_batches = paper_params(steps=1, batch_size=1, rounds=1, eval_draws=2)
     again = discover_concept_neurons(model, subject, PROMPT, small_batches, seed=3, progress=False)
     assert again.report["eval_loss_unmasked"] == one_shot.report["eval_loss_unmasked"]  # draws independent of batch_size
