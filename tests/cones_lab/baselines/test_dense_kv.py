@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from neuron_fixtures import tiny_model
+from neuron_fixtures import fixed_loss, tiny_model
 
 from cones_lab.baselines.dense_kv import KVDelta, added, finetune_kv
 from cones_lab.baselines.training import FineTuneParams, references
@@ -19,22 +19,12 @@ def _images(n: int = 4, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
 
 
-def _fixed_loss(model, images, prompt, *, draws: int = 8) -> float:
-    """The subject loss on fixed (t, ε) draws with the model's current weights."""
-    gen = torch.Generator().manual_seed(123)
-    data = references(model, images, prompt, generator=gen)
-    x0 = data.x0.repeat_interleave(draws, 0)
-    with torch.no_grad():
-        batch = noised_batch(training_scheduler(model.scheduler), x0, generator=gen)
-        return float(concept_loss(model.unet, batch, data.cond[:1], {}))
-
-
 def test_finetune_leaves_the_base_model_bit_identical_and_learns_the_subject():
     model = tiny_model(0)
     model.unet.requires_grad_(True)  # a caller's flags come back as they were, whatever they were
     before = {k: v.clone() for k, v in model.unet.state_dict().items()}
     images = _images()
-    base_loss = _fixed_loss(model, images, "a photo of a dog")
+    base_loss = fixed_loss(model, images, "a photo of a dog")
     result = finetune_kv(model, images, "a photo of a dog", FineTuneParams(steps=60, batch_size=4, learning_rate=1e-2))
     assert all(torch.equal(v, before[k]) for k, v in model.unet.state_dict().items())
     assert all(p.requires_grad for p in model.unet.parameters()) and all(p.grad is None for p in model.unet.parameters())
@@ -44,7 +34,7 @@ def test_finetune_leaves_the_base_model_bit_identical_and_learns_the_subject():
     assert sum(int((d != 0).sum()) for d in delta.deltas.values()) > 0.9 * space.size
     assert result.report["steps"] == 60 and result.report["time_s"] > 0 and result.report["trained_parameters"] == space.size
     with added(model.unet, space, delta):
-        tuned_loss = _fixed_loss(model, images, "a photo of a dog")
+        tuned_loss = fixed_loss(model, images, "a photo of a dog")
     assert tuned_loss < 0.9 * base_loss, (base_loss, tuned_loss)  # the fine-tune fits the subject's images
     assert all(torch.equal(v, before[k]) for k, v in model.unet.state_dict().items())
 

@@ -44,3 +44,17 @@ class TinyModel:
 
 def tiny_model(seed: int = 0, *, prediction_type: str = "epsilon") -> TinyModel:
     return TinyModel(tiny_unet(seed), DDPMScheduler(num_train_timesteps=100, prediction_type=prediction_type), seed=seed)
+
+
+def fixed_loss(model, images, prompt: str, *, draws: int = 8) -> float:
+    """The subject's denoising loss on fixed (t, ε) draws (seed 123), with the model's current weights: the
+    yardstick of "it learned the subject" for any method that changes the weights in place (a context manager)."""
+    from cones_tasks.neurons.discovery import concept_loss
+    from cones_tasks.neurons.noising import images_to_model_inputs, noised_batch, training_scheduler
+
+    gen = torch.Generator().manual_seed(123)
+    x0 = images_to_model_inputs(model, images, generator=gen).repeat_interleave(draws, 0)
+    with torch.no_grad():
+        cond = model.encode_prompts([prompt])
+        batch = noised_batch(training_scheduler(model.scheduler), x0, generator=gen)
+        return float(concept_loss(model.unet, batch, cond, {}))
