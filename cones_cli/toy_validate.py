@@ -34,7 +34,7 @@ def validate(
     guidance: float = 3.0,
     candidates: Path = typer.Option(
         None, help="JSON list of discovery objectives ({\"objective\": \"fit\", ...}, docs/config.md) to choose from "
-        "(default: the built-in sweep)."
+        "(default: the built-in sweep; with --quick, they replace the recommended setting)."
     ),
     union_refine: str = typer.Option(
         None, help="PromptScoreObjective JSON: also report multi_refined, each union after these joint rounds "
@@ -73,7 +73,8 @@ def validate(
                             union_refine=refine, prompt_modes=tuple(prompts), strategies=strategies,
                             scene_references=scene_references if scene_references is not None else (12 if quick else 0))
     if quick:
-        sweep = tuple(DISCOVERY_FOR[s] for s in strategies)
+        # the recommended setting, unless the caller names its own (a shorter discovery for a smoke run)
+        sweep = sweep if candidates is not None else tuple(DISCOVERY_FOR[s] for s in strategies)
         params = params.model_copy(update={
             "images_per_line": 48 if n == 100 else n, "sample_steps": 20 if steps == 25 else steps, "multi_sizes": (2, 3),
             "ceilings": False, "prompt_modes": ("context",),

@@ -84,6 +84,36 @@ def test_cli_validate_with_a_candidates_file(tmp_path):
     assert bad.exit_code == 2 and "unknown strategy" in bad.output
 
 
+def test_cli_validate_quick_runs_its_lines_on_a_short_discovery(tmp_path):
+    """The fast twin of the slow test below: `validate --quick` as a user runs it (token composition, scene photos,
+    multi 2 and 3, the flat output), with a 2-step discovery passed as its candidate instead of the 200-step default."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cones_cli import toy_validate  # noqa: F401  (registers `validate` on the toy app)
+    from cones_cli.toy import app
+
+    short = {"steps": 2, "rounds": 1, "batch_size": 2, "eval_draws": 0}
+    (tmp_path / "c.json").write_text(json.dumps([short]))
+    args = ["validate", "--quick", "--subjects", "3", "--n", "2", "--steps", "1", "--scene-references", "2",
+            "--candidates", str(tmp_path / "c.json"), "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    assert data["strategy"] == "token" and data["selection"] == [] and data["scene_references"] == 2
+    assert {k: data["chosen_params"][k] for k in short} == short  # the candidate given, not the recommended one
+    assert data["chosen_params"]["scope"] == "word" and data["chosen_params"]["objective"] == "fit"
+    assert set(data["single"]) == {"hit_masked", "hit_unmasked"} and set(data["multi"]) == {"2", "3"}
+    assert data["details"]["images_per_line"] == 2 and data["details"]["sample_steps"] == 1
+    rates = [*data["single"].values(), data["context"], data["crosstalk"], *data["multi"].values()]
+    # each rate is a share of 2 judged images, and multi 2 is all_present of its detail
+    assert all(r in (0.0, 0.5, 1.0) for r in rates), rates
+    assert data["multi"]["2"] == data["multi_detail"]["2"]["all_present"]
+    assert 0 < data["neuron_fraction"] < 1 and data["bytes_per_concept"] > 0
+    assert "ceilings" not in data["details"]
+
+
 @pytest.mark.slow
 def test_cli_validate_quick_prints_the_recommended_strategy_flat():
     import json
