@@ -168,8 +168,11 @@ DEMO_QUERY = (
 )
 
 
-def _run_demo(workdir: Path, *, n_subjects: int) -> dict:
-    """The demo's `customize` config over the shipped toy model (and toy CLIP when it is there)."""
+def _run_demo(workdir: Path, *, n_subjects: int, overrides: dict | None = None) -> dict:
+    """The demo's `customize` config over the shipped toy model (and toy CLIP when it is there).
+
+    overrides: config parts merged over the demo's, one level deep ({"grid": {"seeds": [0]}}): a smaller run of
+    the same pipeline, for its fast test."""
     from catalog import load_catalog
     from cones_tasks.config import CustomizeConfig
     from cones_tasks.toyworld.assets import TOY_MODEL_DIR, toy_clip_weights
@@ -187,25 +190,26 @@ def _run_demo(workdir: Path, *, n_subjects: int) -> dict:
     # Six photos of each subject alone and twelve captioned photos of it beside another object: discovery
     # learns from the latter to keep each subject at its own object (docs/research/composition.md).
     folders = write_subject_folders(workdir / "subjects", chosen, scenes=12)
-    config = CustomizeConfig.model_validate(
-        {
-            "catalog": str(workdir / "catalog"),
-            "model": {"path": str(TOY_MODEL_DIR)},
-            "subjects": [{"subject_id": s.id, "class_word": s.class_word, "uri": str(folders[s.id])} for s in chosen],
-            "ingest": {"min_side": 16},  # toy renders are 16 px
-            # 15 solver steps: the toy model's images settle by then (20 moved pairs by +0.02). Eight seeds: the
-            # images of one seed share their starting noise, so the report's rates vary with the seed far more
-            # than with the combination (a pair rate of 0.17 on seeds 0–2 and 0.58–0.75 on seeds 6–7 with the
-            # same masks; docs/research/composition.md); 224 images at 15 steps cost seconds next to discovery.
-            # Guidance 3, as in eval-model and validate (6 drew worse shapes; docs/research/toy-model.md).
-            "grid": {"max_k": 3, "templates": ["{subjects}", "{subjects} on night"], "seeds": list(range(8)),
-                     "steps": 15, "guidance_scale": 3.0, "sample_batch": 56},
-            "scoring": {
-                "judge": True,
-                "clip": {"model_name": TOY_CLIP_NAME, "weights_path": str(clip)} if clip.is_file() else None,
-            },
-        }
-    )
+    demo = {
+        "catalog": str(workdir / "catalog"),
+        "model": {"path": str(TOY_MODEL_DIR)},
+        "subjects": [{"subject_id": s.id, "class_word": s.class_word, "uri": str(folders[s.id])} for s in chosen],
+        "ingest": {"min_side": 16},  # toy renders are 16 px
+        # 15 solver steps: the toy model's images settle by then (20 moved pairs by +0.02). Eight seeds: the
+        # images of one seed share their starting noise, so the report's rates vary with the seed far more
+        # than with the combination (a pair rate of 0.17 on seeds 0–2 and 0.58–0.75 on seeds 6–7 with the
+        # same masks; docs/research/composition.md); 224 images at 15 steps cost seconds next to discovery.
+        # Guidance 3, as in eval-model and validate (6 drew worse shapes; docs/research/toy-model.md).
+        "grid": {"max_k": 3, "templates": ["{subjects}", "{subjects} on night"], "seeds": list(range(8)),
+                 "steps": 15, "guidance_scale": 3.0, "sample_batch": 56},
+        "scoring": {
+            "judge": True,
+            "clip": {"model_name": TOY_CLIP_NAME, "weights_path": str(clip)} if clip.is_file() else None,
+        },
+    }
+    for part, values in (overrides or {}).items():
+        demo[part] = {**demo.get(part, {}), **values} if isinstance(values, dict) else values
+    config = CustomizeConfig.model_validate(demo)
     result = customize(config)
     # The catalog keeps the report content-addressed; a stable name next to it is easier to open.
     report = workdir / "report.html"
