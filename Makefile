@@ -8,12 +8,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow bench clean-venv toy-model toy-model-first
 
-$(STAMP): pyproject.toml
+# The Makefile too: the extras installed are listed here (ray: the fast Ray test, tests/flows/test_ray_runner.py).
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: on the project's machines pip takes these two from local disk.
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[dev,dask,s3]'  # dev brings the baselines extra (peft) and moto
+	$(PY) -m pip install -q -e '.[dev,dask,s3,ray]'  # dev brings the baselines extra (peft) and moto
 	touch $(STAMP)
 
 demo: $(STAMP)
