@@ -1,8 +1,8 @@
 """`compact-catalog`: merge each table's commit files into one sorted base file, on a schedule.
 
 Every committed batch of a run is one Parquet file; after a large run a table is thousands of
-them, and queries pay for each (`cones bench catalog`: a 10 M-row aggregate took 5–9 s
-uncompacted, 0.64 s compacted). Safe beside running writers and readers: the catalog's
+them, and queries pay for each (`cones bench catalog`: a 10 M-row aggregate took 9.3–14.7 s
+uncompacted, 0.26–0.48 s compacted; docs/research/bench-catalog.jsonl). Safe beside running writers and readers: the catalog's
 compaction (docs/catalog.md) tombstones only the files it merged and deletes them after `grace_s`.
 """
 
