@@ -91,12 +91,11 @@ def test_cli_validate_quick_runs_its_lines_on_a_short_discovery(tmp_path):
 
     from typer.testing import CliRunner
 
-    from cones_cli import toy_validate  # noqa: F401  (registers `validate` on the toy app)
-    from cones_cli.toy import app
+    from cones_cli.app import app
 
-    short = {"steps": 2, "rounds": 1, "batch_size": 2, "eval_draws": 0}
+    short = {"steps": 2, "rounds": 1, "batch_size": 2}
     (tmp_path / "c.json").write_text(json.dumps([short]))
-    args = ["validate", "--quick", "--subjects", "3", "--n", "2", "--steps", "1", "--scene-references", "2",
+    args = ["toy", "validate", "--quick", "--subjects", "3", "--n", "2", "--steps", "1", "--scene-references", "2",
             "--candidates", str(tmp_path / "c.json"), "--json"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

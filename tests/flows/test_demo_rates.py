@@ -18,10 +18,10 @@ import pytest
 from PIL import Image
 
 from catalog import load_catalog
-from cones_tasks.generation_scores import toy_presence
+from cones_tasks.toyworld.presence import toy_presence
 
 SMALL = {
-    "discovery": {"steps": 20, "rounds": 1, "eval_draws": 0},
+    "discovery": {"steps": 20, "rounds": 1},
     "grid": {"max_k": 2, "templates": ["{subjects}"], "seeds": [0, 1, 2, 3], "sample_batch": 24},
     "scoring": {"clip": None},
 }
