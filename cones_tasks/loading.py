@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from cones_tasks.neurons.words import TOKENIZER_LOCK
+
 REQUIRED_COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
 # SDXL adds a second text encoder and tokenizer (their states are concatenated, the second one's pooled)
 OPTIONAL_COMPONENTS = ("vae", "text_encoder_2", "tokenizer_2")
@@ -142,12 +144,13 @@ class DiffusionModel:
         ones the pipeline uses by default.
         """
         pipe = self.pipeline()
-        if not self.xl:
-            states, _ = pipe.encode_prompt(list(prompts), self.device, 1, False)
-            return states.to(self.dtype), None
-        states, _, pooled, _ = pipe.encode_prompt(
-            prompt=list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
-        )
+        with TOKENIZER_LOCK:  # the tokenizer is shared with other threads (neurons/words.py)
+            if not self.xl:
+                states, _ = pipe.encode_prompt(list(prompts), self.device, 1, False)
+                return states.to(self.dtype), None
+            states, _, pooled, _ = pipe.encode_prompt(
+                prompt=list(prompts), device=self.device, num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
         # (original size, crop top-left, target size): the pipeline's defaults for an image of the model's resolution
         side = self.resolution
         time_ids = torch.tensor([[side, side, 0, 0, side, side]], device=self.device, dtype=self.dtype)

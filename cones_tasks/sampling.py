@@ -20,6 +20,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
 from cones_tasks.loading import DiffusionModel
+from cones_tasks.neurons.words import TOKENIZER_LOCK
 from cones_tasks.pixels import from_model_range
 
 SAMPLERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler}
@@ -102,9 +103,12 @@ def _sample_batch(model, prompts, seeds, steps, guidance_scale, sampler, masks, 
     pipe = model.pipeline(SAMPLERS[sampler].from_config(model.scheduler.config))
     concepts = concept_batch(model, space, prompts, masks=masks, word_masks=word_masks)
     side = model.unet.config.sample_size * pipe.vae_scale_factor  # the pipeline's pixels for our latent side
-    latents = pipe(
-        prompts, height=side, width=side, num_inference_steps=steps, guidance_scale=guidance_scale,
-        latents=initial_noise(model, seeds), output_type="latent",
-        cross_attention_kwargs=None if concepts is None else {KWARG: concepts}, return_dict=False,
-    )[0]
+    # The stock pipeline tokenizes inside its call, so the whole call holds the tokenizer lock
+    # (neurons/words.py): threads sharing a model generate one call at a time.
+    with TOKENIZER_LOCK:
+        latents = pipe(
+            prompts, height=side, width=side, num_inference_steps=steps, guidance_scale=guidance_scale,
+            latents=initial_noise(model, seeds), output_type="latent",
+            cross_attention_kwargs=None if concepts is None else {KWARG: concepts}, return_dict=False,
+        )[0]
     return decode(model, latents)

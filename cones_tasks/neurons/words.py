@@ -9,7 +9,14 @@ has one run per mention, taken in order.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+
+# A fast (Rust) tokenizer keeps its padding and truncation settings on the shared object and sets them
+# per call, so two threads tokenizing with different padding (a bare word here, a padded prompt in the
+# pipeline's encode_prompt) can each get the other's: a class word came back as 24 padded ids while a
+# generation thread encoded its prompts. Every tokenizer call of the package holds this lock.
+TOKENIZER_LOCK = threading.RLock()
 
 __all__ = ["ClassWordNotInPromptError", "text_tokenizers", "word_rows", "word_token_ids"]
 
@@ -20,7 +27,8 @@ class ClassWordNotInPromptError(ValueError):
 
 def word_token_ids(tokenizer, word: str) -> list[int]:
     """The token ids `word` becomes inside a prompt (no BOS/EOS)."""
-    ids = list(tokenizer(word, add_special_tokens=False).input_ids)
+    with TOKENIZER_LOCK:
+        ids = list(tokenizer(word, add_special_tokens=False).input_ids)
     if not ids:
         raise ValueError(f"class word {word!r} tokenizes to nothing; give a non-empty class word")
     return ids
@@ -28,7 +36,8 @@ def word_token_ids(tokenizer, word: str) -> list[int]:
 
 def _prompt_ids(tokenizer, prompt: str) -> list[int]:
     # The padded, truncated ids are exactly the rows the UNet's cross-attention sees (loading.encode_prompts).
-    return list(tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids)
+    with TOKENIZER_LOCK:
+        return list(tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids)
 
 
 def text_tokenizers(model) -> list:
