@@ -91,7 +91,26 @@ _COMPOSED = (
 )
 
 
-class FitObjective(_Objective):
+class _WordEditObjective(_Objective):
+    """An objective that learns an edit at the class word's rows (fit, gate): word scope, cross-attention only."""
+
+    @field_validator("scope", mode="before", check_fields=False)
+    @classmethod
+    def _word_only(cls, value: object) -> object:
+        if value != "word":
+            name = cls.model_fields["objective"].default
+            raise ValueError(
+                f"objective {name!r} learns an edit of the class word's rows: it needs scope 'word'; for the paper's "
+                "statistic at every token set objective: score, scope: prompt"
+            )
+        return value
+
+    @property
+    def attention(self) -> Literal["cross"]:
+        return "cross"  # text tokens reach the UNet through cross-attention only
+
+
+class FitObjective(_WordEditObjective):
     """`objective: fit` (the default): the class word's K/V rows' edit, learned, then the weights whose zeroing makes it.
 
     Every knob is relative to the model (steps in units of the word rows' RMS, a tolerance in the
@@ -116,22 +135,9 @@ class FitObjective(_Objective):
         {"objective", "scope", "steps", "rounds", "batch_size", "learning_rate", "key_step", "fit_tolerance", "composed"}
     )
 
-    @field_validator("scope", mode="before")
-    @classmethod
-    def _word_only(cls, value: object) -> object:
-        if value != "word":
-            raise ValueError(
-                "objective 'fit' learns an edit of the class word's rows: it needs scope 'word'; for the paper's "
-                "statistic at every token set objective: score, scope: prompt"
-            )
-        return value
-
-    @property
-    def attention(self) -> Literal["cross"]:
-        return "cross"  # text tokens reach the UNet through cross-attention only
 
 
-class GateObjective(_Objective):
+class GateObjective(_WordEditObjective):
     """`objective: gate`: a shut gate on every K/V weight at the class word's rows, learned with a cost per shut
     weight that dual ascent holds at `density` (a hard cap at the end); the weights whose gate ends above ½ are
     shut (cones_tasks.neurons.word_discovery, docs/research/sparsity.md). Word scope only."""
@@ -155,16 +161,6 @@ class GateObjective(_Objective):
         {"objective", "scope", "steps", "rounds", "batch_size", "learning_rate", "key_step", "density", "composed"}
     )
 
-    @field_validator("scope", mode="before")
-    @classmethod
-    def _word_only(cls, value: object) -> object:
-        if value != "word":
-            raise ValueError("objective 'gate' learns gates at the class word's rows: it needs scope 'word'")
-        return value
-
-    @property
-    def attention(self) -> Literal["cross"]:
-        return "cross"  # text tokens reach the UNet through cross-attention only
 
 
 class PromptScoreObjective(_Objective):
