@@ -23,13 +23,8 @@ from prefect.tasks import exponential_backoff
 
 from cones_tasks.config import ClipRef, ModelRef, RunnerConfig
 
-GPU_LIMIT = "gpu"
-# A run killed while it holds the `gpu` slot (SIGKILL, the out-of-memory killer) never releases it:
-# the Prefect server takes it back once the slot's lease runs out (its repossessor service looks
-# every 15 s; https://docs.prefect.io/v3/develop/global-concurrency-limits). Prefect's default
-# lease is 300 s, so every other run waited up to ~5 min after such a crash; the holder renews
-# at 3/4 of the lease, so a 60 s lease costs one small request per 45 s of model work.
-GPU_LEASE_S = 60.0
+# The `gpu` slot (why it is not Prefect's `concurrency()`: docs/pipeline.md, "The gpu slot")
+from flows._gpu_slot import GPU_LEASE_S, GPU_LIMIT, ProcessGpuSlot, SlotLostError, raise_if_lapsed  # noqa: F401
 
 
 def _transient(task, task_run, state) -> bool:
@@ -131,58 +126,12 @@ def ensure_concurrency_limit(name: str = GPU_LIMIT, *, slots: int = 1) -> None:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=slots))
 
 
-@contextlib.contextmanager
-def gpu_slot() -> Iterator[None]:
-    """Hold one slot of the `gpu` limit around model work (strict=False: a missing limit never fails a run).
-
-    Outside a Prefect task run (a task's `.fn` called directly: tests, the fan-out benchmark's
-    baseline) there is no run to account for and nothing is acquired.
-    """
-    from prefect.concurrency.sync import concurrency
-    from prefect.context import TaskRunContext
-
-    if TaskRunContext.get() is None:
-        yield
-        return
-    with concurrency(GPU_LIMIT, occupy=1, strict=False, lease_duration=GPU_LEASE_S):
-        yield
+_process_gpu_slot = ProcessGpuSlot()
 
 
-class _ProcessGpuSlot:
-    """One `gpu` slot held by this process while any of its threads does or awaits model work.
-
-    Measured with Prefect 3.9 on its SQLite server: re-acquiring a slot right after releasing
-    one is answered 503 and retried ~2 s later, every time. Per batch that left the model idle
-    2 s between batches (13 % of the fan-out benchmark). Threads of one process share one model
-    (generating together, or queued on its lock behind a discovery), so the process keeps its slot
-    while any thread uses or awaits it and gives it back when the last one is done: the limit
-    counts processes on the device.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._users = 0
-        self._held: contextlib.ExitStack | None = None
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            if self._users == 0:
-                held = contextlib.ExitStack()
-                held.enter_context(gpu_slot())
-                self._held = held
-            self._users += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._users -= 1
-                if self._users == 0 and self._held is not None:
-                    self._held.close()
-                    self._held = None
-
-
-_process_gpu_slot = _ProcessGpuSlot()
+def gpu_slot():
+    """Hold this process's `gpu` slot around model work (see ProcessGpuSlot; a missing limit never fails a run)."""
+    return _process_gpu_slot.held()
 
 
 def fan_out(
@@ -284,7 +233,9 @@ def _exclusive(loaded) -> Iterator[Any]:
     # lock (woken at once on release) instead of polling the API limit, whose back-off would leave
     # the model idle between batches. The slot arbitrates between processes and machines.
     with _process_gpu_slot(), lock:
+        lease = _process_gpu_slot.ensure()  # lapsed while this thread queued on the lock: re-acquired first
         yield model
+        raise_if_lapsed(lease)  # lapsed while the model ran: the step fails and is retried, never goes on as if held
 
 
 @contextlib.contextmanager
@@ -298,7 +249,9 @@ def model_session(ref: ModelRef, *, shared: bool = False) -> Iterator[Any]:
     with _cache_lock:
         model, lock = _load_model(ref, os.getpid())
     with _process_gpu_slot(), (lock.shared() if shared else lock.exclusive()):
+        lease = _process_gpu_slot.ensure()  # lapsed while this thread queued on the lock: re-acquired first
         yield model
+        raise_if_lapsed(lease)  # lapsed while the model ran: the step fails and is retried, never goes on as if held
 
 
 def clip_session(ref: ClipRef):
@@ -360,6 +313,6 @@ def neuron_space(ref: ModelRef, attention: str):
 
     No `gpu` slot: hashing weights is host work, and taking the slot here only to give it back
     before the batches cost the flow a refused re-acquisition, ~2 s, every run (profiled with
-    `cones bench fanout`; see _ProcessGpuSlot).
+    `cones bench fanout`; see flows._gpu_slot.ProcessGpuSlot).
     """
     return _space(ref, attention, os.getpid())

@@ -49,6 +49,17 @@ def prefect_server(tmp_path):
 
     Unlike prefect_api's temporary server, it runs the server's background services (the
     repossessor that takes back expired concurrency leases, the scheduler)."""
+    yield from _prefect_server(tmp_path)
+
+
+@pytest.fixture()
+def prefect_server_watchful(tmp_path):
+    """`prefect_server` whose repossessor looks for expired leases every second, not every 15 s: a lease
+    that runs out is taken back (and seen to be) at once."""
+    yield from _prefect_server(tmp_path, PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS="1")
+
+
+def _prefect_server(tmp_path, **extra: str):
     port = free_port()
     env = {
         **os.environ,
@@ -57,6 +68,7 @@ def prefect_server(tmp_path):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "PREFECT_WORKER_PREFETCH_SECONDS": "1",
+        **extra,
     }
     log = open(tmp_path / "server.log", "wb")
     prefect = str(Path(sys.executable).with_name("prefect"))
