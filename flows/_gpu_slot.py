@@ -169,8 +169,8 @@ def acquire_lease(limit: str = GPU_LIMIT, *, lease_s: float = GPU_LEASE_S, renew
 class ProcessGpuSlot:
     """One `gpu` slot held by this process while any of its threads does or awaits model work.
 
-    Measured with Prefect 3.9 on its SQLite server: re-acquiring a slot right after releasing
-    one is answered 503 and retried ~2 s later, every time. Per batch that left the model idle
+    Measured with Prefect 3.9's `concurrency()` on its SQLite server: re-acquiring a slot right
+    after releasing one was answered 503 and retried ~2 s later, every time. Per batch that left the model idle
     2 s between batches (13 % of the fan-out benchmark). Threads of one process share one model
     (generating together, or queued on its lock behind a discovery), so the process keeps its slot
     while any thread uses or awaits it and gives it back when the last one is done: the limit

@@ -1,9 +1,9 @@
 """What every flow shares: the task runner chosen by config, the `gpu` slot, fan-out with progress.
 
-Why batches and an up-front limit (docs/pipeline.md). Measured on this machine (Prefect 3.9): `concurrency()` on a limit that
-does not exist costs ~1–2 s per call (it warns and retries), so flows create the `gpu` limit
-up front; a blocked acquisition backs off for seconds, so tasks take *batches* and the wait
-is amortised over many images.
+Why batches and an up-front limit (docs/pipeline.md): flows create the `gpu` limit up front
+(Prefect's `concurrency()` on a missing limit cost ~1–2 s per call, warning and retrying); a
+blocked acquisition backs off for seconds, so tasks take *batches* and the wait is amortised
+over many images.
 """
 
 from __future__ import annotations
