@@ -65,3 +65,12 @@ def test_the_variables_the_deployments_read_are_named_where_users_look():
     for doc in ("README.md", "docs/pipeline.md"):
         text = (REPO / doc).read_text()
         assert all(name in text for name in ENV), (doc, [name for name in ENV if name not in text])
+
+
+def test_dataset_runs_have_a_compaction_schedule_of_about_180_s():
+    """docs/scale.md: during a dataset run compact every ~180 s (a query pays ~0.5 s per ~500 commit files)."""
+    compactions = {d["name"]: d for d in DEPLOYMENTS if d["entrypoint"].endswith(":compact_catalog")}
+    schedule = compactions["dataset-run"]["schedules"]
+    assert [s["interval"] for s in schedule] == [180] and schedule[0]["active"] is False  # on for a run, off after it
+    assert _config(compactions["dataset-run"]).tables == ()  # every table: generations, grid_items, clip_scores…
+    assert [s["cron"] for s in compactions["daily"]["schedules"]] == ["0 8 * * *"]

@@ -56,7 +56,8 @@ def test_deploy_all_two_workers_share_the_runs_and_fill_the_catalog(prefect_serv
 
     _run([PREFECT, "work-pool", "create", "cones-process", "--type", "process"], env)
     out = _run([PREFECT, "--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"], env)
-    for name in ("customize/nightly", "discover-concepts/on-demand", "generate-combinations/on-demand", "compact-catalog/daily"):
+    for name in ("customize/nightly", "discover-concepts/on-demand", "generate-combinations/on-demand", "compact-catalog/daily",
+                 "compact-catalog/dataset-run"):
         assert name in out, out
 
     workers, logs = [], []
