@@ -27,6 +27,19 @@ class SourceNotFoundError(CatalogURIError, FileNotFoundError):
     """A subject folder or URI that does not exist."""
 
 
+def source_problem(uri: str, **storage_options: object) -> str | None:
+    """Why a subject's folder or URI cannot be read, or None; lists nothing but the folder itself."""
+    try:
+        fs, root = fsspec.core.url_to_fs(str(uri), **storage_options)
+        if not fs.exists(root):
+            return f"subject folder {uri!r} does not exist; check the path in the config"
+        if not fs.isdir(root):
+            return f"subject source {uri!r} is a file; point at the folder that holds the images"
+    except Exception as exc:  # noqa: BLE001 — unreachable, unknown protocol, no credentials: all the same answer
+        return f"subject source {uri!r} cannot be reached ({type(exc).__name__}: {exc}); check the URI and its credentials"
+    return None
+
+
 def list_image_files(uri: str, *, max_files: int = 1000, **storage_options: object) -> list[tuple[str, bytes]]:
     """Every file directly in the folder `uri`, as (file name, bytes), sorted by name.
 

@@ -69,6 +69,33 @@ class Store:
         self.local = isinstance(fs, LocalFileSystem)
         self.uri = self.url(self.root)
 
+    def write_problem(self) -> str | None:
+        """Why this root cannot take writes, or None; creates nothing (a run's pre-flight, docs/pipeline.md).
+
+        A local root that does not exist yet is fine when its nearest existing ancestor is a
+        writable folder (the first commit creates it); an object store is asked to take and drop
+        one empty object under the root.
+        """
+        if self.local:
+            here = self.root
+            while not os.path.exists(here):
+                parent = os.path.dirname(here)
+                if parent == here:
+                    break
+                here = parent
+            if not os.path.isdir(here):
+                return f"catalog {self.uri}: {here} is a file, not a folder; pick another catalog path"
+            if not os.access(here, os.W_OK | os.X_OK):
+                return f"catalog {self.uri}: {here} is not writable by this user; pick a catalog path you can write to"
+            return None
+        probe = f"{self.root}/{STAGING}/preflight-{uuid.uuid4().hex}"
+        try:
+            self.fs.pipe_file(probe, b"")
+            self.fs.rm(probe)
+        except Exception as exc:  # noqa: BLE001 — any refusal by the store is the answer
+            return f"catalog {self.uri} does not take writes ({type(exc).__name__}: {exc}); check the URI and its credentials"
+        return None
+
     # ------------------------------------------------------------ paths
 
     def url(self, path: str) -> str:

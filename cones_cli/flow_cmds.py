@@ -62,12 +62,30 @@ def _quiet_prefect() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def refuse_on_preflight_problems(config) -> None:
+    """Exit 2 with one line per problem found before any flow starts (cones_cli.preflight)."""
+    from cones_cli.preflight import preflight_problems
+
+    if problems := preflight_problems(config):
+        for problem in problems:
+            console.print(f"error: {problem}", soft_wrap=True, markup=False, highlight=False)
+        raise typer.Exit(2)
+
+
+def exit_failed(log, exc: BaseException):
+    """A run that failed: one line per failed task (or its own error), where the full log is; exit 1."""
+    for line in log.failure_lines(exc):
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    raise typer.Exit(1) from None
+
+
 def _register(command: str) -> None:
     module, function, config_class = FLOWS[command]
 
     def run(config: ConfigOpt, trust_pickle: bool = TRUST_PICKLE, as_json: bool = JSON) -> None:
         import importlib
 
+        from cones_cli.run_log import run_log
         from flows._api_server import temporary_api_server
 
         _quiet_prefect()
@@ -76,9 +94,14 @@ def _register(command: str) -> None:
             from cones_tasks.config import with_trusted_pickle
 
             cfg = with_trusted_pickle(cfg)
+        refuse_on_preflight_problems(cfg)
         flow_fn = getattr(importlib.import_module(module), function)
-        with temporary_api_server():  # no PREFECT_API_URL: a server that dies with this process, even on SIGKILL
-            result = flow_fn(cfg)
+        with run_log(command) as log:
+            try:
+                with temporary_api_server():  # no PREFECT_API_URL: a server that dies with this process, even on SIGKILL
+                    result = flow_fn(cfg)
+            except Exception as exc:  # noqa: BLE001 — every failure: one line per failed task, the log has the rest
+                exit_failed(log, exc)
         emit(result, as_json=as_json, title=command)
 
     run.__doc__ = f"Run the `{function.replace('_', '-')}` flow with the {config_class} in --config."
@@ -137,12 +160,21 @@ def demo(
 ) -> None:
     """Run `customize` end to end on toy subjects: ingest PNG folders, discover, generate every 1–3-subject
     combination × 2 prompts × 8 seeds, score, write the HTML report."""
+    from cones_cli.run_log import run_log
     from flows._api_server import temporary_api_server
 
     _quiet_prefect()
     started = time.perf_counter()
-    with temporary_api_server():
-        result = _run_demo(workdir.resolve(), n_subjects=subjects)
+    workdir = workdir.resolve()
+    with run_log("demo", folder=workdir / "logs") as log:
+        try:
+            with temporary_api_server():
+                result = _run_demo(workdir, n_subjects=subjects)
+        except typer.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 — as `cones run`: one line per failed task, the log has the rest
+            exit_failed(log, exc)
+    result["log"] = str(log.path)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     if as_json:
         emit(result, as_json=True)

@@ -138,3 +138,17 @@ def init(
     )
     out.write_text(header + yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     console.print(f"Wrote {out}: {len(config['subjects'])} subjects. Next: cones run customize --config {out}", soft_wrap=True)
+    # The config is written anyway (the model may be downloaded next), but `cones run` would refuse it as it stands.
+    for problem in _model_problems(config):
+        console.print(f"warning: {problem}", soft_wrap=True, markup=False, highlight=False)
+
+
+def _model_problems(config: dict[str, Any]) -> list[str]:
+    """What `cones run`'s pre-flight would refuse in the config's model folder and CLIP weights (cones_cli/preflight.py)."""
+    from cones_tasks.model_files import clip_weights_problem, model_folder_problems
+
+    problems = [f"--model: {p}" for p in model_folder_problems(config["model"]["path"])]
+    clip = (config.get("scoring") or {}).get("clip")
+    if clip and (problem := clip_weights_problem(clip["weights_path"])) is not None:
+        problems.append(f"--clip: {problem}")
+    return problems

@@ -19,20 +19,19 @@ import torch
 
 from cones_tasks.neurons.words import TOKENIZER_LOCK
 
-REQUIRED_COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler")
-# SDXL adds a second text encoder and tokenizer (their states are concatenated, the second one's pooled)
-OPTIONAL_COMPONENTS = ("vae", "text_encoder_2", "tokenizer_2")
-# model_index.json names classes to import; only these libraries may be named (a config
-# file must not be able to import arbitrary code).
-ALLOWED_LIBRARIES = ("diffusers", "transformers")
-PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
-# Every way to opt in, named in each pickle refusal; all of them exist (tests/flows/test_trust_pickle.py
-# checks the flag against `cones run --help` and the fields against the config models).
-TRUST_PICKLE_HINT = (
-    "If you trust the source, opt in: trust_pickle=True in Python, `trust_pickle: true` on the config's "
-    "model (ModelRef) or scoring.clip (ClipRef), or `cones run <flow> --config FILE --trust-pickle`."
+from cones_tasks.model_files import (  # noqa: F401  (re-exported: the loader's public constants)
+    ALLOWED_LIBRARIES,
+    OPTIONAL_COMPONENTS,
+    PICKLE_SUFFIXES,
+    REQUIRED_COMPONENTS,
+    TRUST_PICKLE_HINT,
+    WEIGHTED_COMPONENTS,
+    clip_weights_problem,
+    component_spec_problem,
+    model_folder_problems,
+    weights_problem,
 )
-WEIGHTED_COMPONENTS = ("unet", "text_encoder", "text_encoder_2", "vae")
+
 # model_index.json settings (not components) that the pipelines take as arguments
 PIPELINE_OPTIONS = ("force_zeros_for_empty_prompt",)
 
@@ -160,27 +159,15 @@ class DiffusionModel:
 
 def _check_weights(folder: Path, component: str, *, trust_pickle: bool) -> bool:
     """Return whether to load safetensors; refuse pickle-only folders unless trusted."""
-    files = [p for p in folder.iterdir() if p.is_file()]
-    if any(p.suffix == ".safetensors" for p in files):
-        return True
-    pickles = [p.name for p in files if p.suffix in PICKLE_SUFFIXES]
-    if pickles:
-        if trust_pickle:
-            return False
-        raise ModelLoadError(
-            f"{component}: only pickle weights found ({', '.join(pickles)}) in {folder}. Pickle files can run "
-            "arbitrary code when loaded. Convert them to safetensors (e.g. load once in a sandbox and "
-            f"save_pretrained(..., safe_serialization=True)). {TRUST_PICKLE_HINT}"
-        )
-    raise ModelLoadError(f"{component}: no weights file in {folder}; expected a *.safetensors file saved by save_pretrained.")
+    if (problem := weights_problem(folder, component, trust_pickle=trust_pickle)) is not None:
+        raise ModelLoadError(problem)
+    return any(p.suffix == ".safetensors" for p in folder.iterdir() if p.is_file())
 
 
 def _component_class(component: str, spec: Any, index_path: Path):
-    if not (isinstance(spec, list) and len(spec) == 2 and all(isinstance(s, str) for s in spec)):
-        raise ModelLoadError(f"{index_path}: entry {component!r} must be [library, class], got {spec!r}.")
+    if (problem := component_spec_problem(component, spec, index_path)) is not None:
+        raise ModelLoadError(problem)
     library, class_name = spec
-    if library not in ALLOWED_LIBRARIES:
-        raise ModelLoadError(f"{index_path}: {component} comes from {library!r}; only {ALLOWED_LIBRARIES} are loaded.")
     cls = getattr(importlib.import_module(library), class_name, None)
     if cls is None:
         raise ModelLoadError(f"{index_path}: {library} has no class {class_name!r} (named for {component}); is {library} too old?")
@@ -192,26 +179,17 @@ def load_diffusion_model(
 ) -> DiffusionModel:
     """Load a diffusers-layout folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/, optional vae/)."""
     root = Path(path).expanduser()
-    if not root.is_dir():
-        raise ModelLoadError(f"model folder {root} does not exist; pass the folder that holds model_index.json.")
+    if problems := model_folder_problems(root, trust_pickle=trust_pickle):  # the files, before any import or load
+        raise ModelLoadError(problems[0])
     index_path = root / "model_index.json"
-    if not index_path.is_file():
-        raise ModelLoadError(
-            f"{root} has no model_index.json, so it is not a diffusers model folder; point at the folder written by "
-            "pipeline.save_pretrained (it holds model_index.json and unet/, text_encoder/, tokenizer/, scheduler/)."
-        )
     index = json.loads(index_path.read_text())
     parts: dict[str, Any] = {}
     for component in REQUIRED_COMPONENTS + OPTIONAL_COMPONENTS:
         spec = index.get(component)
         if spec is None or spec == [None, None]:
-            if component in REQUIRED_COMPONENTS:
-                raise ModelLoadError(f"{index_path} does not list the required component {component!r}; a Cones model needs {REQUIRED_COMPONENTS}.")
             parts[component] = None
             continue
         folder = root / component
-        if not folder.is_dir():
-            raise ModelLoadError(f"component {component!r} is listed in model_index.json but {folder} is missing; copy the whole model folder.")
         cls = _component_class(component, spec, index_path)
         kwargs: dict[str, Any] = {"local_files_only": True}
         if component in WEIGHTED_COMPONENTS:
@@ -225,10 +203,6 @@ def load_diffusion_model(
                     "come from different models; re-export the component with save_pretrained."
                 ) from e
             raise ModelLoadError(f"{component}: could not load {folder}: {e}") from e
-    if (parts["text_encoder_2"] is None) != (parts["tokenizer_2"] is None):
-        raise ModelLoadError(
-            f"{index_path} lists only one of text_encoder_2 and tokenizer_2; an SDXL model needs both (copy the whole folder)"
-        )
     for component in WEIGHTED_COMPONENTS:
         if (module := parts[component]) is not None:
             # dtype only when it changes: diffusers warns on any dtype cast, even float32 to float32
@@ -271,13 +245,8 @@ def load_clip_scorer(
     import open_clip
 
     weights = Path(weights_path).expanduser()
-    if not weights.is_file():
-        raise ModelLoadError(f"CLIP weights {weights} do not exist; pass the path of the model's .safetensors file.")
-    if weights.suffix in PICKLE_SUFFIXES and not trust_pickle:
-        raise ModelLoadError(
-            f"CLIP weights {weights} are a pickle file, which can run arbitrary code when loaded. Convert to "
-            f"safetensors (safetensors.torch.save_file(state_dict, ...)). {TRUST_PICKLE_HINT}"
-        )
+    if (problem := clip_weights_problem(weights, trust_pickle=trust_pickle)) is not None:
+        raise ModelLoadError(problem)
     if model_name not in open_clip.list_models():
         config = weights.parent / f"{model_name}.json"
         if not config.is_file():

@@ -83,3 +83,22 @@ def test_bad_options_and_folders_are_refused(tmp_path):
     ((tmp_path / "bad" / "-dash") / "class_word").write_text("dog")
     result = CliRunner().invoke(app, ["init", "--subjects", str(tmp_path / "bad"), "--model", "m"])
     assert result.exit_code == 2 and "rename the folder" in " ".join(result.output.split())
+
+
+def test_a_missing_model_folder_and_clip_weights_are_warned_about_and_the_config_still_written(tmp_path):
+    _subjects(tmp_path)
+    b, c = TOY_SUBJECTS[1:3]
+    out = tmp_path / "run.yaml"
+    result = CliRunner().invoke(app, [
+        "init", "--subjects", str(tmp_path / "photos"), "--model", str(tmp_path / "models" / "sd15"), "--out", str(out),
+        "--clip", "ViT-L-14", str(tmp_path / "vit.safetensors"),
+        "--class-word", f"{b.id}={b.class_word}", "--class-word", f"{c.id}={c.class_word}",
+    ])
+    assert result.exit_code == 0 and out.exists(), result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, result.output
+    assert f"model folder {tmp_path / 'models' / 'sd15'} does not exist" in warnings[0] and "model_index.json" in warnings[0]
+    assert "CLIP weights" in warnings[1] and "do not exist" in warnings[1]
+    quiet = CliRunner().invoke(app, ["init", "--subjects", str(tmp_path / "photos"), "--model", str(TOY_MODEL_DIR),
+                                     "--out", str(tmp_path / "ok.yaml"), "--class-word", f"{b.id}=x", "--class-word", f"{c.id}=y"])
+    assert quiet.exit_code == 0 and "warning" not in quiet.output, quiet.output

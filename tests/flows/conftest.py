@@ -88,16 +88,25 @@ def _prefect_server(tmp_path, **extra: str):
 
 
 @pytest.fixture(scope="session")
-def demo_run(prefect_api, tmp_path_factory):
-    """`cones demo --json` once per session (~3 min on 2 cores): its printed result, and its workdir as `workdir`.
+def demo_run(tmp_path_factory):
+    """`cones demo --json` once per session (~3 min on 2 cores), as a new user runs it: a process of its own
+    with its own temporary Prefect server and a fresh PREFECT_HOME. Its printed result, everything it
+    printed (`output`: stdout and stderr), and its workdir as `workdir`.
 
-    Shared by the demo's own test and the browser test of its report."""
-    from typer.testing import CliRunner
+    Shared by the demo's own test and the browser and export tests of its catalog."""
+    import json
 
-    from cones_cli.app import app
-    from cones_runs import cli_json
+    from cones_runs import CONES, REPO
 
     workdir = tmp_path_factory.mktemp("demo") / "demo"
-    result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir), "--json"])
-    assert result.exit_code == 0, result.output
-    return {**cli_json(result), "workdir": workdir}
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
+        "PREFECT_HOME": str(tmp_path_factory.mktemp("demo-prefect-home")),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # 2 shared cores
+    }
+    done = subprocess.run([CONES, "demo", "--workdir", str(workdir), "--json"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=1800)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    return {**json.loads(done.stdout[done.stdout.index("{"):]), "workdir": workdir, "output": output}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from catalog import load_catalog
@@ -26,3 +28,13 @@ def test_demo_fills_the_catalog_and_its_masks_draw_their_subjects(demo_run):
     # paper's union of masks; the base model, the subjects spelled out: ~0.96); 96 pair images
     assert all_present[1] >= 0.75 and all_present[2] >= 0.3, all_present
     assert catalog.query(out["query"]).num_rows == 10  # the query the demo prints runs as printed
+
+
+def test_demo_prints_no_traceback_and_no_lost_gpu_slot(demo_run):
+    """What a new user sees: Prefect's progress lines, the result; no traceback, no "410 Gone" from a gpu slot's
+    lease renewal (a lease Prefect released when the task that took it ended: flows/_gpu_slot.py)."""
+    output = demo_run["output"]
+    assert "Traceback" not in output and "╭" not in output  # neither Python's traceback nor rich's
+    assert not re.search(r"(?<![\d.:])410(?!\d)", output) and "Gone" not in output  # not a log timestamp's .410
+    assert "renewal failed" not in output and "slot's lease" not in output
+    assert demo_run["log"].endswith(".log") and "Traceback" not in open(demo_run["log"]).read()
