@@ -196,6 +196,16 @@ class Catalog:
         self.commit("generations", rows)
         return [r["id"] for r in rows]
 
+    def write_grid_items(self, grid: str, *, start: int, generations: pa.Array) -> int:
+        """Record that `generations[i]` sits at position `start + i` of grid `grid`, in one commit."""
+        n = len(generations)
+        table = pa.table({
+            "grid": pa.repeat(pa.scalar(grid, pa.string()), n),
+            "position": pa.array(np.arange(start, start + n, dtype=np.int64)),
+            "generation": pa.array(generations, pa.string()),
+        })
+        return self.commit("grid_items", table)
+
     def write_clip_scores(self, scores: Sequence[ClipScore]) -> int:
         """Write a batch of scores in one commit (not checked against generations: hot path)."""
         rows = [

@@ -29,6 +29,20 @@ class CombinationFileError(CatalogError, ValueError):
     """A combinations file that cannot be read as one (wrong suffix, no `subjects` column, unreadable)."""
 
 
+def combination_file_digest(uri: str) -> str:
+    """sha256 of the file's bytes, read 4 MB at a time: a grid planned from a file is named by its content."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        with fsspec.open(uri, "rb") as fh:
+            while block := fh.read(1 << 22):
+                digest.update(block)
+    except FileNotFoundError as exc:
+        raise CombinationFileError(f"combinations file {uri!r} does not exist") from exc
+    return digest.hexdigest()
+
+
 def combination_rows(uri: str, *, batch_rows: int = 65_536) -> Iterator[tuple[list[str], np.ndarray]]:
     """(subject ids, offsets) per batch of rows: row i of a batch is ids[offsets[i]:offsets[i + 1]]."""
     name = uri.lower()

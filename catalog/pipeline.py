@@ -8,12 +8,13 @@ these questions are phrased.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from catalog.catalog import Catalog
 from catalog.errors import UnknownSubjectError
@@ -140,6 +141,115 @@ def mean_scores(catalog: Catalog, ids: Sequence[str]) -> dict[str, dict[str, flo
     out: dict[str, dict[str, float]] = {}
     for r in rows:
         out.setdefault(r["generation"], {})[r["metric"]] = float(r["value"])
+    return out
+
+
+def grid_size(catalog: Catalog, grid: str) -> int:
+    """Positions in grid `grid` (0 for a grid the catalog does not know)."""
+    rows = catalog.query("SELECT coalesce(max(position) + 1, 0) AS n FROM grid_items WHERE grid = ?", [grid]).to_pylist()
+    return int(rows[0]["n"])
+
+
+def grid_rows_to_score(
+    catalog: Catalog, grid: str, *, scorer: str, start: int, stop: int
+) -> tuple[np.ndarray, list[GenerationRow], int]:
+    """The generated items at positions [start, stop) of grid `grid` that `scorer` has not scored yet.
+
+    Returns (their positions, their rows, in position order; how many generated items the range
+    holds in all). One range at a time, so what a flow holds to select a grid's work is a range,
+    not the grid (docs/scale.md, "Selecting a run's grid").
+    """
+    with catalog._lookup(["grid_items", "generations", "clip_scores"]) as con:
+        items = con.sql(
+            "SELECT gi.position, g.id, g.subjects, g.prompt, g.seed, g.image_uri FROM grid_items gi "
+            "JOIN generations g ON g.id = gi.generation WHERE gi.grid = $grid AND gi.position >= $start AND gi.position < $stop",
+            params={"grid": grid, "start": start, "stop": stop},
+        ).to_arrow_table()
+        con.register("__range", items.select(["id"]))
+        try:
+            scored = con.sql(
+                "SELECT id FROM __range SEMI JOIN (SELECT generation AS id FROM clip_scores WHERE scorer = $scorer) USING (id)",
+                params={"scorer": scorer},
+            ).to_arrow_table()
+        finally:
+            con.unregister("__range")
+    done = pa.compute.is_in(items.column("id"), value_set=scored.column("id"))
+    todo = items.filter(pa.compute.invert(done)).sort_by("position")
+    return todo.column("position").to_numpy(), [_generation(r) for r in todo.to_pylist()], items.num_rows
+
+
+def grid_combination_ranges(catalog: Catalog, grid: str, *, positions: int) -> Iterator[pa.Table]:
+    """Grid `grid`'s combinations (subjects, prompt) with their scores, a range of about `positions` positions
+    at a time, each aggregated in DuckDB: what the report and the leaderboard rank, never the whole grid at once.
+
+    Columns: subjects, prompt, seeds (generations made), metrics (list of {metric, value}: each metric's mean
+    over the seeds of each generation's mean over targets and scorers). A grid lists each combination's
+    items next to each other (subset × template × seed, cones_tasks.combinations.grid_items), so a range
+    is cut before its last combination, which the next range starts with: every combination comes whole.
+    """
+    size = grid_size(catalog, grid)
+    start = 0
+    while start < size:
+        stop = min(size, start + positions)
+        while (combos := _combinations_in(catalog, grid, start, stop)).num_rows < 2 and stop < size:
+            stop = min(size, stop + positions)  # one combination, maybe going on: widen the range until a second starts
+        if stop < size:  # the last combination may go on past `stop`: the next range starts with it
+            start = combos.column("first")[-1].as_py()
+            combos = combos.slice(0, combos.num_rows - 1)
+        else:
+            start = stop
+        yield combos.drop_columns(["first"])
+
+
+def _combinations_in(catalog: Catalog, grid: str, start: int, stop: int) -> pa.Table:
+    """The combinations of the grid's generated items at positions [start, stop), by first position, with their
+    metric means (grid_combination_ranges' columns, and `first`)."""
+    with catalog._lookup(["grid_items", "generations", "clip_scores"]) as con:
+        return con.sql(
+            "WITH gen AS (SELECT gi.position, g.id, g.subjects, g.prompt FROM grid_items gi "
+            "  JOIN generations g ON g.id = gi.generation WHERE gi.grid = $grid AND gi.position >= $start AND gi.position < $stop), "
+            "per_gen AS (SELECT s.generation, s.metric, avg(s.value) AS value FROM clip_scores s "
+            "  SEMI JOIN gen ON gen.id = s.generation GROUP BY ALL), "
+            "combos AS (SELECT subjects, prompt, min(position) AS first, count(*) AS seeds FROM gen GROUP BY ALL), "
+            "scores AS (SELECT gen.subjects, gen.prompt, p.metric, avg(p.value) AS value "
+            "  FROM gen JOIN per_gen p ON p.generation = gen.id GROUP BY ALL) "
+            "SELECT c.first, c.subjects, c.prompt, c.seeds, "
+            "  coalesce(list({'metric': s.metric, 'value': s.value} ORDER BY s.metric) FILTER (WHERE s.metric IS NOT NULL), []) AS metrics "
+            "FROM combos c LEFT JOIN scores s ON s.subjects = c.subjects AND s.prompt = c.prompt GROUP BY ALL ORDER BY c.first",
+            params={"grid": grid, "start": start, "stop": stop},
+        ).to_arrow_table()
+
+
+def grid_subjects(catalog: Catalog, grid: str) -> list[str]:
+    """The subjects that appear in grid `grid`'s generations, sorted."""
+    rows = catalog.query(
+        "SELECT DISTINCT unnest(g.subjects) AS subject FROM grid_items gi JOIN generations g ON g.id = gi.generation "
+        "WHERE gi.grid = ? ORDER BY subject", [grid],
+    ).to_pylist()
+    return [r["subject"] for r in rows]
+
+
+def grid_combination_generations(
+    catalog: Catalog, grid: str, combinations: Sequence[tuple[Sequence[str], str]]
+) -> dict[tuple[tuple[str, ...], str], list[tuple[int, str, str]]]:
+    """(subjects, prompt) → [(seed, generation id, image uri)] by seed, for these combinations of grid `grid`."""
+    if not combinations:
+        return {}
+    wanted = pa.table({"subjects": pa.array([list(s) for s, _ in combinations], pa.list_(pa.string())),
+                       "prompt": pa.array([p for _, p in combinations], pa.string())})
+    with catalog._lookup(["grid_items", "generations"]) as con:
+        con.register("__wanted", wanted)
+        try:
+            rows = con.sql(
+                "SELECT g.subjects, g.prompt, g.seed, g.id, g.image_uri FROM grid_items gi JOIN generations g ON g.id = gi.generation "
+                "SEMI JOIN __wanted w ON w.subjects = g.subjects AND w.prompt = g.prompt WHERE gi.grid = $grid ORDER BY g.seed",
+                params={"grid": grid},
+            ).to_arrow_table().to_pylist()
+        finally:
+            con.unregister("__wanted")
+    out: dict[tuple[tuple[str, ...], str], list[tuple[int, str, str]]] = {}
+    for r in rows:
+        out.setdefault((tuple(r["subjects"]), r["prompt"]), []).append((int(r["seed"]), r["id"], r["image_uri"]))
     return out
 
 

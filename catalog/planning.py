@@ -10,7 +10,7 @@ because it is Arrow and DuckDB work; the `generate-combinations` flow only calls
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from catalog.catalog import load_catalog
-from catalog.combination_files import combination_rows, count_combination_rows
+from catalog.combination_files import combination_file_digest, combination_rows, count_combination_rows
 from catalog.pipeline import generations_present
-from catalog.records import generation_ids, shard_of
+from catalog.records import generation_ids, grid_id, shard_of
 from cones_tasks.combinations import SLOT, check_template, class_phrase
 from cones_tasks.config import GenerateConfig, GenerationGrid
 from cones_tasks.subsets import Subsets, grid_subset_count, grid_subsets
@@ -31,6 +31,7 @@ __all__ = [
     "GridItem",
     "PlanTally",
     "ResolvedMasks",
+    "grid_id_of",
     "grid_item_count",
     "grid_items",
     "plan_chunks",
@@ -79,7 +80,9 @@ class PlanTally:
 
     items: int = 0
     skipped: int = 0
-    ids: list[pa.Array] = field(default_factory=list)  # every grid id, 36 B each (docs/scale.md)
+    ids: list[pa.Array] = field(default_factory=list)  # every grid id, 36 B each, when asked to keep them
+    # called with (first position, ids) of each planned chunk: the flow records its grid's items in the catalog
+    record: Callable[[int, pa.Array], None] | None = None
 
 
 def _template_parts(template: str) -> tuple[str, str]:
@@ -156,6 +159,8 @@ def plan_chunks(
         if config.shard is not None:
             mine = pa.array(shard_of(gids, config.shard.count) == config.shard.index)
             items, gids = items.filter(mine), gids.filter(mine)
+        if tally.record is not None:
+            tally.record(tally.items, gids)
         done = generations_present(catalog, gids)
         items = items.append_column(POSITION, pa.array(np.arange(tally.items, tally.items + items.num_rows)))
         tally.items += items.num_rows
@@ -165,6 +170,21 @@ def plan_chunks(
         todo = items.add_column(0, "id", gids).filter(pa.array(~done))
         if todo.num_rows:
             yield todo
+
+
+def grid_id_of(config: GenerateConfig, resolved: ResolvedMasks) -> str:
+    """The id of the grid `config` plans: a hash of what decides its items and their positions
+    (`grid_items` rows are keyed by it; docs/pipeline.md, "A run's grid is in the catalog").
+
+    Batch sizes are left out (they cut tasks, not the grid); a combinations file counts by its content.
+    """
+    grid = config.grid.model_dump(mode="json", exclude={"sample_batch", "task_batch"})
+    if isinstance(config.grid.combinations, str) and config.grid.combinations != "all":
+        grid["combinations"] = {"file": config.grid.combinations, "sha256": combination_file_digest(config.grid.combinations)}
+    return grid_id({
+        "model": resolved.model_fingerprint, "class_words": dict(resolved.class_words), "mask_ids": dict(resolved.mask_ids),
+        "grid": grid, "shard": None if config.shard is None else config.shard.model_dump(),
+    })
 
 
 def grid_item_count(config: GenerateConfig, n_subjects: int) -> int:

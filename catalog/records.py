@@ -51,6 +51,11 @@ def params_hash(params: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(params).encode()).hexdigest()[:16]
 
 
+def grid_id(definition: Mapping[str, Any]) -> str:
+    """The id of a generation grid: a hash of everything that decides its items and their order."""
+    return content_key("grid", canonical_json(definition))
+
+
 def mask_id_for(subject: str, model_fingerprint: str, params_hash_: str) -> str:
     return content_key("mask", subject, model_fingerprint, params_hash_)
 

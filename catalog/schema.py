@@ -80,6 +80,15 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("created", TS),
         ]
     ),
+    # Which generations make up one run's grid, by position (docs/pipeline.md, "A run's grid"): scoring and
+    # the report select "this run's generations" here instead of carrying millions of ids through a flow.
+    "grid_items": pa.schema(
+        [
+            ("grid", pa.string()),  # the grid's id: hash of what decides its items (catalog.records.grid_id)
+            ("position", pa.int64()),  # the item's place in the grid (it fixes the item's batch)
+            ("generation", pa.string()),  # the `generations` id made there
+        ]
+    ),
     "clip_scores": pa.schema(
         [
             ("generation", pa.string()),
@@ -100,6 +109,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "subject_captions": ("subject", "content_hash"),
     "concept_masks": ("mask_id",),
     "generations": ("id",),
+    "grid_items": ("grid", "position"),
     "clip_scores": ("generation", "metric", "target", "scorer"),
 }
 

@@ -303,10 +303,12 @@ class GenerateConfig(_FlowConfig):
 
 
 class ScoreConfig(_FlowConfig):
-    """Scores every generation (or only `generations`) that this scorer has not scored yet."""
+    """Scores every generation (or only those of one grid) that this scorer has not scored yet."""
 
     scoring: ScoringParams = Field(description="how to score: open_clip, the toy judge, or both")
-    generations: tuple[str, ...] | None = Field(None, description="generation ids; None: all unscored")
+    grid: str | None = Field(
+        None, description="a grid id (`generate-combinations` returns it): score only its generations; None: all unscored"
+    )
 
 
 _Config = TypeVar("_Config", bound=BaseModel)
@@ -378,13 +380,11 @@ class CustomizeConfig(_FlowConfig):
             discovery=self.discovery, discovery_seed=self.seed, grid=grid,
         )
 
-    def score_config(self, generations: Sequence[str] | None = None) -> ScoreConfig | None:
+    def score_config(self, grid: str | None = None) -> ScoreConfig | None:
+        """The scoring step, for the generations of `grid` (the id `generate-combinations` returned)."""
         if self.scoring is None:
             return None
-        return ScoreConfig(
-            catalog=self.catalog, runner=self.runner, scoring=self.scoring,
-            generations=None if generations is None else tuple(generations),
-        )
+        return ScoreConfig(catalog=self.catalog, runner=self.runner, scoring=self.scoring, grid=grid)
 
     @property
     def subject_ids(self) -> tuple[str, ...]:

@@ -16,7 +16,8 @@ similarity is a dot product.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import heapq
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,8 +51,9 @@ class CombinationScores:
 
     subjects: tuple[str, ...]
     prompt: str
-    generations: tuple[tuple[int, str, str], ...]  # (seed, generation id, image uri), by seed
+    generations: tuple[tuple[int, str, str], ...]  # (seed, generation id, image uri), by seed; () when not looked up
     scores: dict[str, float]  # metric → mean over seeds (and over subjects for per-subject metrics)
+    seeds: int = 0  # images generated for it (len(generations) when they were looked up)
 
     @property
     def key(self) -> str:
@@ -77,15 +79,44 @@ def combination_scores(rows: Sequence, scores: Mapping[str, Mapping[str, float]]
                 prompt=prompt,
                 generations=tuple((int(r.seed), r.id, r.image_uri) for r in members),
                 scores={m: float(np.mean([s[m] for s in per_seed if m in s])) for m in metrics},
+                seeds=len(members),
             )
         )
-    out.sort(key=lambda c: (-c.scores.get(PRESENCE, 0.0), -c.scores.get(IMAGE_ALIGNMENT, 0.0), c.subjects, c.prompt))
-    return out
+    return _ranked(out)
+
+
+def aggregated_combinations(rows: Sequence[Mapping]) -> list[CombinationScores]:
+    """Combinations aggregated by the catalog (catalog.pipeline.grid_combination_ranges rows: subjects, prompt,
+    seeds, metrics as [{metric, value}]), unranked; no generations looked up."""
+    return [
+        CombinationScores(
+            subjects=tuple(r["subjects"]), prompt=r["prompt"], generations=(), seeds=int(r["seeds"]),
+            scores={m["metric"]: float(m["value"]) for m in r["metrics"]},
+        )
+        for r in rows
+    ]
+
+
+def best_combinations(combinations: Iterable[CombinationScores], top: int | None) -> list[CombinationScores]:
+    """The best `top` (all when None), ranked as `combination_scores` ranks; holds only `top` at a time."""
+    if top is None:
+        return _ranked(list(combinations))
+    return heapq.nsmallest(top, combinations, key=_rank_key)
+
+
+def _rank_key(c: CombinationScores) -> tuple:
+    return (-c.scores.get(PRESENCE, 0.0), -c.scores.get(IMAGE_ALIGNMENT, 0.0), c.subjects, c.prompt)
+
+
+def _ranked(combinations: list[CombinationScores]) -> list[CombinationScores]:
+    """Ranked by presence (toy world), then image alignment; ties by subjects and prompt."""
+    combinations.sort(key=_rank_key)
+    return combinations
 
 
 def leaderboard_rows(combinations: Sequence[CombinationScores]) -> list[dict[str, object]]:
     """Flat rows for a table: subjects, prompt, seeds, then one column per metric."""
     return [
-        {"subjects": " + ".join(c.subjects), "prompt": c.prompt, "seeds": len(c.generations), **{m: round(v, 4) for m, v in c.scores.items()}}
+        {"subjects": " + ".join(c.subjects), "prompt": c.prompt, "seeds": c.seeds, **{m: round(v, 4) for m, v in c.scores.items()}}
         for c in combinations
     ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from array import array
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,31 +73,61 @@ def rank_entries(entries: Sequence[ReportEntry], *, metric: str) -> list[ReportE
     return sorted(entries, key=lambda e: (metric not in e.scores, -e.scores.get(metric, 0.0)))
 
 
-def score_plots(entries: Sequence[ReportEntry]) -> list[tuple[str, bytes]]:
+class ScoreTally:
+    """What the score plots show of every combination, gathered one combination at a time: each metric's
+    values (8 B a combination) and its sums by number of subjects. A run of millions of combinations
+    is plotted without holding its combinations (docs/scale.md, "Selecting a run's grid")."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, array] = defaultdict(lambda: array("d"))
+        self._sums: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0]))
+        self.combinations = 0
+        self.generations = 0  # kept by callers that know each combination's seeds
+
+    def add(self, subjects: int, scores: Mapping[str, float]) -> None:
+        self.combinations += 1
+        for metric, value in scores.items():
+            self.values[metric].append(value)
+            total = self._sums[metric][subjects]
+            total[0] += value
+            total[1] += 1
+
+    @classmethod
+    def of(cls, entries: Sequence[ReportEntry]) -> ScoreTally:
+        tally = cls()
+        for entry in entries:
+            tally.add(len(entry.subjects), entry.scores)
+        return tally
+
+    def by_k(self, metric: str) -> dict[int, float]:
+        """Subjects per combination → the metric's mean over those combinations."""
+        return {k: total / n for k, (total, n) in sorted(self._sums[metric].items())}
+
+
+def score_plots(entries: Sequence[ReportEntry] | ScoreTally) -> list[tuple[str, bytes]]:
     """(title, PNG) of each plot of `score_figures`."""
     return [(name, _figure_png(fig)) for name, fig in score_figures(entries)]
 
 
-def score_figures(entries: Sequence[ReportEntry]) -> list[tuple[str, object]]:
+def score_figures(entries: Sequence[ReportEntry] | ScoreTally) -> list[tuple[str, object]]:
     """(title, matplotlib Figure): mean of each metric by number of subjects, and each metric's distribution.
 
-    The title is printed once, by the page's caption under the plot, not inside the image too."""
+    `entries`: the combinations, or their ScoreTally. The title is printed once, by the page's caption
+    under the plot, not inside the image too."""
     from matplotlib.figure import Figure
 
-    metrics = sorted({m for e in entries for m in e.scores})
+    tally = entries if isinstance(entries, ScoreTally) else ScoreTally.of(entries)
+    metrics = sorted(tally.values)
     if not metrics:
         return []
     plots: list[tuple[str, object]] = []
 
-    by_k: dict[str, dict[int, list[float]]] = {m: defaultdict(list) for m in metrics}
-    for entry in entries:
-        for metric, value in entry.scores.items():
-            by_k[metric][len(entry.subjects)].append(value)
     fig = Figure(figsize=(6, 3.5), dpi=100)
     ax = fig.add_subplot()
     for metric in metrics:
-        ks = sorted(by_k[metric])
-        ax.plot(ks, [float(np.mean(by_k[metric][k])) for k in ks], marker="o", label=metric)
+        by_k = tally.by_k(metric)
+        ks = sorted(by_k)
+        ax.plot(ks, [by_k[k] for k in ks], marker="o", label=metric)
         ax.set_xticks(ks)
     ax.set_xlabel("subjects in the combination")
     ax.set_ylabel("mean score")
@@ -109,7 +140,7 @@ def score_figures(entries: Sequence[ReportEntry]) -> list[tuple[str, object]]:
     fig = Figure(figsize=(3.2 * cols, 2.4 * rows + 0.6), dpi=100)
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(rows, cols, i + 1)
-        values = [e.scores[metric] for e in entries if metric in e.scores]
+        values = np.frombuffer(tally.values[metric], dtype=np.float64)
         ax.hist(values, bins=min(20, max(3, len(values))), color="#4c72b0")
         ax.set_title(metric, fontsize=9)
         ax.set_xlabel("score")
@@ -127,8 +158,12 @@ def render_report(
     max_shown: int | None = None,
     settings: Mapping[str, Mapping[str, object]] | None = None,
     references: Mapping[str, Sequence[ReferencePhoto]] | None = None,
+    tally: ScoreTally | None = None,
 ) -> str:
     """The whole report as one HTML string (UTF-8, no external references).
+
+    `tally`: every combination's scores, when `entries` holds only the best of them (ranked, as
+    many as are shown): the plots and counts then cover the tally's combinations.
 
     `settings`: section name → setting → value (the composition strategy, the discovery and
     generation parameters), shown under the summary. `references`: subject → the photos it was
@@ -141,6 +176,7 @@ def render_report(
     if rank_by is not None:
         entries = rank_entries(entries, metric=rank_by)
     shown = entries if max_shown is None else entries[:max_shown]
+    total = len(entries) if tally is None else tally.combinations
     esc = html.escape
     parts = [
         "<!doctype html>",
@@ -185,12 +221,10 @@ def render_report(
         '<section class="plots"><h2>Scores</h2><div class="plot-row">',
         *(
             f'<figure class="plot"><img alt="{esc(name)}" src="data:image/png;base64,{_b64(png)}"><figcaption>{esc(name)}</figcaption></figure>'
-            for name, png in score_plots(entries)
+            for name, png in score_plots(entries if tally is None else tally)
         ),
         "</div></section>",
-        f"<h2>Combinations ({len(entries)})</h2>"
-        if len(shown) == len(entries)
-        else f"<h2>Combinations (the best {len(shown)} of {len(entries)})</h2>",
+        f"<h2>Combinations ({total})</h2>" if len(shown) == total else f"<h2>Combinations (the best {len(shown)} of {total})</h2>",
     ]
     for rank, entry in enumerate(shown, start=1):
         scores = " · ".join(f"{esc(m)} {v:.3f}" for m, v in sorted(entry.scores.items()))
@@ -206,9 +240,9 @@ def render_report(
             ),
             "</div></section>",
         ]
-    if len(shown) < len(entries):
+    if len(shown) < total:
         parts.append(
-            f'<p class="rest">{len(entries) - len(shown)} more combinations are in the catalog: the leaderboard '
+            f'<p class="rest">{total - len(shown)} more combinations are in the catalog: the leaderboard '
             "artifact ranks them all, and <code>cones sql</code> or <code>cones export</code> reads them.</p>"
         )
     parts.append("</body></html>")

@@ -14,46 +14,45 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from catalog import load_catalog
-from catalog.pipeline import list_generations, mean_scores, subject_image_captions, subject_image_uris
-from cones_tasks import generation_scores as gs
+from catalog.pipeline import grid_combination_generations, grid_subjects, subject_image_captions, subject_image_uris
 from cones_tasks.config import CustomizeConfig
 from cones_tasks.report import REFERENCES_SHOWN, ReferencePhoto, ReportEntry, render_report
 from flows._runtime import TASK_OPTIONS
 from flows.discover_concepts import discover_concepts
 from flows.generate_combinations import generate_combinations
 from flows.ingest_subjects import ingest_subjects
-from flows.score_generations import publish_leaderboard, score_generations
+from flows.score_generations import publish_leaderboard, rank_grid, score_generations
 
 
 @task(name="write-report", **TASK_OPTIONS)
 def write_report(
     catalog_uri: str,
-    generation_ids: list[str],
+    grid: str,
     summary: dict[str, Any],
     top: int | None,
     settings: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """Render the HTML report of these generations and store it in the catalog; returns its URI.
+    """Render the HTML report of the grid's generations and store it in the catalog; returns its URI.
 
-    Images are read only for the `top` best combinations (combination_scores ranks best first),
-    and each subject's first reference photos for the top of the page."""
+    The catalog aggregates the grid's scores per combination, a range at a time (rank_grid); the best
+    `top` are kept, their images looked up and read, and each subject's first reference photos for
+    the top of the page."""
     catalog = load_catalog(catalog_uri)
-    rows = list_generations(catalog, generation_ids)
-    combos = gs.combination_scores(rows, mean_scores(catalog, generation_ids))
-    shown = len(combos) if top is None else top
+    best, tally = rank_grid(catalog, grid, top=top)  # the best `top`, and every combination's scores for the plots
+    generations = grid_combination_generations(catalog, grid, [(c.subjects, c.prompt) for c in best])
     entries = [
         ReportEntry(
             combination_key=c.key,
             subjects=c.subjects,
             prompt=c.prompt,
-            images=tuple((seed, catalog.get_bytes(uri)) for seed, _, uri in c.generations) if rank < shown else (),
+            images=tuple((seed, catalog.get_bytes(uri)) for seed, _, uri in generations.get((c.subjects, c.prompt), ())),
             scores=c.scores,
         )
-        for rank, c in enumerate(combos)
+        for c in best
     ]
-    subjects = sorted({s for r in rows for s in r.subjects})
-    html = render_report(entries, title="Cones customization run", summary={**summary, "combinations": len(entries)},
-                         max_shown=top, settings=settings, references=_reference_photos(catalog, subjects))
+    subjects = grid_subjects(catalog, grid)
+    html = render_report(entries, title="Cones customization run", summary={**summary, "combinations": tally.combinations},
+                         max_shown=top, settings=settings, references=_reference_photos(catalog, subjects), tally=tally)
     return catalog.put_bytes(html.encode("utf-8"), suffix=".html")
 
 
@@ -101,17 +100,20 @@ def customize(config: CustomizeConfig) -> dict[str, Any]:
     subjects = ingested["ingested"]
     masks = discover_concepts(config.discover_config(subjects))
     generated = generate_combinations(config.generate_config(subjects))
-    generation_ids = generated["generations"]
-    score_config = config.score_config(generation_ids)
+    # Scoring and the report select the grid's generations in the catalog by its id: no list of ids is
+    # carried from step to step (docs/scale.md, "Selecting a run's grid").
+    grid = generated["grid"]
+    score_config = config.score_config(grid)
     if score_config is not None:
         score_generations(score_config)
     else:
-        publish_leaderboard(load_catalog(config.catalog), tuple(generation_ids))
+        publish_leaderboard(load_catalog(config.catalog), grid)
     result: dict[str, Any] = {
         "subjects": subjects,
         "failed_subjects": ingested["failed"],
         "masks": masks,
-        "generations": len(generation_ids),
+        "grid": grid,
+        "generations": generated["generations"],
         "new_generations": generated["new"],
         "report_uri": None,
     }
@@ -119,17 +121,17 @@ def customize(config: CustomizeConfig) -> dict[str, Any]:
         summary = {
             "subjects": ", ".join(subjects),
             "failed subjects": ", ".join(ingested["failed"]) or "none",
-            "generations": len(generation_ids),
+            "generations": generated["generations"],
             "generated in this run": generated["new"],
             "model": config.model.path,
             "wall time before report (s)": round(time.perf_counter() - started, 1),
         }
-        result["report_uri"] = write_report(config.catalog, generation_ids, summary, config.report_top, run_settings(config))
+        result["report_uri"] = write_report(config.catalog, grid, summary, config.report_top, run_settings(config))
     create_markdown_artifact(
         key="customize-summary",
         markdown=(
             f"# Customization run\n\n- subjects: {', '.join(subjects)}\n- failed: {ingested['failed'] or 'none'}\n"
-            f"- generations: {len(generation_ids)} ({generated['new']} new), composition {config.grid.composition}\n"
+            f"- generations: {generated['generations']} ({generated['new']} new), composition {config.grid.composition}\n"
             f"- report: {result['report_uri']}\n"
         ),
         description="customize",

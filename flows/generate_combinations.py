@@ -22,7 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from catalog import Generation, load_catalog
 from catalog.pipeline import class_words, stored_mask_ids
-from catalog.planning import GridItem, PlanTally, ResolvedMasks, grid_item_count, plan_chunks, task_batches
+from catalog.planning import GridItem, PlanTally, ResolvedMasks, grid_id_of, grid_item_count, plan_chunks, task_batches
 from cones_tasks.combinations import batched
 from cones_tasks.config import (
     DiscoveryParams,
@@ -114,15 +114,17 @@ def generate_batch(
 
 @flow(name="generate-combinations")
 def generate_combinations(config: GenerateConfig) -> dict[str, Any]:
-    """Returns the ids of every generation in the grid (new and already present)."""
+    """Returns the grid's id (scoring and the report select its generations by it), its size, and what was new."""
     ensure_concurrency_limit()
     resolved = resolve_masks(config.catalog, config.model, config.subjects, config.discovery, config.discovery_seed)
-    tally = PlanTally()
+    catalog, grid = load_catalog(config.catalog), grid_id_of(config, resolved)
+    # each planned chunk's ids go to `grid_items` as planning goes: scoring and the report select the grid there
+    tally = PlanTally(record=lambda start, ids: catalog.write_grid_items(grid, start=start, generations=ids))
     most = math.ceil(grid_item_count(config, len(config.subjects)) / config.grid.task_batch)
     calls = (
         {"catalog_uri": config.catalog, "model_ref": config.model, "grid": config.grid,
          "attention": config.discovery.attention, "items": GridItem.rows_of(rows)}
-        for rows in task_batches(config.grid, plan_chunks(config, resolved, tally=tally))
+        for rows in task_batches(config.grid, plan_chunks(config, resolved, tally=tally, keep_ids=False))
     )
     written = fan_out_stream(generate_batch, calls, runner=config.runner, label="generate-combinations", most_calls=most)
     get_run_logger().info(
@@ -134,5 +136,5 @@ def generate_combinations(config: GenerateConfig) -> dict[str, Any]:
         f"{sum(written)} generated now in {len(written)} batches of ≤ {config.grid.task_batch}."
     )
     create_markdown_artifact(key="generation-summary", markdown=summary, description="generate-combinations")
-    ids = pa.chunked_array(tally.ids, pa.string()).to_pylist()
-    return {"generations": ids, "new": sum(written), "cached": tally.skipped}
+    return {"grid": grid, "generations": tally.items, "new": sum(written), "cached": tally.skipped}
+

@@ -77,6 +77,9 @@ def test_customize_end_to_end_and_a_rerun_does_only_missing_work(prefect_api, tm
 
     gens = catalog.query("SELECT count(*) AS n, count(DISTINCT id) AS d FROM generations").to_pylist()[0]
     assert gens == {"n": 12, "d": 12}
+    # each run's grid is in the catalog, by position: scoring and the report selected it there
+    grids = catalog.query("SELECT grid, count(*) AS n, max(position) AS last FROM grid_items GROUP BY grid ORDER BY n").to_pylist()
+    assert [(g["grid"], g["n"], g["last"]) for g in grids] == [(first["grid"], 6, 5), (full["grid"], 12, 11)]
     # every generation records the composition strategy it was made with (the default: token), queryable in SQL
     made_with = catalog.query(
         "SELECT json_extract_string(params, '$.composition') AS composition, count(*) AS n FROM generations GROUP BY ALL"

@@ -81,7 +81,8 @@ def test_a_killed_sampled_run_rerun_completes_the_same_combinations(tmp_path, ti
     result = rerun.result()
     assert result["new"] == GRID_SIZE - len(after_kill)
     rows = catalog.query("SELECT id, subjects FROM generations").to_pylist()
-    assert len(rows) == GRID_SIZE and {r["id"] for r in rows} == expected == set(result["generations"])
+    grid = {r["generation"] for r in catalog.query("SELECT generation FROM grid_items WHERE grid = ?", [result["grid"]]).to_pylist()}
+    assert len(rows) == GRID_SIZE == result["generations"] and {r["id"] for r in rows} == expected == grid
     sizes = sorted(len(r["subjects"]) for r in rows)
     assert sizes == [2] * (GRID_SIZE // 2) + [3] * (GRID_SIZE // 2)
 
