@@ -10,10 +10,13 @@ minutes on 2 cores; the larger the per-image work, the smaller the overhead frac
 - wall_s: the `generate-combinations` flow on a Prefect API (threads runner), batches fanned out
   as tasks, gpu limit, progress artifact, catalog commits.
 
-overhead_fraction = (wall_s − compute_s) / wall_s of each back-to-back pair, the median of ≥ 3 pairs
-reported with the spread (min, max) of the pairs. Each run writes its own fresh catalog, and the
-two must end with the same images (content hashes), so the comparison is of identical work.
-The API server's start-up is not timed: it runs once per deployment, not once per fan-out.
+overhead_fraction = (wall_s − compute_s) / wall_s of each pair, the median of ≥ 5 pairs reported
+with its spread (min, quartiles, max of the pairs). Pairs are interleaved: the plain run goes
+first in even pairs and second in odd ones, so a machine that speeds up or slows down during a
+pair (a shared machine, a warming cache) favours neither side. Each run writes its own fresh
+catalog, and the two must end with the same images (content hashes), so the comparison is of
+identical work. The API server's start-up is not timed: it runs once per deployment, not once
+per fan-out.
 """
 
 from __future__ import annotations
@@ -101,11 +104,12 @@ def _write_bench_model(out: Path) -> None:
     write_pipeline(out, unet, build_text_encoder(seed=0), build_scheduler())
 
 
-def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeats: int = 3) -> dict:
-    """`repeats` plain/flow pairs on fresh catalogs, each pair run back to back; report the median pair and the spread.
+def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeats: int = 5) -> dict:
+    """`repeats` plain/flow pairs on fresh catalogs, interleaved; report the median pair and the spread.
 
     Each pair's overhead fraction compares two runs seconds apart, so slow drifts in the load of a
-    shared machine move both sides alike; the median of the pairs is the figure, min–max its spread.
+    shared machine move both sides alike, and the order alternates from pair to pair; the median
+    of the pairs is the figure, min–quartiles–max its spread.
     """
     from flows._runtime import model_session
 
@@ -118,10 +122,14 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeat
         orchestrated = _prepare(workdir, model_dir, n_subjects, f"catalog-prefect-{r}", steps=steps)
         with model_session(plain.model):  # load once: every run reuses the process's model cache
             pass
-        seconds, n_items = _without_prefect(plain)
-        plain_s.append(seconds)
-        seconds, new = _with_prefect(orchestrated)
-        flow_s.append(seconds)
+        order = ("plain", "flow") if r % 2 == 0 else ("flow", "plain")
+        for side in order:
+            if side == "plain":
+                seconds, n_items = _without_prefect(plain)
+                plain_s.append(seconds)
+            else:
+                seconds, new = _with_prefect(orchestrated)
+                flow_s.append(seconds)
         same = _image_names(plain.catalog) == _image_names(orchestrated.catalog)
         if new != n_items or not same:
             raise RuntimeError(f"the two runs differ: the flow wrote {new} of {n_items} images; same images: {same}")
@@ -137,6 +145,9 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeat
         "compute_s": round(statistics.median(plain_s), 2),
         "overhead_fraction": round(statistics.median(fractions), 4),
         "overhead_fraction_spread": [round(min(fractions), 4), round(max(fractions), 4)],
+        "overhead_fraction_quartiles": [round(q, 4) for q in statistics.quantiles(fractions, n=4)],
+        "pair_fractions": [round(f, 4) for f in fractions],
+        "pair_order": ["plain first" if r % 2 == 0 else "flow first" for r in range(repeats)],
         "overhead_s": round(statistics.median(w - c for w, c in zip(flow_s, plain_s)), 2),
         "runs_wall_s": [round(x, 2) for x in flow_s],
         "runs_compute_s": [round(x, 2) for x in plain_s],
@@ -174,7 +185,7 @@ def _with_prefect(config) -> tuple[float, int]:
 def fanout(
     combinations: Annotated[int, typer.Option(min=1, help="At least this many combinations (subject subsets × prompts × seeds).")] = 10_000,
     steps: Annotated[int, typer.Option(min=1, help="Denoising steps per image (the work per combination).")] = 8,
-    repeats: Annotated[int, typer.Option(min=3, help="Plain/flow pairs; the median pair's overhead is reported, with the spread.")] = 3,
+    repeats: Annotated[int, typer.Option(min=5, help="Plain/flow pairs, interleaved; the median pair's overhead is reported, with the spread.")] = 5,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Orchestration overhead of generate-combinations: the flow vs the same work as plain calls."""
