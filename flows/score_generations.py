@@ -69,7 +69,7 @@ def score_batch(catalog_uri: str, rows: list[GenerationRow], scorer: str, clip: 
 
 
 # Positions of a grid selected at once, one DuckDB query each (docs/scale.md, "Selecting a run's grid"):
-# on a 2 M-item grid a range of 262,144 held 883 MB at the peak, 65,536 held 289 MB in 2.3x the time.
+# at 10 M items ranges of 262,144 held 892 MB at the peak, 131,072 held 486 MB (`cones bench select`).
 SELECT_POSITIONS = 1 << 17
 
 
