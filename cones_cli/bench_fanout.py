@@ -155,18 +155,18 @@ def run_fanout_bench(*, combinations: int, workdir: Path, steps: int = 8, repeat
 
 
 def _without_prefect(config) -> tuple[float, int]:
-    from catalog.planning import GridItem, PlanTally, plan_chunks, task_batches
+    from catalog.planning import PlanTally, plan_chunks, task_batches
     from flows.generate_combinations import generate_batch, resolve_masks
 
     started = time.perf_counter()
     tally = PlanTally()
 
     def generate(rows) -> int:  # the flow's generate-batch task, called as a plain function
-        return generate_batch.fn(config.catalog, config.model, GridItem.rows_of(rows), config.grid, config.discovery.attention)
+        return generate_batch.fn(config.catalog, config.model, rows, config.grid, config.discovery.attention)
 
     with ThreadPoolExecutor(max_workers=config.runner.workers) as pool:
         resolved = pool.submit(resolve_masks.fn, config.catalog, config.model, config.subjects, config.discovery, config.discovery_seed).result()
-        written = sum(pool.map(generate, task_batches(config.grid, plan_chunks(config, resolved, tally=tally))))
+        written = sum(pool.map(generate, task_batches(config.grid, plan_chunks(config, resolved, tally=tally, keep_ids=False))))
     seconds = time.perf_counter() - started
     if written != tally.items:
         raise RuntimeError(f"plain run wrote {written} of {tally.items} images")

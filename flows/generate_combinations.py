@@ -71,9 +71,14 @@ def resolve_masks(
 
 @task(name="generate-batch", **TASK_OPTIONS)
 def generate_batch(
-    catalog_uri: str, model_ref: ModelRef, items: list[GridItem], grid: GenerationGrid, attention: str
+    catalog_uri: str, model_ref: ModelRef, items: pa.Table, grid: GenerationGrid, attention: str
 ) -> int:
-    """Generate and store one batch of combinations; returns how many images it wrote."""
+    """Generate and store one batch of combinations (planned rows: catalog.planning); returns how many images it wrote.
+
+    The rows come as one Arrow table, not a list of items: Prefect walks every list, dict and dataclass of
+    a task's parameters (to find futures among them) several times per task, ~0.16 s for 1,024 items on
+    this machine, on the CPU the other batches sample on (docs/scale.md, "Fixed cost per flow run")."""
+    items = GridItem.rows_of(items)
     catalog = load_catalog(catalog_uri)
     stored = {m.mask_id: m for m in catalog.get_masks(sorted({i for it in items for i in it.mask_ids}))}
     subject_masks = {mid: ConceptMask.from_bytes(m.blob, space_fingerprint=m.model_fingerprint) for mid, m in stored.items()}
@@ -123,7 +128,7 @@ def generate_combinations(config: GenerateConfig) -> dict[str, Any]:
     most = math.ceil(grid_item_count(config, len(config.subjects)) / config.grid.task_batch)
     calls = (
         {"catalog_uri": config.catalog, "model_ref": config.model, "grid": config.grid,
-         "attention": config.discovery.attention, "items": GridItem.rows_of(rows)}
+         "attention": config.discovery.attention, "items": rows}
         for rows in task_batches(config.grid, plan_chunks(config, resolved, tally=tally, keep_ids=False))
     )
     written = fan_out_stream(generate_batch, calls, runner=config.runner, label="generate-combinations", most_calls=most)
