@@ -176,17 +176,28 @@ class Store:
             if now - float(body.get("created", now)) < grace_s:
                 continue
             for name in body["replaced"]:
-                path = f"{self.table_dir(table)}/{name}"
-                if self.fs.exists(path):
-                    self.fs.rm_file(path)
-                    deleted += 1
-            self.fs.rm_file(tomb_path)
+                deleted += self._remove(f"{self.table_dir(table)}/{name}")
+            self._remove(tomb_path)
         if self.local:
+            # Writers rename their staging files away while we look (publish's os.replace), and another
+            # `compact` may be cleaning too: a file gone between the listing and the stat or the delete
+            # was published or deleted by someone else, not an error.
             for path in self._ls(f"{self.table_dir(table)}/{STAGING}"):
-                if now - os.path.getmtime(path) >= grace_s:
-                    os.remove(path)
-                    deleted += 1
+                try:
+                    stale = now - os.path.getmtime(path) >= grace_s
+                except FileNotFoundError:
+                    continue
+                if stale:
+                    deleted += self._remove(path)
         return deleted
+
+    def _remove(self, path: str) -> int:
+        """Delete `path`; 1 if this call deleted it, 0 if it was already gone (another cleaner's)."""
+        try:
+            self.fs.rm_file(path)
+        except FileNotFoundError:
+            return 0
+        return 1
 
     # ------------------------------------------------------------ blobs
 
