@@ -19,7 +19,9 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from tqdm.auto import tqdm
 
+from cones_tasks.concepts import concept_batch
 from cones_tasks.loading import DiffusionModel
+from cones_tasks.neurons.processor import KWARG, attached
 from cones_tasks.neurons.words import TOKENIZER_LOCK
 from cones_tasks.pixels import from_model_range
 
@@ -75,8 +77,6 @@ def sample(
     DPM-Solver++ is the default: on the toy model at 25 steps it leaves far less residual
     noise than DDIM at 25 or 50 (fewer "unreadable" verdicts from the judge).
     """
-    from cones_tasks.neurons.processor import attached
-
     if len(prompts) != len(seeds):
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds; pass one seed per prompt")
     if masks is not None and (len(masks) != len(prompts) or space is None):
@@ -97,9 +97,6 @@ def sample(
 
 
 def _sample_batch(model, prompts, seeds, steps, guidance_scale, sampler, masks, space, word_masks=None) -> np.ndarray:
-    from cones_tasks.concepts import concept_batch
-    from cones_tasks.neurons.processor import KWARG
-
     pipe = model.pipeline(SAMPLERS[sampler].from_config(model.scheduler.config))
     concepts = concept_batch(model, space, prompts, masks=masks, word_masks=word_masks)
     side = model.unet.config.sample_size * pipe.vae_scale_factor  # the pipeline's pixels for our latent side

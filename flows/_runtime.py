@@ -16,12 +16,14 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import torch
 from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from cones_tasks.config import ClipRef, ModelRef, RunnerConfig
+from cones_tasks.neurons.space import NeuronSpace
 
 # The `gpu` slot (why it is not Prefect's `concurrency()`: docs/pipeline.md, "The gpu slot")
 from flows._gpu_slot import GPU_LEASE_S, GPU_LIMIT, ProcessGpuSlot, SlotLostError, raise_if_lapsed  # noqa: F401
@@ -210,8 +212,8 @@ class _ModelLock:
 
 @functools.lru_cache(maxsize=2)
 def _load_model(ref: ModelRef, pid: int):
-    import torch
-
+    # Imported here, not at the top: the loaders bring diffusers and open_clip (seconds to import), which the
+    # flows that run no model (ingest, compact) and `cones run` of them would otherwise load for nothing.
     from cones_tasks.loading import load_diffusion_model
 
     model = load_diffusion_model(ref.path, device=ref.device, dtype=getattr(torch, ref.dtype), trust_pickle=ref.trust_pickle)
@@ -220,7 +222,7 @@ def _load_model(ref: ModelRef, pid: int):
 
 @functools.lru_cache(maxsize=2)
 def _load_clip(ref: ClipRef, pid: int):
-    from cones_tasks.loading import load_clip_scorer
+    from cones_tasks.loading import load_clip_scorer  # not at the top: as in _load_model
 
     scorer = load_clip_scorer(ref.model_name, ref.weights_path, device=ref.device, trust_pickle=ref.trust_pickle)
     return scorer, threading.Lock()
@@ -300,8 +302,6 @@ def fan_out_stream(task, calls: Iterable[dict[str, Any]], *, runner: RunnerConfi
 
 @functools.lru_cache(maxsize=4)
 def _space(ref: ModelRef, attention: str, pid: int):
-    from cones_tasks.neurons.space import NeuronSpace
-
     with _cache_lock:
         model, lock = _load_model(ref, pid)
     with lock.shared():  # not while a discovery has its own K/V weights swapped in

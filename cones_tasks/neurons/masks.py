@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cones_tasks.codec import decode_indices, decoded_universe, encode_indices
 from cones_tasks.neurons.space import MaskModelMismatchError, NeuronSpace
 
 __all__ = ["ConceptMask", "MaskModelMismatchError", "RowEdits", "is_attached", "per_sample", "shut"]
@@ -139,14 +140,10 @@ class ConceptMask:
 
     def to_bytes(self) -> bytes:
         """Indices + universe via the storage codec (the fingerprint is stored beside it, e.g. a catalog column)."""
-        from cones_tasks.codec import encode_indices
-
         return encode_indices(self.indices, self.size)
 
     @classmethod
     def from_bytes(cls, blob: bytes, *, space_fingerprint: str) -> ConceptMask:
-        from cones_tasks.codec import decode_indices, decoded_universe
-
         return cls(space_fingerprint, decoded_universe(blob), decode_indices(blob))
 
 
