@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/cones demo
 
+# One pytest worker per core, at most 4 (each starts its own Prefect test server); --dist loadfile keeps a
+# file's tests on one worker, so its module fixtures (the crash tests' world, the small demo) are built once.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadfile
 
 SLOW_STAMP := $(VENV)/.installed-slow
 $(SLOW_STAMP): $(STAMP)
