@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -19,8 +20,20 @@ class NoUsableImagesError(ValueError):
     """Every file of a subject was rejected."""
 
 
+@dataclass(frozen=True)
+class SubjectIngested:
+    """What one `ingest-subject` task accepted, stored and refused (the flow's summary and its `reports`)."""
+
+    subject: str
+    accepted: int  # images that passed the checks, stored by this run or an earlier one
+    captioned: int  # scene photos with a caption
+    already_stored: int  # accepted images an earlier run had stored: skipped
+    rejected: list[tuple[str, str]]  # (file name, why)
+    duplicates: list[tuple[str, str]]  # (file name, the file it repeats)
+
+
 @task(name="ingest-subject", **TASK_OPTIONS)
-def ingest_subject(catalog_uri: str, source: SubjectSource, params: IngestParams) -> dict[str, Any]:
+def ingest_subject(catalog_uri: str, source: SubjectSource, params: IngestParams) -> SubjectIngested:
     """Validate one subject's files and store the accepted ones; re-ingesting the same files is a no-op."""
     report = ingest_images(
         source.subject_id, list_image_files(source.uri), min_side=params.min_side, max_pixels=params.max_pixels
@@ -47,14 +60,14 @@ def ingest_subject(catalog_uri: str, source: SubjectSource, params: IngestParams
         catalog.write_subject_images(source.subject_id, images)
     if captions:  # after the images they describe: a crash in between leaves images without captions, never the reverse
         catalog.write_subject_captions(source.subject_id, captions)
-    return {
-        "subject": source.subject_id,
-        "accepted": len(report.accepted),
-        "captioned": len(captions),
-        "already_stored": len(report.accepted) - len(images),
-        "rejected": [(r.name, r.reason) for r in report.rejected],
-        "duplicates": [(d.name, d.duplicate_of) for d in report.duplicates],
-    }
+    return SubjectIngested(
+        subject=source.subject_id,
+        accepted=len(report.accepted),
+        captioned=len(captions),
+        already_stored=len(report.accepted) - len(images),
+        rejected=[(r.name, r.reason) for r in report.rejected],
+        duplicates=[(d.name, d.duplicate_of) for d in report.duplicates],
+    )
 
 
 @flow(name="ingest-subjects")
@@ -67,9 +80,9 @@ def ingest_subjects(config: IngestConfig) -> dict[str, Any]:
         label="ingest-subjects",
         keep_failures=True,
     )
-    ingested = [r for r in results if isinstance(r, dict)]
+    ingested = [r for r in results if isinstance(r, SubjectIngested)]
     failed = {s.subject_id: str(r) for s, r in zip(config.subjects, results) if isinstance(r, BaseException)}
-    accepted, skipped = sum(r["accepted"] for r in ingested), sum(r["already_stored"] for r in ingested)
+    accepted, skipped = sum(r.accepted for r in ingested), sum(r.already_stored for r in ingested)
     get_run_logger().info(
         "ingest-subjects: %d of %d accepted images already in the catalog (skipped), %d stored", skipped, accepted,
         accepted - skipped,
@@ -77,14 +90,15 @@ def ingest_subjects(config: IngestConfig) -> dict[str, Any]:
     create_markdown_artifact(key="ingest-summary", markdown=_summary(ingested, failed), description="ingest-subjects")
     if not ingested:
         raise NoUsableImagesError("no subject could be ingested:\n" + "\n".join(f"- {k}: {v}" for k, v in failed.items()))
-    return {"ingested": [r["subject"] for r in ingested], "failed": failed, "reports": ingested}
+    # `reports` as plain dicts: the flow's result is what `cones run ingest --json` prints
+    return {"ingested": [r.subject for r in ingested], "failed": failed, "reports": [asdict(r) for r in ingested]}
 
 
-def _summary(ingested: list[dict[str, Any]], failed: dict[str, str]) -> str:
+def _summary(ingested: list[SubjectIngested], failed: dict[str, str]) -> str:
     lines = ["# Ingest", "", "| subject | accepted | rejected | duplicates |", "|---|---|---|---|"]
-    lines += [f"| {r['subject']} | {r['accepted']} | {len(r['rejected'])} | {len(r['duplicates'])} |" for r in ingested]
+    lines += [f"| {r.subject} | {r.accepted} | {len(r.rejected)} | {len(r.duplicates)} |" for r in ingested]
     for r in ingested:
-        lines += [f"- `{r['subject']}/{name}` rejected: {reason}" for name, reason in r["rejected"]]
-        lines += [f"- `{r['subject']}/{name}` duplicates `{first}`" for name, first in r["duplicates"]]
+        lines += [f"- `{r.subject}/{name}` rejected: {reason}" for name, reason in r.rejected]
+        lines += [f"- `{r.subject}/{name}` duplicates `{first}`" for name, first in r.duplicates]
     lines += [f"- **{subject} failed**: {reason}" for subject, reason in failed.items()]
     return "\n".join(lines)

@@ -21,14 +21,14 @@ def test_scene_captions_are_stored_beside_their_photos(tmp_path):
     folder = write_subject_folders(tmp_path / "subjects", [subject], n=3, scenes=4)[subject.id]
     source = SubjectSource(subject_id=subject.id, class_word=subject.class_word, uri=str(folder))
     result = ingest_subject.fn(str(tmp_path / "catalog"), source, IngestParams(min_side=16))
-    assert result["accepted"] == 7 and result["captioned"] == 4 and result["rejected"] == []  # captions.json is no photo
+    assert result.accepted == 7 and result.captioned == 4 and result.rejected == []  # captions.json is no photo
     catalog = load_catalog(str(tmp_path / "catalog"))
     captions = subject_image_captions(catalog, subject.id)
     written = json.loads((folder / "captions.json").read_text())
     assert sorted(captions.values()) == sorted(written.values())
     assert set(captions) < set(subject_image_uris(catalog, subject.id))  # the 3 photos alone have no caption
     again = ingest_subject.fn(str(tmp_path / "catalog"), source, IngestParams(min_side=16))
-    assert again["already_stored"] == 7
+    assert again.already_stored == 7
     assert catalog.query("SELECT count(*) AS n FROM subject_captions").to_pylist() == [{"n": 4}]  # no duplicates
 
 
