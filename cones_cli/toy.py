@@ -3,7 +3,6 @@ compare) are cones_cli/toy_validate.py and toy_compare.py; cones_cli/app.py puts
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -51,11 +50,21 @@ def render_subjects(out: Path = typer.Argument(..., help="Folder to write one PN
 
 
 @app.command("eval-judge")
-def eval_judge(n: int = typer.Option(1000, help="Scenes per line."), seed: int = 1, as_json: bool = JSON) -> None:
-    """Accuracy of the judge on fresh renders (single- and two-object scenes)."""
+def eval_judge(n: int = typer.Option(1000, help="Scenes per line."), seed: int = 1,
+               crowd_radius: str = typer.Option("3.0,3.5", help="Half-size range (px) of three or four objects; the shipped 8,750-step model's: 2.6,3.2."),
+               as_json: bool = JSON) -> None:
+    """Accuracy of the judge on fresh renders of 1, 2, 3 and 4 objects (`counts`; `single`, `pair`: 1 and 2)."""
     from cones_tasks.toyworld.evaluate import eval_judge as run
+    from cones_tasks.toyworld.render import check_crowd_radius
+    from cones_tasks.toyworld.train_model import parse_crowd_radius
 
-    emit(run(n=n, seed=seed), as_json=as_json, title="judge")
+    try:
+        radius = parse_crowd_radius(crowd_radius)
+        check_crowd_radius(radius)
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2)
+    emit(run(n=n, seed=seed, crowd_radius=radius), as_json=as_json, title="judge")
 
 
 @app.command("train-clip")
@@ -91,15 +100,21 @@ def train_model(out: Path = typer.Option(None, help="Output folder (default: the
                 device: str = typer.Option("cpu", help="Torch device to train on, e.g. cuda."),
                 workers: int = typer.Option(0, help="DataLoader processes rendering batches (0: render in this process)."),
                 data_stream: str = typer.Option("per-step", help="'per-step' (any --workers) or 'sequential' (the shipped model's; --workers 0)."),
-                object_counts: str = typer.Option(None, help="Scene mix as JSON {count: weight}, e.g. '{\"1\": 0.3, \"2\": 0.6, \"3\": 0.07, \"4\": 0.03}'."),
+                object_counts: str = typer.Option(None, help="Scene mix by object count, count:weight, e.g. 1:0.2,2:0.3,3:0.25,4:0.25 (or JSON {\"1\": 0.2, ...})."),
                 object_order: str = typer.Option("random", help="'random' cells; 'reading': captions name objects left/top first; 'left-to-right': reading, pairs always side by side."),
+                crowd_radius: str = typer.Option("3.0,3.5", help="Half-size range (px) of three or four objects; the shipped 8,750-step model's: 2.6,3.2."),
                 as_json: bool = JSON) -> None:
     """Train the toy text-to-image model from scratch (seeded); progress bar, loss-curve PNG, wall time."""
-    from cones_tasks.toyworld.train_model import TrainModelParams, train_toy_model
+    from cones_tasks.toyworld.train_model import TrainModelParams, parse_crowd_radius, parse_object_counts, train_toy_model
 
-    params = TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes, resume=resume, stop_at=stop_at, batch_size=batch_size,
-                              lr=lr, text_encoder=text_encoder, device=device, workers=workers, data_stream=data_stream, object_order=object_order,
-                              object_counts={int(k): float(v) for k, v in json.loads(object_counts).items()} if object_counts else None)
+    try:
+        params = TrainModelParams(steps=steps, seed=seed, max_minutes=max_minutes, resume=resume, stop_at=stop_at, batch_size=batch_size,
+                                  lr=lr, text_encoder=text_encoder, device=device, workers=workers, data_stream=data_stream,
+                                  object_order=object_order, object_counts=parse_object_counts(object_counts) if object_counts else None,
+                                  crowd_radius=parse_crowd_radius(crowd_radius))
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2)
     log = train_toy_model(toy_asset(out, "TOY_MODEL_DIR"), params)
     emit({k: log[k] for k in ("steps_done", "wall_s", "final_loss_ema50", "caption_gap")}, as_json=as_json, title="toy model")
 
@@ -128,7 +143,8 @@ def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default:
                n: int = typer.Option(200, help="Images per line."), seed: int = 1, steps: int = 25,
                guidance: float = 3.0, device: str = typer.Option("cpu", help="Torch device to sample on, e.g. cuda."),
                as_json: bool = JSON) -> None:
-    """Judge the toy model's samples: full prompts, class-only prompts, two-object prompts."""
+    """Judge the toy model's samples: full prompts, class-only prompts, two-object prompts, and `counts`: full
+    captions of 1–4 objects, the share of images with every object right (--n per count)."""
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.toyworld.evaluate import eval_model as run
 

@@ -11,7 +11,7 @@ import torch
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.captions import class_prompt, full_caption
 from cones_tasks.toyworld.judge import Judgement, judge
-from cones_tasks.toyworld.render import random_scene, render
+from cones_tasks.toyworld.render import CROWD_RADIUS, random_scene, render
 from cones_tasks.toyworld.world import BACKGROUNDS, COLORS, PATTERNS, SHAPES, Scene
 
 ATTRIBUTES = ("shape", "color", "pattern")
@@ -21,26 +21,42 @@ def _nearest(judgement: Judgement, cx: float, cy: float):
     return min(judgement.objects, key=lambda o: (o.cx - cx) ** 2 + (o.cy - cy) ** 2)
 
 
-def eval_judge(*, n: int = 1000, seed: int = 0) -> dict:
-    """Per-attribute accuracy of the judge on fresh renders: single-object and two-object scenes."""
+def eval_judge(*, n: int = 1000, seed: int = 0, crowd_radius: tuple[float, float] = CROWD_RADIUS) -> dict:
+    """Accuracy of the judge on fresh renders of 1, 2, 3 and 4 objects, each object matched to the
+    judged object nearest its centre.
+
+    `counts["k"]`: per attribute (the share of objects read right), `all` (scenes with every object's
+    shape, colour and pattern right), `objects_found` (scenes read as exactly k objects), unreadable
+    scenes. `single` and `pair` are counts 1 and 2 without those, and `unreadable` their sum, as before
+    three and four objects were measured. `crowd_radius` sizes three or four objects (render.CROWD_RADIUS)."""
     rng = np.random.default_rng(seed)
-    result: dict = {"n": n}
-    unreadable = 0
-    for key, count in (("single", 1), ("pair", 2)):
+    counts: dict = {}
+    for count in (1, 2, 3, 4):
         hits: Counter = Counter()
         for _ in range(n):
-            scene = random_scene(rng, count)
+            scene = random_scene(rng, count, crowd_radius=crowd_radius)
             verdict = judge(render(scene))
             if verdict.unreadable:
-                unreadable += 1
+                hits["unreadable"] += 1
                 continue
             hits["background"] += verdict.background == scene.background
+            hits["objects_found"] += len(verdict.objects) == count
+            right = True
             for obj in scene.objects:
                 found = _nearest(verdict, obj.cx, obj.cy)
                 for attr in ATTRIBUTES:
-                    hits[attr] += (getattr(found, attr) == getattr(obj, attr)) / count
-        result[key] = {a: hits[a] / n for a in (*ATTRIBUTES, "background")}
-    result["unreadable"] = unreadable
+                    hit = getattr(found, attr) == getattr(obj, attr)
+                    hits[attr] += hit / count
+                    right &= hit
+            hits["all"] += right
+        counts[str(count)] = {a: hits[a] / n for a in (*ATTRIBUTES, "background", "all", "objects_found")}
+        counts[str(count)]["unreadable"] = hits["unreadable"]
+    result: dict = {"n": n}
+    for key, count in (("single", "1"), ("pair", "2")):
+        result[key] = {a: counts[count][a] for a in (*ATTRIBUTES, "background")}
+    result["unreadable"] = counts["1"]["unreadable"] + counts["2"]["unreadable"]
+    result["counts"] = counts
+    result["crowd_radius"] = list(crowd_radius)
     return result
 
 
@@ -90,17 +106,47 @@ def pair_prompts(rng: np.random.Generator, n: int) -> list[tuple[str, tuple]]:
     return [(f"a {c1} {s1} and a {c2} {s2}", ((s1, c1), (s2, c2))) for (s1, c1), (s2, c2) in chosen]
 
 
+def spelled_out_scenes(rng: np.random.Generator, n: int) -> dict[str, list[Scene]]:
+    """n scenes per object count 1–4 whose full captions ("a striped red circle and a plain blue square on snow",
+    the training's full captions, objects named in the scene's order) are the counts lines' prompts."""
+    return {str(k): [random_scene(rng, k) for _ in range(n)] for k in (1, 2, 3, 4)}
+
+
+def counts_lines(scenes: dict[str, list[Scene]], verdicts: list[Judgement]) -> tuple[dict, dict]:
+    """Per object count: the share of images, readable, that show every named object (shape, colour and pattern,
+    anywhere: validate's multi lines read presence the same way); and a detail line per count."""
+    rates, detail, at = {}, {}, 0
+    for k, group in scenes.items():
+        judged, at = verdicts[at : at + len(group)], at + len(group)
+        present = [[not v.unreadable and v.has(shape=o.shape, color=o.color, pattern=o.pattern) for o in s.objects]
+                   for s, v in zip(group, judged)]
+        rates[k] = float(np.mean([all(p) for p in present]))
+        detail[k] = {
+            "all": rates[k],
+            "per_object": float(np.mean([x for p in present for x in p])),
+            "objects_found": float(np.mean([not v.unreadable and len(v.objects) == int(k) for v in judged])),
+            "background": float(np.mean([not v.unreadable and v.background == s.background for s, v in zip(group, judged)])),
+            "unreadable": float(np.mean([v.unreadable for v in judged])),
+            "n": len(group),
+        }
+    return rates, detail
+
+
 def eval_model(model, *, n: int = 200, seed: int = 0, steps: int = 25, guidance_scale: float = 3.0, progress: bool = True) -> dict:
-    """Judge the toy model's samples: full single-object prompts, class-only prompts, two-object prompts."""
+    """Judge the toy model's samples: full single-object prompts, class-only prompts, two-object prompts, and
+    (`counts`) full captions of 1, 2, 3 and 4 objects: the share of images with every object right, n per count.
+    The counts' prompts are drawn after the others, so the first three lines keep their prompts and seeds."""
     rng = np.random.default_rng(seed)
     scenes = single_prompts(rng, n)
     classes = [SHAPES[i % len(SHAPES)] for i in range(n)]
     pairs = pair_prompts(rng, n)
+    crowds = spelled_out_scenes(rng, n)
     prompts = [full_caption(s) for s in scenes] + [class_prompt(c) for c in classes] + [p for p, _ in pairs]
+    prompts += [full_caption(s) for group in crowds.values() for s in group]
     seeds = [seed * 100_003 + i for i in range(len(prompts))]
     images = sample(model, prompts, seeds=seeds, steps=steps, guidance_scale=guidance_scale, progress=progress)
     verdicts = [judge(im) for im in images]
-    single_v, class_v, pair_v = verdicts[:n], verdicts[n : 2 * n], verdicts[2 * n :]
+    single_v, class_v, pair_v = verdicts[:n], verdicts[n : 2 * n], verdicts[2 * n : 3 * n]
 
     hits: Counter = Counter()
     for scene, v in zip(scenes, single_v):
@@ -141,4 +187,5 @@ def eval_model(model, *, n: int = 200, seed: int = 0, steps: int = 25, guidance_
         both += a and b
         first += a or b
     pair = {"both": both / n, "any": first / n, "unreadable": sum(v.unreadable for v in pair_v) / n, "n": n}
-    return {"single": single, "class_only": class_only, "pair": pair}
+    counts, counts_detail = counts_lines(crowds, verdicts[3 * n :])
+    return {"single": single, "class_only": class_only, "pair": pair, "counts": counts, "counts_detail": counts_detail}

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from cones_tasks.toyworld.architecture import build_scheduler, build_text_encoder, build_unet
 from cones_tasks.pixels import to_model_range
 from cones_tasks.toyworld.batches import OBJECT_COUNT_WEIGHTS, random_batch
-from cones_tasks.toyworld.render import check_object_order
+from cones_tasks.toyworld.render import CROWD_RADIUS, check_crowd_radius, check_object_order
 from cones_tasks.toyworld.tokenizer import write_tokenizer
 from cones_tasks.toyworld.training_batches import DATA_STREAMS, TrainingBatches, caption_ids, sequential_batches
 
@@ -62,6 +62,9 @@ class TrainModelParams:
     # Where a caption's objects sit: "random" cells, "reading" order (left/top first) or "left-to-right", which give
     # two-object binding a spatial anchor (README, "Object order"; render.place_objects).
     object_order: str = "random"
+    # Half-size range (px) of three or four objects (render.CROWD_RADIUS). The shipped 8,750-step
+    # model trained on render.SMALL_CROWD_RADIUS, which its replay passes; logs without the field mean that.
+    crowd_radius: tuple[float, float] = CROWD_RADIUS
 
     def __post_init__(self) -> None:
         if self.text_encoder not in TEXT_ENCODERS:
@@ -74,6 +77,7 @@ class TrainModelParams:
         ):
             raise ValueError(f"object_counts {self.object_counts} must map counts 1–4 to weights ≥ 0 that sum to 1")
         check_object_order(self.object_order)  # here too: a typo fails before the run builds anything
+        check_crowd_radius(self.crowd_radius)
         if self.data_stream == "sequential" and self.workers:
             raise ValueError("the sequential data stream is drawn in order by one process: pass workers=0, "
                              "or use the per-step stream to render batches in workers")
@@ -107,13 +111,33 @@ def _drop_local_path(config: Path) -> None:
         config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def parse_object_counts(text: str) -> dict[int, float]:
+    """A scene mix from the command line: "1:0.2,2:0.3,3:0.25,4:0.25", or JSON '{"1": 0.2, …}' (the Makefile's older lines)."""
+    try:
+        if text.lstrip().startswith("{"):
+            return {int(k): float(v) for k, v in json.loads(text).items()}
+        return {int(k): float(v) for k, v in (part.split(":") for part in text.split(","))}
+    except ValueError as error:
+        raise ValueError(f"object counts {text!r} do not parse ({error}): write count:weight pairs, "
+                         f"e.g. 1:0.2,2:0.3,3:0.25,4:0.25") from None
+
+
+def parse_crowd_radius(text: str) -> tuple[float, float]:
+    """ "3.0,3.5" → (3.0, 3.5)."""
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"crowd radius {text!r} does not parse: write low,high in px, e.g. 3.0,3.5") from None
+    return lo, hi
+
+
 @torch.no_grad()
-def caption_gap(unet, encode, scheduler, *, seed: int, n: int = 256) -> float:
+def caption_gap(unet, encode, scheduler, *, seed: int, n: int = 256, crowd_radius: tuple[float, float] = CROWD_RADIUS) -> float:
     """Relative increase of the denoising error with a wrong caption vs the right one.
 
     ~0 means the model ignores its prompt (the failure the toy model's first runs started from; docs/research/toy-model.md)."""
     rng = np.random.default_rng(seed)
-    images, captions = random_batch(rng, n, p_full=1.0)
+    images, captions = random_batch(rng, n, p_full=1.0, crowd_radius=crowd_radius)
     x0 = to_model_range(images)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(x0.shape, generator=g)
@@ -146,7 +170,7 @@ def _replay_params(params: TrainModelParams) -> dict:
 
 def _batches(params: TrainModelParams, first_step: int, last: int, num_train_timesteps: int):
     mix = {"p_empty": params.p_empty, "object_counts": params.object_counts or OBJECT_COUNT_WEIGHTS,
-           "object_order": params.object_order}
+           "object_order": params.object_order, "crowd_radius": params.crowd_radius}
     if params.data_stream == "sequential":
         return sequential_batches(params.seed, first_step, last - first_step, params.batch_size, num_train_timesteps, **mix)
     batches = TrainingBatches(params.seed, params.batch_size, num_train_timesteps, **mix)
@@ -232,7 +256,7 @@ def _train(out: Path, params: TrainModelParams, progress: bool) -> dict:
         done = step + 1 == last
         over_time = params.max_minutes is not None and time.perf_counter() - start - elapsed > 60 * params.max_minutes
         if (step + 1) % params.checkpoint_every == 0 or done or over_time:
-            gaps.append((step + 1, caption_gap(ema, encode_captions, scheduler, seed=10_000)))
+            gaps.append((step + 1, caption_gap(ema, encode_captions, scheduler, seed=10_000, crowd_radius=params.crowd_radius)))
             write_pipeline(out, _on_cpu(ema), text_encoder_to_ship, scheduler)
             log = {
                 "params": asdict(params),

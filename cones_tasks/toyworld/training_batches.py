@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from cones_tasks.toyworld.batches import OBJECT_COUNT_WEIGHTS, random_batch
+from cones_tasks.toyworld.render import CROWD_RADIUS
 from cones_tasks.toyworld.tokenizer import BOS, EOS, MAX_LENGTH, build_vocab_and_merges, write_tokenizer
 from cones_tasks.toyworld.world import vocabulary
 
@@ -57,14 +58,15 @@ class TrainingBatches(torch.utils.data.Dataset):
     """Index = step: (uint8 images [B,H,W,3], ids [B,T], noise [B,3,H,W], timesteps [B])."""
 
     def __init__(self, seed: int, batch_size: int, num_train_timesteps: int, *, p_empty: float,
-                 object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS, object_order: str = "random"):
+                 object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS, object_order: str = "random",
+                 crowd_radius: tuple[float, float] = CROWD_RADIUS):
         self.seed, self.batch_size, self.num_train_timesteps, self.p_empty = seed, batch_size, num_train_timesteps, p_empty
-        self.object_counts, self.object_order = object_counts, object_order
+        self.object_counts, self.object_order, self.crowd_radius = object_counts, object_order, crowd_radius
 
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.seed, step])
         images, captions = random_batch(rng, self.batch_size, p_empty=self.p_empty, object_counts=self.object_counts,
-                                        object_order=self.object_order)
+                                        object_order=self.object_order, crowd_radius=self.crowd_radius)
         g = torch.Generator().manual_seed(int(rng.integers(2**62)))
         return _with_noise(images, captions, g, self.num_train_timesteps)
 
@@ -73,12 +75,14 @@ DATA_STREAMS = ("per-step", "sequential")
 
 
 def sequential_batches(seed: int, first_step: int, steps: int, batch_size: int, num_train_timesteps: int, *, p_empty: float,
-                       object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS, object_order: str = "random"):
+                       object_counts: dict[int, float] = OBJECT_COUNT_WEIGHTS, object_order: str = "random",
+                       crowd_radius: tuple[float, float] = CROWD_RADIUS):
     """The stream the first shipped toy model was trained on: one process, drawn in order."""
     rng = np.random.default_rng([seed, first_step])
     g = torch.Generator().manual_seed(seed * 1_000_003 + first_step)
     for _ in range(steps):
-        images, captions = random_batch(rng, batch_size, p_empty=p_empty, object_counts=object_counts, object_order=object_order)
+        images, captions = random_batch(rng, batch_size, p_empty=p_empty, object_counts=object_counts, object_order=object_order,
+                                        crowd_radius=crowd_radius)
         yield _with_noise(images, captions, g, num_train_timesteps)
 
 
