@@ -44,19 +44,20 @@ clean-venv:
 # the second was cut by the clock, which --stop-at repeats), the last two on 2 CPU cores (batch
 # 64, left-to-right; 62 min to 7,230, then 32 min with half the scenes pairs, stopped at 8,750
 # once every target was met). Same data, noise and schedule on any device; bit-equal weights
-# only on the device that trained them (docs/research/gpu-h100.md, "Second lease").
+# only on the device that trained them (docs/research/gpu-h100.md, "Second lease"). Both models
+# drew three and four objects at 2.6–3.2 px (--crowd-radius; 3.0–3.5 since, docs/research/toy-model.md).
 TOY_OUT ?= toy-model-rebuilt
 TOY_DEVICE ?= cuda
 toy-model: $(STAMP)
-	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 1773 --batch-size 128 --object-order reading --device $(TOY_DEVICE) --workers 5
-	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 4600 --stop-at 4522 --batch-size 128 --object-order reading --device $(TOY_DEVICE) --workers 5 --resume
-	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 7400 --stop-at 7230 --batch-size 64 --object-order left-to-right --resume
-	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 13500 --stop-at 8750 --batch-size 64 --object-order left-to-right --object-counts '{"1": 0.4, "2": 0.5, "3": 0.07, "4": 0.03}' --resume
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 1773 --batch-size 128 --object-order reading --device $(TOY_DEVICE) --workers 5 --crowd-radius 2.6,3.2
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 4600 --stop-at 4522 --batch-size 128 --object-order reading --device $(TOY_DEVICE) --workers 5 --resume --crowd-radius 2.6,3.2
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 7400 --stop-at 7230 --batch-size 64 --object-order left-to-right --resume --crowd-radius 2.6,3.2
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 13500 --stop-at 8750 --batch-size 64 --object-order left-to-right --object-counts '{"1": 0.4, "2": 0.5, "3": 0.07, "4": 0.03}' --resume --crowd-radius 2.6,3.2
 
 # The first shipped model (5,000 steps on CPU, random order; git history before 2026-11-26's
 # second lease): four segments on the sequential stream, ~2.5 h on 2 idle cores.
 toy-model-first: $(STAMP)
-	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --stop-at 1036
-	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --stop-at 1721 --resume
-	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --resume
-	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 5000 --resume
+	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --stop-at 1036 --crowd-radius 2.6,3.2
+	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --stop-at 1721 --resume --crowd-radius 2.6,3.2
+	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 2000 --resume --crowd-radius 2.6,3.2
+	$(VENV)/bin/cones toy train-model --data-stream sequential --out $(TOY_OUT) --steps 5000 --resume --crowd-radius 2.6,3.2

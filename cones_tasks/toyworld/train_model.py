@@ -165,7 +165,8 @@ def _on_cpu(module: torch.nn.Module) -> torch.nn.Module:
 
 def _replay_params(params: TrainModelParams) -> dict:
     """What a segment's replay needs (README: `make toy-model`), without the run's bookkeeping."""
-    return {k: v for k, v in asdict(params).items() if k not in ("max_minutes", "checkpoint_every", "resume", "stop_at", "workers")}
+    kept = {k: v for k, v in asdict(params).items() if k not in ("max_minutes", "checkpoint_every", "resume", "stop_at", "workers")}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in kept.items()}  # as the JSON log reads back
 
 
 def _batches(params: TrainModelParams, first_step: int, last: int, num_train_timesteps: int):

@@ -70,7 +70,8 @@ def test_make_toy_model_replays_every_segment_of_the_shipped_log():
     import json
     from pathlib import Path
 
-    from cones_tasks.toyworld.train_model import TrainModelParams
+    from cones_tasks.toyworld.render import SMALL_CROWD_RADIUS
+    from cones_tasks.toyworld.train_model import TrainModelParams, parse_crowd_radius, parse_object_counts
 
     makefile = (Path(__file__).parents[3] / "Makefile").read_text()
     segments = json.loads((TOY_MODEL_DIR / "training_log.json").read_text())["segments"]
@@ -84,4 +85,8 @@ def test_make_toy_model_replays_every_segment_of_the_shipped_log():
         assert int(_flag(args, "--batch-size", defaults.batch_size)) == params["batch_size"]
         assert _flag(args, "--object-order", defaults.object_order) == params["object_order"]
         counts = _flag(args, "--object-counts")
-        assert (json.loads(counts) if counts else None) == params["object_counts"]
+        logged = params["object_counts"]
+        assert (parse_object_counts(counts) if counts else None) == ({int(k): v for k, v in logged.items()} if logged else None)
+        radius = _flag(args, "--crowd-radius")
+        # a log written before the crowd radius was a parameter trained on the small one
+        assert (parse_crowd_radius(radius) if radius else defaults.crowd_radius) == tuple(params.get("crowd_radius", SMALL_CROWD_RADIUS))

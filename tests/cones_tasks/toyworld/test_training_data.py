@@ -63,6 +63,33 @@ def test_training_params_name_the_fix():
         TrainModelParams(object_counts={5: 1.0})
     with pytest.raises(ValueError, match="random.*reading"):
         TrainModelParams(object_order="diagonal")
+    with pytest.raises(ValueError, match="quadrants"):
+        TrainModelParams(crowd_radius=(3.0, 4.0))
+
+
+def test_object_counts_and_crowd_radius_parse_from_the_command_line():
+    from cones_tasks.toyworld.train_model import parse_crowd_radius, parse_object_counts
+
+    assert parse_object_counts("1:0.2,2:0.3,3:0.25,4:0.25") == {1: 0.2, 2: 0.3, 3: 0.25, 4: 0.25}
+    assert parse_object_counts('{"1": 0.4, "2": 0.6}') == {1: 0.4, 2: 0.6}  # the Makefile's older lines
+    with pytest.raises(ValueError, match="count:weight"):
+        parse_object_counts("1=0.5,2=0.5")
+    assert parse_crowd_radius("2.6,3.2") == (2.6, 3.2)
+    with pytest.raises(ValueError, match="low,high"):
+        parse_crowd_radius("3")
+
+
+def test_crowd_radius_sizes_three_and_four_objects_only():
+    from cones_tasks.toyworld.render import CROWD_RADIUS, SMALL_CROWD_RADIUS, random_scene
+
+    for n in (1, 2, 3, 4):
+        new, small = (random_scene(np.random.default_rng(n), n, crowd_radius=r) for r in (CROWD_RADIUS, SMALL_CROWD_RADIUS))
+        same = new == small  # both radius ranges draw the same random numbers: only sizes (and positions within a cell) move
+        assert same if n <= 2 else not same
+        if n > 2:
+            assert all(CROWD_RADIUS[0] <= o.radius <= CROWD_RADIUS[1] for o in new.objects)
+            assert all(SMALL_CROWD_RADIUS[0] <= o.radius <= SMALL_CROWD_RADIUS[1] for o in small.objects)
+            assert [(o.shape, o.color, o.pattern) for o in new.objects] == [(o.shape, o.color, o.pattern) for o in small.objects]
 
 
 def test_object_counts_set_the_scene_mix():
