@@ -62,3 +62,20 @@ def test_the_gpu_session_script_parses_and_calls_scripts_that_exist():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     called = [w for w in script.read_text().split() if w.endswith(".py")]
     assert called and all((REPO / w).is_file() for w in called), called
+
+
+def test_the_gpu_crowds_script_parses_and_trains_with_options_the_cli_has():
+    """The plan's lease runs unattended: a flag the CLI lost would cost the lease, so check each against the CLI."""
+    import typer
+
+    from cones_cli.app import app
+
+    path = REPO / "experiments" / "gpu_crowds.sh"
+    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+    lines = path.read_text().replace("\\\n", " ").splitlines()
+    toy = typer.main.get_command(app).commands["toy"]
+    for command in ("train-model", "eval-model"):
+        line = next(x for x in lines if f"cones toy {command} " in x and not x.lstrip().startswith("#"))
+        flags = {w for w in line.split() if w.startswith("--")}
+        known = {o for p in toy.commands[command].params for o in p.opts}
+        assert flags and flags <= known, sorted(flags - known)
