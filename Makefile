@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean-venv toy-model toy-model-first
+.PHONY: demo test test-slow bench clean-venv toy-model toy-model-first toy-model-crowds
 
 # The Makefile too: the extras installed are listed here (ray: the fast Ray test, tests/flows/test_ray_runner.py).
 $(STAMP): pyproject.toml Makefile
@@ -53,6 +53,18 @@ toy-model: $(STAMP)
 	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 4600 --stop-at 4522 --batch-size 128 --object-order reading --device $(TOY_DEVICE) --workers 5 --resume --crowd-radius 2.6,3.2
 	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 7400 --stop-at 7230 --batch-size 64 --object-order left-to-right --resume --crowd-radius 2.6,3.2
 	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 13500 --stop-at 8750 --batch-size 64 --object-order left-to-right --object-counts '{"1": 0.4, "2": 0.5, "3": 0.07, "4": 0.03}' --resume --crowd-radius 2.6,3.2
+
+# The toy model for three and four objects, in training (docs/research/toy-model.md, "Three and four
+# objects: the plan"): the shipped 8,750-step weights and log continued with crowds at 3.0–3.5 px and a
+# quarter of the scenes each three and four objects, to 12,750 of a cosine ending at 16,750. On a lent
+# GPU, in one lease: experiments/gpu_crowds.sh. On CPU, resumable: each call trains for TOY_MINUTES (or
+# to --stop-at) and writes its segment into the folder's log; commit the folder (checkpoints/, ~4.6 MB)
+# and the next session's call continues from it. When it ships, its segments become replay lines, as above.
+TOY_CROWDS_OUT ?= checkpoints/toy-model-crowds
+TOY_MINUTES ?= 60
+toy-model-crowds: $(STAMP)
+	test -d $(TOY_CROWDS_OUT) || (mkdir -p $(dir $(TOY_CROWDS_OUT)) && cp -r "$$($(VENV)/bin/cones toy assets toy-model)" $(TOY_CROWDS_OUT))
+	$(VENV)/bin/cones toy train-model --out $(TOY_CROWDS_OUT) --resume --steps 16750 --stop-at 12750 --batch-size 64 --object-order left-to-right --object-counts 1:0.2,2:0.3,3:0.25,4:0.25 --crowd-radius 3.0,3.5 --max-minutes $(TOY_MINUTES)
 
 # The first shipped model (5,000 steps on CPU, random order; git history before 2026-11-26's
 # second lease): four segments on the sequential stream, ~2.5 h on 2 idle cores.

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import importlib
 import subprocess
 from pathlib import Path
@@ -79,3 +80,20 @@ def test_the_gpu_crowds_script_parses_and_trains_with_options_the_cli_has():
         flags = {w for w in line.split() if w.startswith("--")}
         known = {o for p in toy.commands[command].params for o in p.opts}
         assert flags and flags <= known, sorted(flags - known)
+
+
+def test_the_gpu_crowds_script_and_make_toy_model_crowds_run_the_same_schedule():
+    """One plan on either device: the batch, device and workers may differ, the schedule and the scenes may not."""
+    import shlex
+
+    script = (REPO / "experiments" / "gpu_crowds.sh").read_text()
+    defaults = dict(re.findall(r"\$\{(\w+):-([^}]*)\}", script))  # VAR=${VAR:-default}
+    line = next(x for x in script.replace("\\\n", " ").splitlines() if "cones toy train-model " in x and not x.lstrip().startswith("#"))
+    gpu = shlex.split(re.sub(r'"\$(\w+)"', lambda m: defaults.get(m.group(1), m.group(0)), line))
+    recipe = (REPO / "Makefile").read_text().split("\ntoy-model-crowds:", 1)[1].split("\n\n", 1)[0]
+    cpu = shlex.split(next(x for x in recipe.splitlines() if "train-model" in x))
+
+    def schedule(args):
+        return {f: args[args.index(f) + 1] for f in ("--steps", "--stop-at", "--object-order", "--object-counts", "--crowd-radius")}
+
+    assert schedule(gpu) == schedule(cpu) and "--resume" in gpu and "--resume" in cpu
