@@ -142,15 +142,22 @@ def probe_text(model: Path = typer.Option(None, help="Diffusers folder whose tex
 def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default: the shipped toy model)."),
                n: int = typer.Option(200, help="Images per line."), seed: int = 1, steps: int = 25,
                guidance: float = 3.0, device: str = typer.Option("cpu", help="Torch device to sample on, e.g. cuda."),
+               lines: str = typer.Option("single,class_only,pair,counts", help="Which lines to sample (each keeps its full-run images), e.g. counts."),
                as_json: bool = JSON) -> None:
     """Judge the toy model's samples: full prompts, class-only prompts, two-object prompts, and `counts`: full
     captions of 1–4 objects, the share of images with every object right (--n per count)."""
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.toyworld.evaluate import eval_model as run
 
+    from cones_tasks.toyworld.evaluate import EVAL_LINES
+
+    chosen = tuple(x.strip() for x in lines.split(",") if x.strip())
+    if not chosen or not set(chosen) <= set(EVAL_LINES):
+        console.print(f"[red]error:[/red] unknown lines {lines!r}; choose from {', '.join(EVAL_LINES)}")
+        raise typer.Exit(2)
     start = time.perf_counter()
     result = run(load_diffusion_model(toy_asset(model, "TOY_MODEL_DIR"), device=device), n=n, seed=seed, steps=steps,
-                 guidance_scale=guidance, progress=not as_json)
+                 guidance_scale=guidance, progress=not as_json, lines=chosen)
     result["wall_s"] = time.perf_counter() - start
     emit(result, as_json=as_json, title="toy model")
 

@@ -132,22 +132,54 @@ def counts_lines(scenes: dict[str, list[Scene]], verdicts: list[Judgement]) -> t
     return rates, detail
 
 
-def eval_model(model, *, n: int = 200, seed: int = 0, steps: int = 25, guidance_scale: float = 3.0, progress: bool = True) -> dict:
+EVAL_LINES = ("single", "class_only", "pair", "counts")
+
+
+def eval_model(model, *, n: int = 200, seed: int = 0, steps: int = 25, guidance_scale: float = 3.0, progress: bool = True,
+               lines: tuple[str, ...] = EVAL_LINES) -> dict:
     """Judge the toy model's samples: full single-object prompts, class-only prompts, two-object prompts, and
     (`counts`) full captions of 1, 2, 3 and 4 objects: the share of images with every object right, n per count.
-    The counts' prompts are drawn after the others, so the first three lines keep their prompts and seeds."""
+
+    The counts' prompts are drawn after the others, so the first three lines keep their prompts and seeds. `lines`
+    picks which are sampled; every image keeps the prompt and seed it has in the full run, so a line alone reads
+    the same images (a checkpoint's counts cost 4n images, not 7n)."""
+    unknown = set(lines) - set(EVAL_LINES)
+    if unknown or not lines:
+        raise ValueError(f"unknown eval lines {sorted(unknown)}; choose from {EVAL_LINES}")
     rng = np.random.default_rng(seed)
     scenes = single_prompts(rng, n)
     classes = [SHAPES[i % len(SHAPES)] for i in range(n)]
     pairs = pair_prompts(rng, n)
     crowds = spelled_out_scenes(rng, n)
-    prompts = [full_caption(s) for s in scenes] + [class_prompt(c) for c in classes] + [p for p, _ in pairs]
-    prompts += [full_caption(s) for group in crowds.values() for s in group]
-    seeds = [seed * 100_003 + i for i in range(len(prompts))]
-    images = sample(model, prompts, seeds=seeds, steps=steps, guidance_scale=guidance_scale, progress=progress)
-    verdicts = [judge(im) for im in images]
-    single_v, class_v, pair_v = verdicts[:n], verdicts[n : 2 * n], verdicts[2 * n : 3 * n]
+    prompts = {
+        "single": [full_caption(s) for s in scenes],
+        "class_only": [class_prompt(c) for c in classes],
+        "pair": [p for p, _ in pairs],
+        "counts": [full_caption(s) for group in crowds.values() for s in group],
+    }
+    seeds, at = {}, 0
+    for line in EVAL_LINES:  # seeds by place in the full run
+        seeds[line], at = [seed * 100_003 + i for i in range(at, at + len(prompts[line]))], at + len(prompts[line])
+    chosen = [line for line in EVAL_LINES if line in lines]
+    images = sample(model, [p for line in chosen for p in prompts[line]], seeds=[x for line in chosen for x in seeds[line]],
+                    steps=steps, guidance_scale=guidance_scale, progress=progress)
+    verdicts, at = {}, 0
+    for line in chosen:
+        verdicts[line], at = [judge(im) for im in images[at : at + len(prompts[line])]], at + len(prompts[line])
+    result: dict = {}
+    if "single" in verdicts:
+        result["single"] = _single_line(scenes, verdicts["single"])
+    if "class_only" in verdicts:
+        result["class_only"] = _class_line(classes, verdicts["class_only"])
+    if "pair" in verdicts:
+        result["pair"] = _pair_line(pairs, verdicts["pair"])
+    if "counts" in verdicts:
+        result["counts"], result["counts_detail"] = counts_lines(crowds, verdicts["counts"])
+    return result
 
+
+def _single_line(scenes: list[Scene], single_v: list[Judgement]) -> dict:
+    n = len(scenes)
     hits: Counter = Counter()
     for scene, v in zip(scenes, single_v):
         obj = scene.objects[0]
@@ -162,7 +194,11 @@ def eval_model(model, *, n: int = 200, seed: int = 0, steps: int = 25, guidance_
         for s, v in zip(scenes, single_v)
     ) / n
     single |= {"unreadable": sum(v.unreadable for v in single_v) / n, "n": n}
+    return single
 
+
+def _class_line(classes: list[str], class_v: list[Judgement]) -> dict:
+    n = len(classes)
     colors: Counter = Counter()
     patterns: Counter = Counter()
     shape_hits = 0
@@ -180,12 +216,15 @@ def eval_model(model, *, n: int = 200, seed: int = 0, steps: int = 25, guidance_
         "unreadable": sum(v.unreadable for v in class_v) / n,
         "n": n,
     }
+    return class_only
 
+
+def _pair_line(pairs: list[tuple[str, tuple]], pair_v: list[Judgement]) -> dict:
+    n = len(pairs)
     both = first = 0
     for (_, ((s1, c1), (s2, c2))), v in zip(pairs, pair_v):
         a, b = v.has(shape=s1, color=c1), v.has(shape=s2, color=c2)
         both += a and b
         first += a or b
     pair = {"both": both / n, "any": first / n, "unreadable": sum(v.unreadable for v in pair_v) / n, "n": n}
-    counts, counts_detail = counts_lines(crowds, verdicts[3 * n :])
-    return {"single": single, "class_only": class_only, "pair": pair, "counts": counts, "counts_detail": counts_detail}
+    return pair

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from cones_tasks.toyworld.captions import full_caption
 from cones_tasks.toyworld.evaluate import counts_lines, eval_model, spelled_out_scenes
@@ -26,11 +27,16 @@ def test_counts_lines_score_renders_of_their_own_captions_right_and_a_missing_ob
     assert abs(detail["4"]["per_object"] - 0.75) < 1e-9 and detail["4"]["objects_found"] == 0.0
 
 
-def test_eval_model_reports_counts_beside_the_earlier_lines():
+def test_eval_model_reports_counts_beside_the_earlier_lines_and_a_line_alone_reads_the_same_images():
     from cones_tasks.loading import load_diffusion_model
     from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 
-    result = eval_model(load_diffusion_model(TOY_MODEL_DIR), n=2, steps=4, seed=1, progress=False)
-    assert {"single", "class_only", "pair"} <= set(result)
-    assert set(result["counts"]) == {"1", "2", "3", "4"} and all(0.0 <= r <= 1.0 for r in result["counts"].values())
-    assert all(d["n"] == 2 for d in result["counts_detail"].values())
+    model = load_diffusion_model(TOY_MODEL_DIR)
+    full = eval_model(model, n=2, steps=4, seed=1, progress=False)
+    assert {"single", "class_only", "pair"} <= set(full)
+    assert set(full["counts"]) == {"1", "2", "3", "4"} and all(0.0 <= r <= 1.0 for r in full["counts"].values())
+    assert all(d["n"] == 2 for d in full["counts_detail"].values())
+    alone = eval_model(model, n=2, steps=4, seed=1, progress=False, lines=("counts",))
+    assert set(alone) == {"counts", "counts_detail"} and alone["counts_detail"] == full["counts_detail"]
+    with pytest.raises(ValueError, match="unknown eval lines"):
+        eval_model(model, n=2, lines=("quads",))
