@@ -46,10 +46,11 @@ def eval_judge(*, n: int = 1000, seed: int = 0, crowd_radius: tuple[float, float
                 found = _nearest(verdict, obj.cx, obj.cy)
                 for attr in ATTRIBUTES:
                     hit = getattr(found, attr) == getattr(obj, attr)
-                    hits[attr] += hit / count
+                    hits[attr] += hit  # objects, out of count * n
                     right &= hit
             hits["all"] += right
-        counts[str(count)] = {a: hits[a] / n for a in (*ATTRIBUTES, "background", "all", "objects_found")}
+        counts[str(count)] = {a: hits[a] / (count * n) for a in ATTRIBUTES}
+        counts[str(count)] |= {a: hits[a] / n for a in ("background", "all", "objects_found")}
         counts[str(count)]["unreadable"] = hits["unreadable"]
     result: dict = {"n": n}
     for key, count in (("single", "1"), ("pair", "2")):
