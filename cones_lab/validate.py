@@ -230,18 +230,25 @@ def discovery_references(subject, params: ValidateParams, mode: str = "context",
 
 def mask_lines(model, judge: Callable[[np.ndarray], Any], subjects: Sequence, masks: dict[str, ConceptMask],
                space: NeuronSpace, strategy: Composition, params: ValidateParams, *, seed: int, n: int,
-               progress: bool = False) -> dict[str, Any]:
+               progress: bool = False, combined: dict | None = None,
+               lines: Sequence[str] = ("single", "context", "crosstalk", "multi")) -> dict[str, Any]:
     """validate_toy's lines for one set of masks ({subject id: mask} of `space`) composed by `strategy`: single hit,
-    context, crosstalk and multi for each k in params.multi_sizes, on sampling seeds `seed`, n images per line."""
+    context, crosstalk and multi for each k in params.multi_sizes, on sampling seeds `seed`, n images per line.
+    combined: frozenset of subject ids -> {subject id: mask}, the masks a combination step gave its members
+    (multi lines only; combinations not in it use the subjects' own masks). lines: which lines to judge."""
     sampler = _Sampler(model, judge, params, progress)
     sizes = [k for k in params.multi_sizes if k <= len(subjects)]
     line = dict(n=n, seed=seed)
-    return {
-        "single": {"hit_masked": _single(sampler, subjects, masks, space, strategy, **line)},
-        **_context(sampler, subjects, masks, space, strategy, **line),
-        **_crosstalk(sampler, subjects, masks, space, strategy, **line),
-        **_multi_lines(sampler, subjects, masks, space, strategy, sizes, params, **line),
-    }
+    found: dict[str, Any] = {}
+    if "single" in lines:
+        found["single"] = {"hit_masked": _single(sampler, subjects, masks, space, strategy, **line)}
+    if "context" in lines:
+        found.update(_context(sampler, subjects, masks, space, strategy, **line))
+    if "crosstalk" in lines:
+        found.update(_crosstalk(sampler, subjects, masks, space, strategy, **line))
+    if "multi" in lines:
+        found.update(_multi_lines(sampler, subjects, masks, space, strategy, sizes, params, combined=combined, **line))
+    return found
 
 
 def _with_scenes(subject, images, prompts, params: ValidateParams):
@@ -327,17 +334,23 @@ def multi_line(generate: Generate, subjects: Sequence, *, k: int, n: int, revers
     return {
         "all_present": float(np.mean([all(p) for p in present])),
         "per_subject": float(np.mean([x for p in present for x in p])),
+        # presence of the subject named first, second, ...: which side of a combination loses
+        "per_position": [float(np.mean([p[i] for p in present])) for i in range(k)],
         "look_on_other": float(np.mean(looks)) if looks else float("nan"),
     }
 
 
-def _generator(sampler, masks, space, strategy, seed: int, *, unions: dict | None = None) -> Generate:
+def _generator(sampler, masks, space, strategy, seed: int, *, unions: dict | None = None,
+               combined: dict | None = None) -> Generate:
     """Cones' Generate: each image's subjects composed under `strategy` (masks None: no mask; `unions`,
-    combination -> mask, replaces the plain union of the subjects' masks)."""
+    combination -> mask, replaces the plain union of the subjects' masks; `combined`, frozenset of
+    subject ids -> {subject id: mask}, gives each member of that combination its combination mask)."""
 
     def generate(prompts, combos, tag):
         if unions:
             applied = [(unions[c] if c in unions else unions[tuple(reversed(c))], []) for c in combos]
+        elif combined:
+            applied = [_applied(strategy, combined.get(frozenset(s.id for s in c), masks), c) for c in combos]
         else:
             applied = [_applied(strategy, masks, c) for c in combos]
         return sampler.run(prompts, applied, space, seed=seed, tag=tag)
@@ -362,22 +375,24 @@ def _crosstalk(sampler, subjects, masks, space, strategy, *, n: int, seed: int) 
     return crosstalk_line(generate, subjects, n=n)
 
 
-def _multi_lines(sampler, subjects, masks, space, strategy, sizes, params: ValidateParams, *, n: int, seed: int) -> dict[str, Any]:
+def _multi_lines(sampler, subjects, masks, space, strategy, sizes, params: ValidateParams, *, n: int, seed: int,
+                 combined: dict | None = None) -> dict[str, Any]:
     """multi (all present per k) and multi_detail (per subject, A's look on B, the other order)."""
     detail = {}
     for k in sizes:
-        line = _multi(sampler, subjects, masks, space, strategy, k=k, n=n, seed=seed)
+        line = _multi(sampler, subjects, masks, space, strategy, k=k, n=n, seed=seed, combined=combined)
         if params.reversed_order:
-            line["reversed"] = _multi(sampler, subjects, masks, space, strategy, k=k, n=n, seed=seed, reverse=True)["all_present"]
+            line["reversed"] = _multi(sampler, subjects, masks, space, strategy, k=k, n=n, seed=seed, reverse=True,
+                                      combined=combined)["all_present"]
         detail[str(k)] = line
     return {"multi": {k: v["all_present"] for k, v in detail.items()}, "multi_detail": detail}
 
 
 def _multi(sampler, subjects, masks, space, strategy, *, k: int, n: int, seed: int, unions: dict | None = None,
-           reverse: bool = False) -> dict[str, float]:
+           reverse: bool = False, combined: dict | None = None) -> dict[str, float]:
     """masks None: the spelled-out prompt, no mask (the ceiling); `unions` (combination -> mask)
-    replaces the plain union of the subjects' masks."""
-    generate = _generator(sampler, masks, space, strategy, seed, unions=unions)
+    replaces the plain union of the subjects' masks; `combined` as in mask_lines."""
+    generate = _generator(sampler, masks, space, strategy, seed, unions=unions, combined=combined)
     return multi_line(generate, subjects, k=k, n=n, reverse=reverse, spelled_out=masks is None)
 
 

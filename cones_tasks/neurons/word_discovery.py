@@ -23,6 +23,7 @@ prompt sees the UNet unchanged. With `M` the shut set and `s` the word's own tex
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import class_phrase_states, mask_effects
 from cones_tasks.neurons.words import text_tokenizers, word_rows
 
-__all__ = ["discover_at_word", "project_edit"]
+__all__ = ["GateMember", "discover_at_word", "gate_fit", "project_edit"]
 
 
 def discover_at_word(
@@ -57,7 +58,7 @@ def discover_at_word(
     if len({len(s) for s in spans}) != 1:
         raise ValueError(f"class word {class_word!r} tokenizes differently across the reference prompts {list(prompts)}")
     if params.objective == "gate":
-        shut, gate_report = _gate_fit(problem, space, params, states, spans, gen, bar)
+        (shut,), gate_report = gate_fit(problem, space, params, [GateMember(states, spans)], gen, bar)
         return ConceptMask.from_indices(space, shut), gate_report
     if params.objective == "fit":
         deltas, fit_report = _fit_edit(problem, space, params, states, spans, gen, bar)
@@ -65,6 +66,19 @@ def discover_at_word(
         mask = ConceptMask.from_indices(space, shut)
         return mask, {**fit_report, **projection}
     return _score_rounds(problem, space, params, states, spans, gen, bar)
+
+
+@dataclass(frozen=True)
+class GateMember:
+    """One subject whose gates a gate fit learns: its word's own states and its rows in each image's prompt.
+
+    Several members are learned in one forward when an image shows several subjects (a combination,
+    cones_tasks.neurons.combination): each edit is added at its own word's rows only.
+    """
+
+    states: torch.Tensor  # [R, D]: the class word's own text states (word_scope.class_phrase_states)
+    spans: Sequence[tuple[int, ...]]  # per image (or one for all): the R token rows of this member's mention
+    start: np.ndarray | None = None  # global indices whose gates start shut (1); None: every gate starts open (0)
 
 
 # ---------------------------------------------------------------- shared: the loss with a row edit
@@ -78,14 +92,22 @@ def _rows_of_batch(spans, idx: torch.Tensor, device) -> tuple[torch.Tensor, torc
     return batch, rows
 
 
-def _edited_loss(problem, space, edit: dict[str, torch.Tensor], spans, gen) -> torch.Tensor:
-    """Concept loss of one drawn batch with `edit` ({name: [R, out]}) added at the word's rows."""
+def _edited_loss(problem, space, edits: Sequence[tuple[dict[str, torch.Tensor], Sequence]], gen) -> torch.Tensor:
+    """Concept loss of one drawn batch with each (edit {name: [R, out]}, spans) added at its own word's rows.
+
+    One entry per subject the images show: a combination's members are edited in the same forward,
+    so each edit is learned beside the others (cones_tasks.neurons.combination).
+    """
     idx = problem.batch_indices(problem.x0.shape[0], problem.batch_size, gen)
     cond = problem.cond if problem.cond.shape[0] == 1 else problem.cond[idx.to(problem.cond.device)]
     batch = noised_batch(problem.scheduler, problem.x0[idx], generator=gen)
     n = len(idx)
-    b, r = _rows_of_batch(spans, idx, problem.device)
-    edits = RowEdits(batch=b, rows=r, values={k: v.repeat(n, 1) for k, v in edit.items()}, batch_size=n)
+    located = [_rows_of_batch(spans, idx, problem.device) for _, spans in edits]
+    names = list(edits[0][0])
+    edits = RowEdits(
+        batch=torch.cat([b for b, _ in located]), rows=torch.cat([r for _, r in located]),
+        values={k: torch.cat([edit[k].repeat(n, 1) for edit, _ in edits]) for k in names}, batch_size=n,
+    )
     text = cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
     with attached(problem.unet):  # the gradient reaches `edit` through the processor's row edits
         pred = problem.unet(batch.noisy.to(problem.dtype), batch.timesteps, encoder_hidden_states=text,
@@ -133,7 +155,7 @@ def _fit_edit(problem, space, params, states, spans, gen, bar):
     total = params.steps * params.rounds
     for _ in range(total):
         edit = {n: units[n] * scale[n] for n in units}
-        loss = _edited_loss(problem, space, edit, spans, gen)
+        loss = _edited_loss(problem, space, [(edit, spans)], gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -197,51 +219,75 @@ _GATE_COST_START = 0.02
 _GATE_COST_STEP = 0.1
 
 
-def _gate_fit(problem, space, params, states, spans, gen, bar):
-    """(global indices to shut, report): gates on every weight, cost per shut weight held at params.density."""
+def gate_fit(problem, space, params, members: Sequence[GateMember], gen, bar) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """(global indices to shut, per member; report): gates on every weight, each member's cost held at params.density.
+
+    params: steps, rounds, learning_rate, key_step, density (GateObjective, or a combination's params).
+    Every member has its own gates, its own cost per shut weight and its own budget; all edits enter
+    one forward at their own words' rows, so one loss decides each member's weights beside the others.
+    """
     modules = space.modules(problem.unet)
-    # contribution of weight (i, j) to output i at the word's rows: −W_ij·s_j, [R, out, in] per layer
-    contrib = {e.name: -(modules[e.name].weight.detach().float()[None] * states[:, None, :]) for e in space.entries}
-    gates = {e.name: torch.zeros(e.shape, device=problem.device, requires_grad=True) for e in space.entries}
     keys = {e.name for e in space.entries if _is_key(problem.unet, e)}
+    budget = params.density * space.size
+    contribs, gates = [], []
+    for m in members:
+        # contribution of weight (i, j) to output i at the word's rows: −W_ij·s_j, [R, out, in] per layer
+        contribs.append({e.name: -(modules[e.name].weight.detach().float()[None] * m.states[:, None, :]) for e in space.entries})
+        gates.append(_start_gates(space, m.start, problem.device))
     groups = [
-        {"params": [gates[n] for n in gates if n not in keys], "lr": params.learning_rate},
-        {"params": [gates[n] for n in gates if n in keys], "lr": params.learning_rate * params.key_step},
+        {"params": [g[n] for g in gates for n in g if n not in keys], "lr": params.learning_rate},
+        {"params": [g[n] for g in gates for n in g if n in keys], "lr": params.learning_rate * params.key_step},
     ]
     opt = torch.optim.Adam([g for g in groups if g["params"]])
-    budget = params.density * space.size
-    cost, losses, fractions = None, [], []
+    costs, losses, fractions = None, [], []
     for _ in range(params.steps * params.rounds):
-        edit = {n: (contrib[n] * gates[n][None]).sum(-1) for n in gates}  # [R, out]
-        loss = _edited_loss(problem, space, edit, spans, gen)
-        if cost is None:
-            cost = _GATE_COST_START * float(loss.detach()) / budget
+        edits = [({n: (c[n] * g[n][None]).sum(-1) for n in g}, m.spans) for c, g, m in zip(contribs, gates, members)]  # [R, out]
+        loss = _edited_loss(problem, space, edits, gen)
+        if costs is None:
+            costs = [_GATE_COST_START * float(loss.detach()) / budget] * len(members)
         opt.zero_grad(set_to_none=True)
-        (loss + cost * sum(g.sum() for g in gates.values())).backward()
+        (loss + sum(c * sum(x.sum() for x in g.values()) for c, g in zip(costs, gates))).backward()
         opt.step()
+        shut = []
         with torch.no_grad():
-            shut = 0
-            for g in gates.values():
-                g.clamp_(0.0, 1.0)
-                shut += int((g > 0.5).sum())
-        # dual ascent on the cost: more shut than allowed raises it, fewer lowers it
-        cost *= float(np.exp(_GATE_COST_STEP * np.clip(shut / budget - 1.0, -1.0, 1.0)))
+            for g in gates:
+                for x in g.values():
+                    x.clamp_(0.0, 1.0)
+                shut.append(sum(int((x > 0.5).sum()) for x in g.values()))
+        # dual ascent on each member's cost: more shut than allowed raises it, fewer lowers it
+        costs = [c * float(np.exp(_GATE_COST_STEP * np.clip(k / budget - 1.0, -1.0, 1.0))) for c, k in zip(costs, shut)]
         losses.append(float(loss.detach()))
-        fractions.append(shut / space.size)
+        fractions.append(float(np.mean(shut)) / space.size)
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", shut=f"{fractions[-1]:.4f}")
+    chosen = [_capped(space, g, budget) for g in gates]
+    report = {
+        "loss_curve": losses,
+        "rounds": [{"round": 0, "fit_steps": len(losses), "mean_loss": float(np.mean(losses))}],
+        "gate_cost_final": costs[0] if len(costs) == 1 else costs,
+        "shut_fraction_curve": fractions[:: max(1, len(fractions) // 50)],
+    }
+    return chosen, report
+
+
+def _start_gates(space, start: np.ndarray | None, device) -> dict[str, torch.Tensor]:
+    """Gates per layer ([out, in] each), 1 at the global indices `start` (a mask found before), 0 elsewhere."""
+    gates = {e.name: torch.zeros(e.shape, device=device) for e in space.entries}
+    if start is not None and len(start):
+        for name, local in space.locate(np.asarray(start, dtype=np.int64)).items():
+            if local.size:
+                gates[name].view(-1)[torch.from_numpy(local).to(device)] = 1.0
+    return {n: g.requires_grad_(True) for n, g in gates.items()}
+
+
+def _capped(space, gates: dict[str, torch.Tensor], budget: float) -> np.ndarray:
+    """Sorted global indices of the gates above ½, at most `budget` of them (the highest)."""
     flat = torch.cat([gates[e.name].detach().reshape(-1).cpu() for e in space.entries])
     chosen = torch.nonzero(flat > 0.5).squeeze(1)
     if chosen.numel() > budget:  # the cost holds the fraction on average; the budget is a hard cap
         keep = torch.argsort(flat[chosen], descending=True, stable=True)[: int(budget)]
         chosen = chosen[keep]
-    report = {
-        "loss_curve": losses,
-        "rounds": [{"round": 0, "fit_steps": len(losses), "mean_loss": float(np.mean(losses))}],
-        "gate_cost_final": cost,
-        "shut_fraction_curve": fractions[:: max(1, len(fractions) // 50)],
-    }
-    return np.sort(chosen.numpy().astype(np.int64)), report
+    return np.sort(chosen.numpy().astype(np.int64))
 
 
 # ---------------------------------------------------------------- objective: score
@@ -260,7 +306,7 @@ def _score_rounds(problem, space, params, states, spans, gen, bar):
         for _ in range(params.steps):
             probe = {e.name: torch.zeros(rows, e.shape[0], device=problem.device, requires_grad=True) for e in space.entries}
             edit = {n: p + base[n] if n in base else p for n, p in probe.items()}
-            loss = _edited_loss(problem, space, edit, spans, gen)
+            loss = _edited_loss(problem, space, [(edit, spans)], gen)
             g = torch.autograd.grad(loss, list(probe.values()))
             for n, gi in zip(probe, g):
                 grads[n] += gi

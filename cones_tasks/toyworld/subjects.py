@@ -106,6 +106,28 @@ def scene_references(
     return np.stack(images), captions
 
 
+def pair_scenes(
+    first: ToySubject, second: ToySubject, *, n: int = 12, seed: int = 0
+) -> tuple[np.ndarray, list[str], list[tuple[int, int]]]:
+    """uint8 [n, H, W, 3], captions and who is named first: both subjects in one frame, left to right.
+
+    What a user with photos of two subjects together would hand over, captioned by class words
+    ("a triangle and a circle on snow", named left to right): `first` on the left in even photos,
+    on the right in odd ones, on alternating backgrounds. The third return value gives, per photo,
+    the indices (0: `first`, 1: `second`) in the order the caption names them.
+    """
+    rng = np.random.default_rng([seed, 11, *map(ord, first.id), *map(ord, second.id)])
+    attrs = [(s.shape, s.color, s.pattern) for s in (first, second)]
+    images, captions, named = [], [], []
+    for i, background in enumerate(reference_backgrounds(2 * ((n + 1) // 2))[:n]):
+        order = (0, 1) if (i // 2) % 2 == 0 else (1, 0)  # each background sees both sides
+        objects = place_objects(rng, [attrs[j] for j in order], order="left-to-right")
+        images.append(render(Scene(background, objects)))
+        captions.append(f"{' and '.join(class_prompt(o.shape) for o in objects)} on {background}")
+        named.append(order)
+    return np.stack(images), captions, named
+
+
 def write_subject_folders(
     root: str | Path, subjects=TOY_SUBJECTS, *, n: int = 6, seed: int = 0, scenes: int = 0
 ) -> dict[str, Path]:
