@@ -149,7 +149,7 @@ SOURCES = {"together": together, "composite": composite, "self": self_generated}
 
 
 def combine_all(model, subjects, masks, source: str, cparams: CombinationParams, params: ValidateParams, *, n_images: int,
-                candidates: int, scorer=None) -> tuple[dict, dict]:
+                candidates: int, scorer=None, anchors: bool = False) -> tuple[dict, dict]:
     combined, seconds, stats, counts, kept = {}, [], [], [], []
     for pair in itertools.combinations(subjects, 2):
         images, prompts, named = SOURCES[source](pair, n_images, model=model, masks=masks, params=params,
@@ -158,8 +158,9 @@ def combine_all(model, subjects, masks, source: str, cparams: CombinationParams,
         if len(images) == 0:  # nothing accepted: the pair keeps its members' own masks
             continue
         t0 = time.perf_counter()
+        own = [discovery_references(s, params, "context", scenes=True) for s in pair] if anchors else None
         result = combine_concepts(model, images, prompts, [WordMask(masks[s.id], s.shape) for s in pair], cparams,
-                                  named=named, seed=0)
+                                  named=named, anchors=own, seed=0)
         seconds.append(time.perf_counter() - t0)
         kept.extend(result.report["kept_of_own_mask"])
         combined[frozenset(s.id for s in pair)] = {s.id: m for s, m in zip(pair, result.masks)}
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scene-references", type=int, default=12)
     parser.add_argument("--images", type=int, default=12, help="pictures of each pair handed to the step")
     parser.add_argument("--candidates", type=int, default=32, help="--source self: samples per pair before the judge")
+    parser.add_argument("--anchors", action="store_true", help="mix each member's own discovery photos into the step")
     parser.add_argument("--clip", action="store_true", help="--source self: also score candidates with the toy CLIP")
     parser.add_argument("--n-select", type=int, default=48)
     parser.add_argument("--n-report", type=int, default=0, help="also judge the report seeds (0: not)")
@@ -216,9 +218,9 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         combined, info = ({}, {}) if args.source == "none" else combine_all(
             model, subjects, masks, args.source, cparams, params, n_images=args.images, candidates=args.candidates,
-            scorer=scorer)
+            scorer=scorer, anchors=args.anchors)
         row = {"source": args.source, "combination": cparams.model_dump() if args.source != "none" else None,
-               "discovery": json.loads(args.discovery), "scene_references": args.scene_references, "images": args.images,
+               "discovery": json.loads(args.discovery), "scene_references": args.scene_references, "images": args.images, "anchors": args.anchors,
                "own_fraction": float(np.mean([m.fraction for m in masks.values()])), **info,
                "select": pair_lines(model, subjects, masks, combined, params, seed=params.select_seed, n=args.n_select)}
         if args.n_report:

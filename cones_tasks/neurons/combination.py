@@ -43,7 +43,8 @@ class CombinationParams(BaseModel):
     steps: int = Field(100, ge=1, description="joint gradient steps")
     batch_size: int = Field(6, ge=1, description="combination images per step")
     learning_rate: float = Field(0.05, gt=0.0, description="Adam step on the gates")
-    key_step: float = Field(1.0, gt=0.0, description="the key projections' step as a fraction of learning_rate")
+    key_step: float = Field(1.0, ge=0.0, description="the key projections' step as a fraction of learning_rate (0: keys stay)")
+    value_step: float = Field(1.0, ge=0.0, description="the value projections' step as a fraction of learning_rate (0: values stay)")
     density: float = Field(0.01, gt=0.0, le=1.0, description="each member's cap: the fraction of the K/V weights it may shut")
 
     @property
@@ -65,6 +66,7 @@ def combine_concepts(
     params: CombinationParams = CombinationParams(),
     *,
     named: Sequence[Sequence[int]] | None = None,
+    anchors: Sequence[tuple[np.ndarray, Sequence[str]]] | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> CombinationResult:
@@ -74,6 +76,8 @@ def combine_concepts(
     members: each subject's own word-scoped mask (found by word-scoped discovery) and class word.
     named: per image, the member indices in the order its prompt names them (default: the members'
     order); two members of one class are told apart by which mention is whose.
+    anchors: per member, its own photos and prompts (naming its class word), mixed into the steps with
+    only that member edited, so the joint step keeps what each mask does alone.
     """
     # imported here: discovery imports the objectives, which this module's callers may not need
     from cones_tasks.neurons.discovery import DiscoveryProblem, frozen_unet
@@ -97,10 +101,23 @@ def combine_concepts(
         rows = word_rows(tokenizers, prompt, [members[i].class_word for i in order])
         for i, r in zip(order, rows):
             spans[i].append(r)
+    all_images, all_prompts = [np.asarray(images)], list(prompts)
+    if anchors is not None:
+        if len(anchors) != len(members):
+            raise ValueError(f"anchors: give one (images, prompts) per member ({len(members)}), got {len(anchors)}")
+        for j, (own_images, own_prompts) in enumerate(anchors):
+            if len(own_images) != len(own_prompts):
+                raise ValueError(f"anchors of member {j}: {len(own_images)} images but {len(own_prompts)} prompts")
+            for prompt in own_prompts:
+                (rows,) = word_rows(tokenizers, prompt, [members[j].class_word])
+                for i in range(len(members)):
+                    spans[i].append(rows if i == j else None)
+            all_images.append(np.asarray(own_images))
+            all_prompts.extend(own_prompts)
     for wm, s in zip(members, spans):
-        if len({len(r) for r in s}) != 1:
+        if len({len(r) for r in s if r is not None}) != 1:
             raise ValueError(f"class word {wm.class_word!r} tokenizes differently across the combination's prompts")
-    problem = DiscoveryProblem.build(model, space, images, list(prompts), None, 0.0, params.batch_size, gen)
+    problem = DiscoveryProblem.build(model, space, np.concatenate(all_images), all_prompts, None, 0.0, params.batch_size, gen)
     gate_members = [
         GateMember(class_phrase_states(model, wm.class_word).to(problem.device), s, start=wm.mask.indices)
         for wm, s in zip(members, spans)

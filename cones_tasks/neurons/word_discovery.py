@@ -77,19 +77,21 @@ class GateMember:
     """
 
     states: torch.Tensor  # [R, D]: the class word's own text states (word_scope.class_phrase_states)
-    spans: Sequence[tuple[int, ...]]  # per image (or one for all): the R token rows of this member's mention
+    # per image (or one for all): the R token rows of this member's mention; None where an image does not show it
+    spans: Sequence[tuple[int, ...] | None]
     start: np.ndarray | None = None  # global indices whose gates start shut (1); None: every gate starts open (0)
 
 
 # ---------------------------------------------------------------- shared: the loss with a row edit
 
 
-def _rows_of_batch(spans, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch element, token row) of the word in each drawn image: [n·R] each."""
+def _rows_of_batch(spans, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(batch element, token row) of the word in each drawn image, [m·R] each, and m: the drawn images whose
+    prompt names the word (a span of None: an image this subject is not in, e.g. another member's own photo)."""
     chosen = [spans[i] if len(spans) > 1 else spans[0] for i in idx.tolist()]
-    batch = torch.tensor([b for b, span in enumerate(chosen) for _ in span], device=device)
-    rows = torch.tensor([r for span in chosen for r in span], device=device)
-    return batch, rows
+    batch = torch.tensor([b for b, span in enumerate(chosen) if span is not None for _ in span], device=device, dtype=torch.long)
+    rows = torch.tensor([r for span in chosen if span is not None for r in span], device=device, dtype=torch.long)
+    return batch, rows, sum(span is not None for span in chosen)
 
 
 def _edited_loss(problem, space, edits: Sequence[tuple[dict[str, torch.Tensor], Sequence]], gen) -> torch.Tensor:
@@ -105,8 +107,9 @@ def _edited_loss(problem, space, edits: Sequence[tuple[dict[str, torch.Tensor], 
     located = [_rows_of_batch(spans, idx, problem.device) for _, spans in edits]
     names = list(edits[0][0])
     edits = RowEdits(
-        batch=torch.cat([b for b, _ in located]), rows=torch.cat([r for _, r in located]),
-        values={k: torch.cat([edit[k].repeat(n, 1) for edit, _ in edits]) for k in names}, batch_size=n,
+        batch=torch.cat([b for b, _, _ in located]), rows=torch.cat([r for _, r, _ in located]),
+        values={k: torch.cat([edit[k].repeat(m, 1) for (edit, _), (_, _, m) in zip(edits, located)]) for k in names},
+        batch_size=n,
     )
     text = cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
     with attached(problem.unet):  # the gradient reaches `edit` through the processor's row edits
@@ -222,7 +225,7 @@ _GATE_COST_STEP = 0.1
 def gate_fit(problem, space, params, members: Sequence[GateMember], gen, bar) -> tuple[list[np.ndarray], dict[str, Any]]:
     """(global indices to shut, per member; report): gates on every weight, each member's cost held at params.density.
 
-    params: steps, rounds, learning_rate, key_step, density (GateObjective, or a combination's params).
+    params: steps, rounds, learning_rate, key_step, value_step, density (GateObjective, or a combination's params).
     Every member has its own gates, its own cost per shut weight and its own budget; all edits enter
     one forward at their own words' rows, so one loss decides each member's weights beside the others.
     """
@@ -235,7 +238,7 @@ def gate_fit(problem, space, params, members: Sequence[GateMember], gen, bar) ->
         contribs.append({e.name: -(modules[e.name].weight.detach().float()[None] * m.states[:, None, :]) for e in space.entries})
         gates.append(_start_gates(space, m.start, problem.device))
     groups = [
-        {"params": [g[n] for g in gates for n in g if n not in keys], "lr": params.learning_rate},
+        {"params": [g[n] for g in gates for n in g if n not in keys], "lr": params.learning_rate * params.value_step},
         {"params": [g[n] for g in gates for n in g if n in keys], "lr": params.learning_rate * params.key_step},
     ]
     opt = torch.optim.Adam([g for g in groups if g["params"]])
