@@ -142,6 +142,10 @@ class GateObjective(_WordEditObjective):
     weight that dual ascent holds at `density` (a hard cap at the end); the weights whose gate ends above ½ are
     shut (cones_tasks.neurons.word_discovery, docs/research/sparsity.md). Word scope only."""
 
+    # 2: when the cap binds, gates held at 1 rank by how far past 1 the steps pushed them (version 1 kept the
+    # lowest indices among them, dropping the last layers' weights first)
+    version: ClassVar[int] = 2
+
     objective: Literal["gate"] = Field("gate", description=_SCORE)
     scope: Literal["word"] = Field("word", description="gate acts at the class word's rows only: always 'word'")
     # The defaults are the best 1 % setting of the density curve on the selection seeds (docs/research/sparsity.md):

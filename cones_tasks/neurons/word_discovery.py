@@ -242,6 +242,7 @@ def gate_fit(problem, space, params, members: Sequence[GateMember], gen, bar) ->
         {"params": [g[n] for g in gates for n in g if n in keys], "lr": params.learning_rate * params.key_step},
     ]
     opt = torch.optim.Adam([g for g in groups if g["params"]])
+    overflow = [{n: torch.zeros_like(x) for n, x in g.items()} for g in gates]
     costs, losses, fractions = None, [], []
     for _ in range(params.steps * params.rounds):
         edits = [({n: (c[n] * g[n][None]).sum(-1) for n in g}, m.spans) for c, g, m in zip(contribs, gates, members)]  # [R, out]
@@ -253,8 +254,10 @@ def gate_fit(problem, space, params, members: Sequence[GateMember], gen, bar) ->
         opt.step()
         shut = []
         with torch.no_grad():
-            for g in gates:
-                for x in g.values():
+            for g, over in zip(gates, overflow):
+                for n, x in g.items():
+                    # how far past 1 Adam keeps pushing a shut gate: the cap's tie-break among gates at 1
+                    over[n] = torch.where(x >= 1.0, over[n] + (x - 1.0), torch.zeros_like(x))
                     x.clamp_(0.0, 1.0)
                 shut.append(sum(int((x > 0.5).sum()) for x in g.values()))
         # dual ascent on each member's cost: more shut than allowed raises it, fewer lowers it
@@ -263,7 +266,7 @@ def gate_fit(problem, space, params, members: Sequence[GateMember], gen, bar) ->
         fractions.append(float(np.mean(shut)) / space.size)
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.4f}", shut=f"{fractions[-1]:.4f}")
-    chosen = [_capped(space, g, budget) for g in gates]
+    chosen = [_capped(space, {n: g[n].detach() + over[n] for n in g}, budget) for g, over in zip(gates, overflow)]
     report = {
         "loss_curve": losses,
         "rounds": [{"round": 0, "fit_steps": len(losses), "mean_loss": float(np.mean(losses))}],
@@ -284,7 +287,8 @@ def _start_gates(space, start: np.ndarray | None, device) -> dict[str, torch.Ten
 
 
 def _capped(space, gates: dict[str, torch.Tensor], budget: float) -> np.ndarray:
-    """Sorted global indices of the gates above ½, at most `budget` of them (the highest)."""
+    """Sorted global indices of the gates above ½, at most `budget` of them (the highest; a gate held at 1 ranks by
+    how far past 1 the steps kept pushing it, so a cap that binds drops the least wanted, not the last layers)."""
     flat = torch.cat([gates[e.name].detach().reshape(-1).cpu() for e in space.entries])
     chosen = torch.nonzero(flat > 0.5).squeeze(1)
     if chosen.numel() > budget:  # the cost holds the fraction on average; the budget is a hard cap
