@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from cones_tasks.combinations import subjects_phrase
+from cones_lab.pair_pictures import PairSource, composite, self_generated, together
+from cones_tasks.neurons.combination import CombinationParams, combine_concepts
 from cones_tasks.neurons.composition import COMPOSITIONS, Composition, compose, composition_for
 from cones_tasks.neurons.discovery import discover_concept_neurons, refine_union
 from cones_tasks.neurons.masks import ConceptMask
@@ -43,6 +45,7 @@ from cones_tasks.neurons.objectives import (
     WordScoreObjective,
 )
 from cones_tasks.neurons.space import NeuronSpace
+from cones_tasks.neurons.word_scope import WordMask
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.captions import class_prompt
 from cones_tasks.toyworld.subjects import context_prompts, reference_renders, scene_references
@@ -88,6 +91,16 @@ class ValidateParams(BaseModel):
     strategies: tuple[Composition, ...] = Field(COMPOSITIONS, min_length=1, description="composition strategies to report")
     ceilings: bool = Field(True, description="also report the spelled-out ceilings (no mask)")
     reversed_order: bool = Field(True, description="also report each combination named in the other order")
+    combination: CombinationParams | None = Field(
+        None, description="token strategy: before pairs are judged, a combination step per pair (cones_tasks.neurons."
+        "combination) re-learns both members' masks on pictures of the pair; None: pairs use each subject's own mask",
+    )
+    combination_pictures: PairSource = Field(
+        "composite", description="where the combination step's pictures of a pair come from (cones_lab.pair_pictures): "
+        "'composite' (halves of the subjects' own scene photos), 'self' (the pair sampled, judged, kept) or 'together' "
+        "(rendered together: photos of the two together, which a user may not have)",
+    )
+    combination_images: int = Field(12, ge=1, description="pictures of each pair handed to the combination step")
     prompt_modes: tuple[Literal["class", "context"], ...] = Field(
         ("context",), min_length=1,
         description="how discovery conditions the references, each tried with every candidate: 'class' is the "
@@ -135,8 +148,14 @@ def validate_toy(
     for strategy, options in by_strategy.items():
         found = _choose(model, sampler, priors, subjects, references, strategy, options, params)
         chosen, mode, masks, space, selection, discovery_s = found
-        lines = mask_lines(model, judge, subjects, masks, space, strategy, params, seed=seed, n=n, progress=progress)
+        combined, combination = {}, {}
+        if strategy == "token" and params.combination is not None and 2 in sizes:
+            combined, combination = combination_masks(model, judge, subjects, masks, params)
+        lines = mask_lines(model, judge, subjects, masks, space, strategy, params, seed=seed, n=n, progress=progress,
+                           combined=combined)
         lines["single"]["hit_unmasked"] = unmasked
+        if combination:
+            lines["combination"] = combination
         strategies[strategy] = {
             "chosen_params": chosen.model_dump(),
             "chosen_prompts": mode,
@@ -200,6 +219,50 @@ def _choose(model, sampler, priors, subjects, references, strategy, options, par
             best = (key, candidate, mode, masks, space, spent)
     _, candidate, mode, masks, space, spent = best
     return candidate, mode, masks, space, selection, spent
+
+
+def combination_masks(model, judge: Callable[[np.ndarray], Any], subjects: Sequence, masks: dict[str, ConceptMask],
+                      params: ValidateParams) -> tuple[dict, dict[str, Any]]:
+    """({frozenset of a pair's ids: {subject id: mask}}, report): the combination step (params.combination) for
+    every pair of `subjects`, on params.combination_images pictures of the pair from params.combination_pictures.
+
+    'self' samples 4 × that many candidates per pair on seeds no line uses and keeps those the judge accepts
+    (both subjects, the asked background); a pair none of whose candidates pass keeps its members' own masks.
+    """
+    combined, seconds, fractions, counts = {}, [], [], []
+    n = params.combination_images
+    for pair in itertools.combinations(subjects, 2):
+        if params.combination_pictures == "together":
+            images, prompts, named = together(pair, n, seed=params.discovery_seed)
+        elif params.combination_pictures == "composite":
+            images, prompts, named = composite(pair, n, scene_photos=params.scene_references,
+                                               reference_images=params.reference_images, seed=params.discovery_seed)
+        else:
+            def accept(image, shown, background) -> bool:
+                verdict = judge(image)
+                return all(verdict.shows(s) for s in shown) and verdict.background == background
+
+            (images, prompts, named), _, _ = self_generated(
+                pair, n, model=model, masks=masks, accept=accept, candidates=4 * n,
+                seeds=line_seeds(params.discovery_seed + 7, 90, 4 * n), steps=params.sample_steps,
+                guidance_scale=params.guidance_scale,
+            )
+        counts.append(len(images))
+        if not len(images):
+            continue
+        t0 = time.perf_counter()
+        result = combine_concepts(model, images, prompts, [WordMask(masks[s.id], s.shape) for s in pair],
+                                  params.combination, named=named, seed=params.discovery_seed)
+        seconds.append(time.perf_counter() - t0)
+        fractions.extend(m.fraction for m in result.masks)
+        combined[frozenset(s.id for s in pair)] = {s.id: m for s, m in zip(pair, result.masks)}
+    report = {
+        "params": params.combination.model_dump(), "pictures": params.combination_pictures,
+        "pairs": len(combined), "images_per_pair": float(np.mean(counts)) if counts else 0.0,
+        "seconds_per_pair": float(np.mean(seconds)) if seconds else 0.0,
+        "neuron_fraction": float(np.mean(fractions)) if fractions else None,
+    }
+    return combined, report
 
 
 # ---------------------------------------------------------------- lines

@@ -31,18 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cones_lab.pair_pictures import composite, self_generated, together
 from cones_lab.validate import ValidateParams, discovery_references, line_seeds, mask_lines
 from cones_tasks.combinations import subjects_phrase
 from cones_tasks.loading import load_diffusion_model
 from cones_tasks.neurons.combination import CombinationParams, combine_concepts
-from cones_tasks.neurons.composed import compose_side_by_side
 from cones_tasks.neurons.discovery import discover_concept_neurons
 from cones_tasks.neurons.objectives import parse_discovery
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import WordMask
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.judge import judge
-from cones_tasks.toyworld.subjects import TOY_SUBJECTS, pair_scenes, reference_renders, scene_references
+from cones_tasks.toyworld.subjects import TOY_SUBJECTS, reference_renders
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 from cones_tasks.toyworld.world import BACKGROUNDS
 
@@ -70,70 +70,31 @@ def own_masks(model, subjects, params: ValidateParams, discovery: dict, cache: P
 # ---------------------------------------------------------------- where the pair's pictures come from
 
 
-def together(pair, n: int, **_):
-    return pair_scenes(pair[0], pair[1], n=n, seed=0)
+def _accept(image, subjects, background) -> bool:
+    """The toy judge as the acceptance test: both subjects drawn, and the asked background."""
+    verdict = judge(image)
+    return all(verdict.shows(s) for s in subjects) and verdict.background == background
 
 
-def composite(pair, n: int, *, params: ValidateParams, **_):
-    """The member's half of its own scene photos, side by side on one background (both orders)."""
-    if params.scene_references == 0:
-        return _composite_alone(pair, n, params)
-    halves = {}
-    for j, s in enumerate(pair):
-        photos, captions = scene_references(s, n=params.scene_references, seed=params.discovery_seed)
-        for photo, caption in zip(photos, captions):
-            first = caption.startswith(f"a {s.shape} and")  # scene captions name left to right; the subject is the
-            side = slice(0, photo.shape[1] // 2) if first else slice(photo.shape[1] // 2, None)  # only one of its class
-            background = caption.rsplit(" on ", 1)[1]
-            halves.setdefault((j, background), []).append(photo[:, side])
-    images, captions, named = [], [], []
-    for i in range(n):
-        background = list(BACKGROUNDS)[i % len(BACKGROUNDS)]
-        order = (0, 1) if (i // 2) % 2 == 0 else (1, 0)
-        parts = [halves[(j, background)][(i // 4) % len(halves[(j, background)])] for j in order]
-        images.append(np.concatenate(parts, axis=1))
-        captions.append(f"{subjects_phrase([pair[j].shape for j in order])} on {background}")
-        named.append(order)
-    return np.stack(images), captions, named
-
-
-def _composite_alone(pair, n: int, params: ValidateParams):
-    """No scene photos: the members' photos alone, shrunk side by side (composed.compose_side_by_side)."""
-    refs = [reference_renders(s, n=params.reference_images, seed=params.discovery_seed) for s in pair]
-    backgrounds = [list(BACKGROUNDS)[i % len(BACKGROUNDS)] for i in range(params.reference_images)]
-    images, captions, named = [], [], []
-    for i in range(n):
-        k = (i // 2) % params.reference_images  # reference k of both is on the same background
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        images.append(compose_side_by_side(refs[order[0]][k], refs[order[1]][k]))
-        captions.append(f"{subjects_phrase([pair[j].shape for j in order])} on {backgrounds[k]}")
-        named.append(order)
-    return np.stack(images), captions, named
-
-
-def self_generated(pair, n: int, *, model, masks, params: ValidateParams, candidates: int, stats: list, scorer=None, **_):
-    """The pair prompt sampled with both members' own masks; the images the toy judge accepts, up to n."""
-    prompts, named = [], []
-    for i in range(candidates):
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        background = list(BACKGROUNDS)[(i // 2) % len(BACKGROUNDS)]
-        prompts.append(f"{subjects_phrase([pair[j].shape for j in order])} on {background}")
-        named.append(order)
-    words = [[WordMask(masks[pair[j].id], pair[j].shape) for j in order] for order in named]
+def pictures_of(pair, source: str, n: int, *, model, masks, params: ValidateParams, candidates: int, stats: list,
+                scorer=None):
+    if source == "together":
+        return together(pair, n, seed=params.discovery_seed)
+    if source == "composite":
+        return composite(pair, n, scene_photos=params.scene_references, reference_images=params.reference_images,
+                         seed=params.discovery_seed)
     # seed set 7 with its own tag: never the selection (1) or report (2) seeds the lines are judged on
-    images = sample(model, prompts, seeds=line_seeds(7, 90, candidates), steps=params.sample_steps,
-                    guidance_scale=params.guidance_scale, word_masks=words, space=NeuronSpace.from_unet(model.unet, attention="cross"))
-    verdicts = [judge(im) for im in images]
-    hits = np.array([v.shows(pair[0]) and v.shows(pair[1]) and v.background == p.rsplit(" on ", 1)[1]
-                     for v, p in zip(verdicts, prompts)])
+    found, images, hits = self_generated(pair, n, model=model, masks=masks, accept=_accept, candidates=candidates,
+                                 seeds=line_seeds(7, 90, candidates), steps=params.sample_steps,
+                                 guidance_scale=params.guidance_scale)
     if scorer is not None:
         stats.append(_scorer_separation(scorer, pair, images, hits, params))
-    keep = np.flatnonzero(hits)[:n]
-    return images[keep], [prompts[i] for i in keep], [named[i] for i in keep]
+    return found
 
 
 def _scorer_separation(scorer, pair, images, hits, params):
-    """How well the product's scorer tells the judge's hits from misses: min over members of image alignment."""
+    """How well the product's scorer tells the judge's hits from misses: min over the pair of image alignment
+    (toy CLIP, cones_tasks.generation_scores) to each subject's reference photos."""
     from cones_tasks.generation_scores import image_alignment
 
     gen = scorer.embed_images(images).numpy()
@@ -145,15 +106,12 @@ def _scorer_separation(scorer, pair, images, hits, params):
             "scores": score.round(4).tolist(), "labels": hits.astype(int).tolist()}
 
 
-SOURCES = {"together": together, "composite": composite, "self": self_generated}
-
-
 def combine_all(model, subjects, masks, source: str, cparams: CombinationParams, params: ValidateParams, *, n_images: int,
                 candidates: int, scorer=None, anchors: bool = False) -> tuple[dict, dict]:
     combined, seconds, stats, counts, kept = {}, [], [], [], []
     for pair in itertools.combinations(subjects, 2):
-        images, prompts, named = SOURCES[source](pair, n_images, model=model, masks=masks, params=params,
-                                                 candidates=candidates, stats=stats, scorer=scorer)
+        images, prompts, named = pictures_of(pair, source, n_images, model=model, masks=masks, params=params,
+                                             candidates=candidates, stats=stats, scorer=scorer)
         counts.append(len(images))
         if len(images) == 0:  # nothing accepted: the pair keeps its members' own masks
             continue
@@ -186,7 +144,7 @@ def pair_lines(model, subjects, masks, combined, params, *, seed: int, n: int) -
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", choices=["none", *SOURCES], default="together")
+    parser.add_argument("--source", choices=["none", "together", "composite", "self"], default="together")
     parser.add_argument("--variants", default='[{}]', help="JSON list of CombinationParams")
     parser.add_argument("--discovery", default=json.dumps(GATE), help="the subjects' own discovery objective")
     parser.add_argument("--scene-references", type=int, default=12)
@@ -198,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-report", type=int, default=0, help="also judge the report seeds (0: not)")
     parser.add_argument("--cache", default=None, help="pickle of the subjects' own masks (made if missing)")
     parser.add_argument("--out", default=None)
+    parser.add_argument("--save", default=None, help="pickle the combination masks here ({variant index}-suffixed)")
+    parser.add_argument("--load", default=None, help="judge combination masks pickled by --save instead of learning them")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -213,13 +173,18 @@ def main(argv: list[str] | None = None) -> None:
         from cones_tasks.toyworld.assets import toy_clip_weights
 
         scorer = load_clip_scorer("cones-toy-clip", toy_clip_weights())
-    for variant in json.loads(args.variants):
+    for index, variant in enumerate(json.loads(args.variants)):
         cparams = CombinationParams(**variant)
         t0 = time.perf_counter()
-        combined, info = ({}, {}) if args.source == "none" else combine_all(
-            model, subjects, masks, args.source, cparams, params, n_images=args.images, candidates=args.candidates,
-            scorer=scorer, anchors=args.anchors)
-        row = {"source": args.source, "combination": cparams.model_dump() if args.source != "none" else None,
+        if args.load:
+            combined, info = pickle.loads(Path(args.load).read_bytes())
+        else:
+            combined, info = ({}, {}) if args.source == "none" else combine_all(
+                model, subjects, masks, args.source, cparams, params, n_images=args.images, candidates=args.candidates,
+                scorer=scorer, anchors=args.anchors)
+        if args.save:
+            Path(f"{args.save}.{index}").write_bytes(pickle.dumps((combined, info)))
+        row = {"source": args.source, "loaded": args.load, "combination": cparams.model_dump() if args.source != "none" else None,
                "discovery": json.loads(args.discovery), "scene_references": args.scene_references, "images": args.images, "anchors": args.anchors,
                "own_fraction": float(np.mean([m.fraction for m in masks.values()])), **info,
                "select": pair_lines(model, subjects, masks, combined, params, seed=params.select_seed, n=args.n_select)}

@@ -87,8 +87,7 @@ def test_combination_lowers_the_pair_loss_below_the_members_own_masks(model, own
     space = NeuronSpace.from_unet(model.unet, attention="cross")
     joint = _pair_loss(model, space, images, prompts, named, result.masks)
     alone = _pair_loss(model, space, images, prompts, named, own)
-    # measured 0.0 vs 0.0 (filled in below after the first run)
-    assert joint < 0.97 * alone, (joint, alone)
+    assert joint < 0.97 * alone, (joint, alone)  # measured 0.0078 against 0.0084 (0.93)
 
 
 def test_combination_refuses_what_it_cannot_learn(model, own, pictures):
