@@ -107,11 +107,13 @@ def _scorer_separation(scorer, pair, images, hits, params):
 
 
 def combine_all(model, subjects, masks, source: str, cparams: CombinationParams, params: ValidateParams, *, n_images: int,
-                candidates: int, scorer=None, anchors: bool = False) -> tuple[dict, dict]:
+                candidates: int, scorer=None, anchors: bool = False, bare: bool = False) -> tuple[dict, dict]:
     combined, seconds, stats, counts, kept = {}, [], [], [], []
     for pair in itertools.combinations(subjects, 2):
         images, prompts, named = pictures_of(pair, source, n_images, model=model, masks=masks, params=params,
                                              candidates=candidates, stats=stats, scorer=scorer)
+        if bare:  # half the captions without the background, as the pair prompts judged name none
+            prompts = [p.rsplit(" on ", 1)[0] if i % 8 >= 4 else p for i, p in enumerate(prompts)]
         counts.append(len(images))
         if len(images) == 0:  # nothing accepted: the pair keeps its members' own masks
             continue
@@ -150,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--scene-references", type=int, default=12)
     parser.add_argument("--images", type=int, default=12, help="pictures of each pair handed to the step")
     parser.add_argument("--candidates", type=int, default=32, help="--source self: samples per pair before the judge")
+    parser.add_argument("--bare", action="store_true", help="half the pair captions without their background")
     parser.add_argument("--anchors", action="store_true", help="mix each member's own discovery photos into the step")
     parser.add_argument("--clip", action="store_true", help="--source self: also score candidates with the toy CLIP")
     parser.add_argument("--n-select", type=int, default=48)
@@ -181,11 +184,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             combined, info = ({}, {}) if args.source == "none" else combine_all(
                 model, subjects, masks, args.source, cparams, params, n_images=args.images, candidates=args.candidates,
-                scorer=scorer, anchors=args.anchors)
+                scorer=scorer, anchors=args.anchors, bare=args.bare)
         if args.save:
             Path(f"{args.save}.{index}").write_bytes(pickle.dumps((combined, info)))
         row = {"source": args.source, "loaded": args.load, "combination": cparams.model_dump() if args.source != "none" else None,
-               "discovery": json.loads(args.discovery), "scene_references": args.scene_references, "images": args.images, "anchors": args.anchors,
+               "discovery": json.loads(args.discovery), "scene_references": args.scene_references, "images": args.images, "anchors": args.anchors, "bare": args.bare,
                "own_fraction": float(np.mean([m.fraction for m in masks.values()])), **info,
                "select": pair_lines(model, subjects, masks, combined, params, seed=params.select_seed, n=args.n_select)}
         if args.n_report:

@@ -49,9 +49,11 @@ def test_validate_toy_reports_every_line_per_strategy():
     for run in (paper_run, word_run):
         assert set(run["multi"]) == set(run["multi_detail"]) == {"2"}  # 3 > number of subjects: no line
         line = run["multi_detail"]["2"]
-        assert set(line) == {"all_present", "per_subject", "look_on_other", "reversed"}
-        assert line["all_present"] <= line["per_subject"]  # both present implies each present
-        rates = [run["single"]["hit_masked"], run["single"]["hit_unmasked"], run["context"], run["crosstalk"], *line.values()]
+        assert set(line) == {"all_present", "per_subject", "per_position", "look_on_other", "reversed"}
+        assert line["all_present"] <= line["per_subject"] == pytest.approx(sum(line["per_position"]) / 2)
+        assert line["all_present"] <= min(line["per_position"])  # both present implies each present
+        rates = [run["single"]["hit_masked"], run["single"]["hit_unmasked"], run["context"], run["crosstalk"],
+                 *(v for k, v in line.items() if k != "per_position")]
         assert all(0.0 <= r <= 1.0 for r in rates)
         assert 0 < run["bytes_per_concept"] < 4 * size * run["neuron_fraction"] + 16  # sparse indices, not a dense tensor
     assert set(out["ceilings"]) == {"single", "multi"} and set(out["ceilings"]["multi"]) == {"2"}
@@ -59,6 +61,30 @@ def test_validate_toy_reports_every_line_per_strategy():
         validate_toy(model, subjects, judge, params=params.model_copy(update={"report_seed": params.select_seed}))
     with pytest.raises(ValueError, match="no DiscoveryParams candidate for strategies"):
         validate_toy(model, subjects, judge, candidates=union, params=params)
+
+
+def test_validate_runs_the_combination_step_for_every_pair_it_judges():
+    """With ValidateParams.combination set, each pair is judged with the masks its combination step learned."""
+    from cones_tasks.loading import load_diffusion_model
+    from cones_tasks.neurons.combination import CombinationParams
+    from cones_tasks.neurons.objectives import GateObjective
+    from cones_tasks.toyworld.judge import judge
+    from cones_tasks.toyworld.subjects import TOY_SUBJECTS
+
+    model = load_diffusion_model(TOY_MODEL)
+    gate = GateObjective(steps=4, rounds=1, batch_size=2, density=0.01)
+    base = dict(images_per_line=3, sample_steps=2, reference_images=2, scene_references=2, multi_sizes=(2,),
+                strategies=("token",), ceilings=False, reversed_order=False)
+    subjects = TOY_SUBJECTS[:3]
+    for pictures in ("together", "composite"):
+        params = ValidateParams(**base, combination=CombinationParams(steps=2, batch_size=2), combination_pictures=pictures,
+                                combination_images=4)
+        run = validate_toy(model, subjects, judge, candidates=[gate], params=params, progress=False)["strategies"]["token"]
+        step = run["combination"]
+        assert step["pairs"] == 3 and step["images_per_pair"] == 4 and step["pictures"] == pictures  # every pair of 3
+        assert 0 <= step["neuron_fraction"] <= 0.01 and step["seconds_per_pair"] > 0  # each member's cap holds
+    plain = validate_toy(model, subjects, judge, candidates=[gate], params=ValidateParams(**base), progress=False)
+    assert "combination" not in plain["strategies"]["token"]
 
 
 def test_cli_validate_with_a_candidates_file(tmp_path):
