@@ -48,6 +48,14 @@ def validate(
         None, min=0, help="Token strategy: also hand discovery N captioned renders of each subject beside another object "
         "(scene photos, docs/composition.md). Default: 12 with --quick (the recommended setting), else 0."
     ),
+    combination: str = typer.Option(
+        None, help="Token strategy: a combination step per pair before pairs are judged (CombinationParams JSON, e.g. "
+        "'{\"steps\": 100}'; docs/research/pairs.md); its masks are used for that pair only."
+    ),
+    combination_pictures: str = typer.Option(
+        "composite", help="The step's pictures of a pair: composite (halves of the subjects' scene photos), self "
+        "(sampled, judged, kept) or together (rendered together: photos of the two together)."
+    ),
     as_json: bool = JSON,
 ) -> None:
     """Discovery on ≥ 2 toy subjects, judged: single (masked vs not), context, cross-talk, unions, bytes."""
@@ -69,8 +77,15 @@ def validate(
     if candidates is not None:
         sweep = tuple(parse_discovery(c) for c in json.loads(candidates.read_text()))
     refine = PromptScoreObjective.model_validate_json(union_refine) if union_refine else None
+    from cones_tasks.neurons.combination import CombinationParams
+
+    if combination_pictures not in ("composite", "self", "together"):
+        raise typer.BadParameter(f"unknown pictures {combination_pictures!r}; use composite, self or together",
+                                 param_hint="--combination-pictures")
+    joint = CombinationParams.model_validate_json(combination) if combination else None
     params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance,
                             union_refine=refine, prompt_modes=tuple(prompts), strategies=strategies,
+                            combination=joint, combination_pictures=combination_pictures,
                             scene_references=scene_references if scene_references is not None else (12 if quick else 0))
     if quick:
         # the recommended setting, unless the caller names its own (a shorter discovery for a smoke run)

@@ -139,6 +139,28 @@ def test_cli_validate_quick_runs_its_lines_on_a_short_discovery(tmp_path):
     assert "ceilings" not in data["details"]
 
 
+def test_cli_validate_quick_reports_the_combination_step(tmp_path):
+    """`validate --quick --combination ...`: every pair's step ran, and its report sits beside the lines it changed."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from cones_cli.app import app
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps([{"objective": "gate", "steps": 2, "rounds": 1, "batch_size": 2}]))
+    args = ["toy", "validate", "--quick", "--subjects", "3", "--n", "2", "--steps", "1", "--scene-references", "2",
+            "--candidates", str(path), "--combination", '{"steps": 2, "batch_size": 2}', "--combination-pictures", "composite",
+            "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output[result.output.index("{"):])
+    assert data["combination"]["pairs"] == 3 and data["combination"]["pictures"] == "composite"
+    assert data["combination"]["params"]["steps"] == 2 and set(data["multi"]) == {"2", "3"}
+    bad = CliRunner().invoke(app, [*args[:-2], "--combination-pictures", "photos", "--json"])
+    assert bad.exit_code == 2 and "unknown pictures" in bad.output
+
+
 @pytest.mark.slow
 def test_cli_validate_quick_prints_the_recommended_strategy_flat():
     import json
