@@ -95,6 +95,12 @@ def combine_concepts(
     space = NeuronSpace.from_unet(model.unet, attention="cross")
     for wm in members:
         wm.mask.check(space)
+        if wm.mask.count > params.density * space.size:
+            raise ValueError(
+                f"the {wm.class_word!r} member's mask shuts {wm.mask.fraction:.2%} of the K/V weights, above the "
+                f"combination's density cap {params.density:.2%}: discover the members with objective 'gate' at that "
+                "density (docs/composition.md), or raise the combination's density"
+            )
     tokenizers = text_tokenizers(model)
     spans: list[list[tuple[int, ...]]] = [[] for _ in members]
     for prompt, order in zip(prompts, named):

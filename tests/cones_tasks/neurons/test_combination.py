@@ -99,6 +99,8 @@ def test_combination_refuses_what_it_cannot_learn(model, own, pictures):
         combine_concepts(model, images, prompts, members, named=[(0, 0)] * len(prompts))
     with pytest.raises(ValueError, match="one prompt per image"):
         combine_concepts(model, images, prompts[:-1], members)
+    with pytest.raises(ValueError, match="above the combination's density cap"):  # a member denser than the cap
+        combine_concepts(model, images, prompts, members, CombinationParams(density=0.5 * own[0].fraction))
 
 
 def _pair_loss(model, space, images, prompts, named, masks) -> float:
