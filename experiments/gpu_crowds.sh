@@ -9,15 +9,7 @@
 set -u
 DEV=${DEV:-cuda} BATCH=${BATCH:-128} WORKERS=${WORKERS:-5} STEPS=${STEPS:-16750} STOP_AT=${STOP_AT:-12750}
 COUNTS=${COUNTS:-1:0.2,2:0.3,3:0.25,4:0.25} MINUTES=${MINUTES:-7} N=${N:-200} EVAL_STEPS=${EVAL_STEPS:-25}
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=$PWD:/tmp/site
-else
-  export PYTHONPATH=$PWD
-fi
-mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -c "from cones_cli.app import app; app()" "$@"\n' > /tmp/bin/cones && chmod +x /tmp/bin/cones
-export PATH=/tmp/bin:$PATH
+source "$(dirname "$0")/gpu_env.sh"
 
 m=/tmp/toy-model-crowds
 rm -rf "$m"

@@ -9,16 +9,7 @@
 set -u
 DEV=${DEV:-cuda} STEPS=${STEPS:-auto} BATCH=${BATCH:-128} WORKERS=${WORKERS:-5} MINUTES=${MINUTES:-5} N=${N:-200}
 VARIANTS=${VARIANTS:-"random:reading toy-clip:reading"} BENCH=${BENCH-discovery} PROFILE=${PROFILE:-1}
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=$PWD:/tmp/site
-else
-  export PYTHONPATH=$PWD
-fi
-# `timeout` runs programs, not shell functions: the CLI as a file on PATH (no entry point without an install)
-mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -c "from cones_cli.app import app; app()" "$@"\n' > /tmp/bin/cones && chmod +x /tmp/bin/cones
-export PATH=/tmp/bin:$PATH
+source "$(dirname "$0")/gpu_env.sh"
 
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
