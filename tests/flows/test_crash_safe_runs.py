@@ -282,17 +282,24 @@ def run_trial(world: World, target: str, rng: random.Random, n: int) -> Trial:
     done, delay, killed_in = _kill_in(world, killed, target, rng, world.tasks[target])
     after_kill = check_consistent(world, catalog)
 
-    rerun = _start(config, trial_dir / "run.json", world.home)
+    final, skipped, new_generations = _rerun_to_completion(world, catalog, config, trial_dir / "run.json", after_kill)
+    return Trial(target, killed_in, done, delay, after_kill, skipped, new_generations,
+                 lost=len(world.grid_ids - final.generations), doubled=sum(final.doubled.values()))
+
+
+def _rerun_to_completion(world, catalog, config, run_json, left):
+    """Rerun the killed run to the end; the catalog ends consistent and complete, and the rerun skipped exactly what
+    the kill had `left`, step by step, and said so in its log. Returns the final state, the skips and the new
+    generations."""
+    rerun = _start(config, run_json, world.home)
     assert rerun.finish(timeout=600) == 0, rerun.log[-5000:]
     final = check_consistent(world, catalog)
     check_complete(world, final)
-    # The rerun skipped exactly what the crash had left, step by step, and said so in its log.
     skipped = _skipped(rerun.log)
-    assert skipped == {phase: _had(world, after_kill, phase) for phase in PHASES}, rerun.log[-3000:]
-    result = rerun.result()
-    assert result["new_generations"] == GRID_SIZE - len(after_kill.generations)
-    return Trial(target, killed_in, done, delay, after_kill, skipped, result["new_generations"],
-                 lost=len(world.grid_ids - final.generations), doubled=sum(final.doubled.values()))
+    assert skipped == {phase: _had(world, left, phase) for phase in PHASES}, rerun.log[-3000:]
+    new_generations = rerun.result()["new_generations"]
+    assert new_generations == GRID_SIZE - len(left.generations)
+    return final, skipped, new_generations
 
 
 def _reclaim_gpu_slot() -> None:
@@ -382,13 +389,7 @@ def test_sigkill_in_each_step_then_rerun(world):
         after_kill = check_consistent(world, catalog)
         trials.append(Trial(target, killed_in, done, delay, after_kill, skipped))
         state = after_kill
-    rerun = _start(config, chain / "run.json", world.home)
-    assert rerun.finish(timeout=600) == 0, rerun.log[-5000:]
-    final = check_consistent(world, catalog)
-    check_complete(world, final)
-    skipped = _skipped(rerun.log)
-    assert skipped == {phase: _had(world, state, phase) for phase in PHASES}, rerun.log[-3000:]
-    assert rerun.result()["new_generations"] == GRID_SIZE - len(state.generations)
+    _rerun_to_completion(world, catalog, config, chain / "run.json", state)
     print("\n" + summary(world, trials))
     landed = collections.Counter(t.killed_in for t in trials)
     assert all(landed[p] >= 1 for p in PHASES), landed
