@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean-venv toy-model toy-model-first toy-model-crowds
+.PHONY: demo test test-slow bench clean-venv toy-model toy-model-first
 
 # The Makefile too: the extras installed are listed here (ray: the fast Ray test, tests/flows/test_ray_runner.py).
 $(STAMP): pyproject.toml Makefile
@@ -38,14 +38,15 @@ test-slow: $(SLOW_STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Rebuild the shipped toy model from scratch (docs/research/toy-model.md): the four segments of
+# Rebuild the shipped toy model from scratch (docs/research/toy-model.md): the seven segments of
 # cones_tasks/toyworld/shipped/toy-model/training_log.json replayed (tests/cones_tasks/toyworld/test_toy_model.py
 # checks these lines against the log). The first two ran on an H100 (batch 128, reading order;
-# the second was cut by the clock, which --stop-at repeats), the last two on 2 CPU cores (batch
-# 64, left-to-right; 62 min to 7,230, then 32 min with half the scenes pairs, stopped at 8,750
-# once every target was met). Same data, noise and schedule on any device; bit-equal weights
-# only on the device that trained them (docs/research/gpu-h100.md, "Second lease"). Both models
-# drew three and four objects at 2.6–3.2 px (--crowd-radius; 3.0–3.5 since, docs/research/toy-model.md).
+# the second was cut by the clock, which --stop-at repeats), the rest on 2 CPU cores (batch 64,
+# left-to-right): 62 min to 7,230, then 32 min with half the scenes pairs to 8,750 (the two-object
+# model, kept in checkpoints/toy-model-8750), then three segments (22, 50 and 32 min) with half the
+# scenes crowds of three and four objects at 3.0–3.5 px, on a cosine ending at 16,750, stopped at
+# 14,500 once every count was met ("Three and four objects"). Same data, noise and schedule on any
+# device; bit-equal weights only on the device that trained them (docs/research/gpu-h100.md).
 TOY_OUT ?= toy-model-rebuilt
 TOY_DEVICE ?= cuda
 toy-model: $(STAMP)
@@ -53,18 +54,9 @@ toy-model: $(STAMP)
 	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 4600 --stop-at 4522 --batch-size 128 --object-order reading --device $(TOY_DEVICE) --workers 5 --resume --crowd-radius 2.6,3.2
 	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 7400 --stop-at 7230 --batch-size 64 --object-order left-to-right --resume --crowd-radius 2.6,3.2
 	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 13500 --stop-at 8750 --batch-size 64 --object-order left-to-right --object-counts '{"1": 0.4, "2": 0.5, "3": 0.07, "4": 0.03}' --resume --crowd-radius 2.6,3.2
-
-# The toy model for three and four objects, in training (docs/research/toy-model.md, "Three and four
-# objects: the plan"): the shipped 8,750-step weights and log continued with crowds at 3.0–3.5 px and a
-# quarter of the scenes each three and four objects, to 12,750 of a cosine ending at 16,750. On a lent
-# GPU, in one lease: experiments/gpu_crowds.sh. On CPU, resumable: each call trains for TOY_MINUTES (or
-# to --stop-at) and writes its segment into the folder's log; commit the folder (checkpoints/, ~4.6 MB)
-# and the next session's call continues from it. When it ships, its segments become replay lines, as above.
-TOY_CROWDS_OUT ?= checkpoints/toy-model-crowds
-TOY_MINUTES ?= 60
-toy-model-crowds: $(STAMP)
-	test -d $(TOY_CROWDS_OUT) || (mkdir -p $(dir $(TOY_CROWDS_OUT)) && cp -r "$$($(VENV)/bin/cones toy assets toy-model)" $(TOY_CROWDS_OUT))
-	$(VENV)/bin/cones toy train-model --out $(TOY_CROWDS_OUT) --resume --steps 16750 --stop-at 12750 --batch-size 64 --object-order left-to-right --object-counts 1:0.2,2:0.3,3:0.25,4:0.25 --crowd-radius 3.0,3.5 --max-minutes $(TOY_MINUTES)
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 16750 --stop-at 9988 --batch-size 64 --object-order left-to-right --object-counts 1:0.2,2:0.3,3:0.25,4:0.25 --crowd-radius 3.0,3.5 --resume
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 16750 --stop-at 12750 --batch-size 64 --object-order left-to-right --object-counts 1:0.2,2:0.3,3:0.25,4:0.25 --crowd-radius 3.0,3.5 --resume
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 16750 --stop-at 14500 --batch-size 64 --object-order left-to-right --object-counts 1:0.2,2:0.3,3:0.25,4:0.25 --crowd-radius 3.0,3.5 --resume
 
 # The first shipped model (5,000 steps on CPU, random order; git history before 2026-11-26's
 # second lease): four segments on the sequential stream, ~2.5 h on 2 idle cores.

@@ -158,7 +158,7 @@ def demo(
     subjects: Annotated[int, typer.Option(min=4, max=6, help="How many toy subjects (4–6).")] = 4,
     as_json: bool = JSON,
 ) -> None:
-    """Run `customize` end to end on toy subjects: ingest PNG folders, discover, generate every 1–3-subject
+    """Run `customize` end to end on toy subjects: ingest PNG folders, discover, generate every 1–4-subject
     combination × 2 prompts × 8 seeds, score, write the HTML report."""
     from cones_cli.run_log import run_log
     from flows._api_server import temporary_api_server
@@ -230,9 +230,10 @@ def _run_demo(workdir: Path, *, n_subjects: int, overrides: dict | None = None) 
         # 15 solver steps: the toy model's images settle by then (20 moved pairs by +0.02). Eight seeds: the
         # images of one seed share their starting noise, so the report's rates vary with the seed far more
         # than with the combination (a pair rate of 0.17 on seeds 0–2 and 0.58–0.75 on seeds 6–7 with the
-        # same masks; docs/research/composition.md); 224 images at 15 steps cost seconds next to discovery.
+        # same masks; docs/research/composition.md); 240 images at 15 steps cost seconds next to discovery.
         # Guidance 3, as in eval-model and validate (6 drew worse shapes; docs/research/toy-model.md).
-        "grid": {"max_k": 3, "templates": ["{subjects}", "{subjects} on night"], "seeds": list(range(8)),
+        # Up to four subjects: the shipped toy model draws four spelled-out objects (docs/research/toy-model.md).
+        "grid": {"max_k": 4, "templates": ["{subjects}", "{subjects} on night"], "seeds": list(range(8)),
                  "steps": 15, "guidance_scale": 3.0, "sample_batch": 56},
         "scoring": {
             "judge": True,

@@ -23,7 +23,8 @@ def validate(
     subjects: int = typer.Option(6, min=2, help="How many of the named toy subjects (first N)."),
     quick: bool = typer.Option(
         False, "--quick", help="The recommended setting only (token, word-scoped fit, 12 scene photos per subject; no "
-        "selection, no ceilings), 48 images per line, multi 2 and 3; prints {strategy, single, context, crosstalk, multi}."
+        "selection), 48 images per line, multi 2, 3 and 4 beside their spelled-out ceilings; prints {strategy, single, "
+        "context, crosstalk, multi, ceilings}."
     ),
     strategy: list[str] = typer.Option(
         None, help="Composition strategies to report: union (the paper's) and/or token. Default: both; --quick: token."
@@ -91,8 +92,8 @@ def validate(
         # the recommended setting, unless the caller names its own (a shorter discovery for a smoke run)
         sweep = sweep if candidates is not None else tuple(DISCOVERY_FOR[s] for s in strategies)
         params = params.model_copy(update={
-            "images_per_line": 48 if n == 100 else n, "sample_steps": 20 if steps == 25 else steps, "multi_sizes": (2, 3),
-            "ceilings": False, "prompt_modes": ("context",),
+            "images_per_line": 48 if n == 100 else n, "sample_steps": 20 if steps == 25 else steps, "multi_sizes": (2, 3, 4),
+            "prompt_modes": ("context",),
         })
     start = time.perf_counter()
     result = validate_toy(load_diffusion_model(toy_asset(model, "TOY_MODEL_DIR")), TOY_SUBJECTS[:subjects], judge,
@@ -101,5 +102,5 @@ def validate(
     if quick:  # the recommended strategy's lines first, flat, then the rest
         first = strategies[0]
         result = {"strategy": first, **result["strategies"][first], "scene_references": params.scene_references,
-                  "wall_s": result["wall_s"], "details": result}
+                  "ceilings": result.get("ceilings"), "wall_s": result["wall_s"], "details": result}
     emit(result, as_json=as_json, title="toy validate")

@@ -1,4 +1,4 @@
-# Sourced by the lease scripts (gpu_session.sh, gpu_crowds.sh) from the repo root: the device image lacks diffusers,
+# Sourced by the lease scripts (gpu_session.sh) from the repo root: the device image lacks diffusers,
 # open_clip and friends, so the wheels carried in .whl go to /tmp/site, and the CLI becomes a file on PATH.
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ -d .whl ]; then

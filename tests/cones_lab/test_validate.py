@@ -112,7 +112,7 @@ def test_cli_validate_with_a_candidates_file(tmp_path):
 
 def test_cli_validate_quick_runs_its_lines_on_a_short_discovery(tmp_path):
     """The fast twin of the slow test below: `validate --quick` as a user runs it (token composition, scene photos,
-    multi 2 and 3, the flat output), with a 2-step discovery passed as its candidate instead of the 200-step default."""
+    multi 2, 3 and 4 beside their ceilings, the flat output), with a 2-step discovery passed as its candidate instead of the 200-step default."""
     import json
 
     from typer.testing import CliRunner
@@ -129,14 +129,15 @@ def test_cli_validate_quick_runs_its_lines_on_a_short_discovery(tmp_path):
     assert data["strategy"] == "token" and data["selection"] == [] and data["scene_references"] == 2
     assert {k: data["chosen_params"][k] for k in short} == short  # the candidate given, not the recommended one
     assert data["chosen_params"]["scope"] == "word" and data["chosen_params"]["objective"] == "fit"
-    assert set(data["single"]) == {"hit_masked", "hit_unmasked"} and set(data["multi"]) == {"2", "3"}
+    assert set(data["single"]) == {"hit_masked", "hit_unmasked"} and set(data["multi"]) == {"2", "3"}  # 3 subjects: no 4
     assert data["details"]["images_per_line"] == 2 and data["details"]["sample_steps"] == 1
     rates = [*data["single"].values(), data["context"], data["crosstalk"], *data["multi"].values()]
     # each rate is a share of 2 judged images, and multi 2 is all_present of its detail
     assert all(r in (0.0, 0.5, 1.0) for r in rates), rates
     assert data["multi"]["2"] == data["multi_detail"]["2"]["all_present"]
     assert 0 < data["neuron_fraction"] < 1 and data["bytes_per_concept"] > 0
-    assert "ceilings" not in data["details"]
+    # the spelled-out ceilings of the same lines (no mask), so multi k reads against what the model can draw
+    assert set(data["ceilings"]["multi"]) == {"2", "3"} and data["ceilings"]["single"] in (0.0, 0.5, 1.0)
 
 
 def test_cli_validate_quick_reports_the_combination_step(tmp_path):
@@ -174,4 +175,4 @@ def test_cli_validate_quick_prints_the_recommended_strategy_flat():
     data = json.loads(result.output[result.output.index("{"):])
     assert data["strategy"] == "token" and data["selection"] == []  # the recommended setting only
     assert set(data["single"]) == {"hit_masked", "hit_unmasked"} and set(data["multi"]) == {"2"}
-    assert {"context", "crosstalk"} <= set(data) and "ceilings" not in data["details"]
+    assert {"context", "crosstalk"} <= set(data) and set(data["ceilings"]["multi"]) == {"2"}

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import ast
-import re
 import importlib
 import subprocess
 from pathlib import Path
@@ -63,37 +62,3 @@ def test_the_gpu_session_script_parses_and_calls_scripts_that_exist():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     called = [w for w in script.read_text().split() if w.endswith(".py")]
     assert called and all((REPO / w).is_file() for w in called), called
-
-
-def test_the_gpu_crowds_script_parses_and_trains_with_options_the_cli_has():
-    """The plan's lease runs unattended: a flag the CLI lost would cost the lease, so check each against the CLI."""
-    import typer
-
-    from cones_cli.app import app
-
-    path = REPO / "experiments" / "gpu_crowds.sh"
-    assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
-    lines = path.read_text().replace("\\\n", " ").splitlines()
-    toy = typer.main.get_command(app).commands["toy"]
-    for command in ("train-model", "eval-model"):
-        line = next(x for x in lines if f"cones toy {command} " in x and not x.lstrip().startswith("#"))
-        flags = {w for w in line.split() if w.startswith("--")}
-        known = {o for p in toy.commands[command].params for o in p.opts}
-        assert flags and flags <= known, sorted(flags - known)
-
-
-def test_the_gpu_crowds_script_and_make_toy_model_crowds_run_the_same_schedule():
-    """One plan on either device: the batch, device and workers may differ, the schedule and the scenes may not."""
-    import shlex
-
-    script = (REPO / "experiments" / "gpu_crowds.sh").read_text()
-    defaults = dict(re.findall(r"\$\{(\w+):-([^}]*)\}", script))  # VAR=${VAR:-default}
-    line = next(x for x in script.replace("\\\n", " ").splitlines() if "cones toy train-model " in x and not x.lstrip().startswith("#"))
-    gpu = shlex.split(re.sub(r'"\$(\w+)"', lambda m: defaults.get(m.group(1), m.group(0)), line))
-    recipe = (REPO / "Makefile").read_text().split("\ntoy-model-crowds:", 1)[1].split("\n\n", 1)[0]
-    cpu = shlex.split(next(x for x in recipe.splitlines() if "train-model" in x))
-
-    def schedule(args):
-        return {f: args[args.index(f) + 1] for f in ("--steps", "--stop-at", "--object-order", "--object-counts", "--crowd-radius")}
-
-    assert schedule(gpu) == schedule(cpu) and "--resume" in gpu and "--resume" in cpu

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_fills_the_catalog_and_its_masks_draw_their_subjects(demo_run):
     out = demo_run  # the `cones demo --json` run (conftest), shared with the browser test of its report
-    assert out["generations"] == 224 and (out["workdir"] / "report.html").stat().st_size > 0
+    assert out["generations"] == 240 and (out["workdir"] / "report.html").stat().st_size > 0
     catalog = load_catalog(out["catalog"])
     # what a combination is for: every subject in the image (the judge), by subjects per image, as printed
     all_present = {

@@ -77,7 +77,7 @@ def test_webdataset_export_loads_with_webdataset_in_bounded_shards(demo_run, tmp
     assert all(s.stat().st_size <= 20_000 for s in shards), [s.stat().st_size for s in shards]
     loaded = list(wds.WebDataset([str(s) for s in shards], shardshuffle=False).decode("rgb8").to_tuple("__key__", "png", "json"))
     print(f"webdataset: {len(loaded)} samples in {len(shards)} shards exported and loaded in {time.perf_counter() - started:.1f} s")
-    assert result["rows"] == len(loaded) == len(expected) == 224
+    assert result["rows"] == len(loaded) == len(expected) == 240
     for key, pixels, meta in loaded:
         want = expected.pop(key)
         assert meta["id"] == key and np.array_equal(pixels, want["pixels"])

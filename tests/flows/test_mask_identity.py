@@ -13,7 +13,6 @@ import pytest
 
 from catalog import load_catalog
 from cones_tasks.config import FitObjective, IngestParams, ModelRef, PromptScoreObjective, SubjectSource
-from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 from cones_tasks.toyworld.subjects import TOY_SUBJECTS, write_subject_folders
 from flows.discover_concepts import discover_subject
 from flows.generate_combinations import resolve_masks
@@ -21,7 +20,8 @@ from flows.ingest_subjects import ingest_subject
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 LEGACY = json.loads((FIXTURES / "legacy-catalog.json").read_text())
-MODEL = ModelRef(path=str(TOY_MODEL_DIR))
+# the model the fixture was written on: the two-object toy model, shipped until 2026-12-03 and kept for the record
+MODEL = ModelRef(path=str(Path(__file__).resolve().parents[2] / "checkpoints" / "toy-model-8750"))
 SUBJECTS = tuple(dict.fromkeys(m["subject"] for m in LEGACY["masks"]))
 # The fixture's two settings as today's objectives: the same search (the unset fields were the defaults then,
 # and are the same values here), each objective with only its own keys.
