@@ -24,8 +24,8 @@ def test_demo_fills_the_catalog_and_its_masks_draw_their_subjects(demo_run):
         ).to_pylist()
     }
     assert {int(k): v for k, v in out["all_present"].items()} == pytest.approx(all_present, abs=5e-4)  # printed to 3 places
-    # measured 0.88 for one subject (the class prompt unmasked: ~0.08) and 0.36 for pairs (0.00 with the
-    # paper's union of masks; the base model, the subjects spelled out: ~0.96); 96 pair images
+    # measured on the crowds model 0.97 for one subject (the class prompt unmasked: ~0.17) and 0.48 for pairs
+    # (the base model, the subjects spelled out: ~0.98); 96 pair images (docs/research/demo-crowds.json)
     assert all_present[1] >= 0.75 and all_present[2] >= 0.3, all_present
     assert catalog.query(out["query"]).num_rows == 10  # the query the demo prints runs as printed
 
