@@ -51,7 +51,7 @@ def render_subjects(out: Path = typer.Argument(..., help="Folder to write one PN
 
 @app.command("eval-judge")
 def eval_judge(n: int = typer.Option(1000, help="Scenes per line."), seed: int = 1,
-               crowd_radius: str = typer.Option("3.0,3.5", help="Half-size range (px) of three or four objects; the shipped 8,750-step model's: 2.6,3.2."),
+               crowd_radius: str = typer.Option("3.0,3.5", help="Half-size range (px) of three or four objects; the two-object 8,750-step model's: 2.6,3.2."),
                as_json: bool = JSON) -> None:
     """Accuracy of the judge on fresh renders of 1, 2, 3 and 4 objects (`counts`; `single`, `pair`: 1 and 2)."""
     from cones_tasks.toyworld.evaluate import eval_judge as run
@@ -99,10 +99,10 @@ def train_model(out: Path = typer.Option(None, help="Output folder (default: the
                 text_encoder: str = typer.Option("random", help="Frozen text encoder: 'random' or 'toy-clip' (the toy CLIP's text tower)."),
                 device: str = typer.Option("cpu", help="Torch device to train on, e.g. cuda."),
                 workers: int = typer.Option(0, help="DataLoader processes rendering batches (0: render in this process)."),
-                data_stream: str = typer.Option("per-step", help="'per-step' (any --workers) or 'sequential' (the shipped model's; --workers 0)."),
+                data_stream: str = typer.Option("per-step", help="'per-step' (any --workers) or 'sequential' (the first model's; --workers 0)."),
                 object_counts: str = typer.Option(None, help="Scene mix by object count, count:weight, e.g. 1:0.2,2:0.3,3:0.25,4:0.25 (or JSON {\"1\": 0.2, ...})."),
                 object_order: str = typer.Option("random", help="'random' cells; 'reading': captions name objects left/top first; 'left-to-right': reading, pairs always side by side."),
-                crowd_radius: str = typer.Option("3.0,3.5", help="Half-size range (px) of three or four objects; the shipped 8,750-step model's: 2.6,3.2."),
+                crowd_radius: str = typer.Option("3.0,3.5", help="Half-size range (px) of three or four objects; the two-object 8,750-step model's: 2.6,3.2."),
                 as_json: bool = JSON) -> None:
     """Train the toy text-to-image model from scratch (seeded); progress bar, loss-curve PNG, wall time."""
     from cones_tasks.toyworld.train_model import TrainModelParams, parse_crowd_radius, parse_object_counts, train_toy_model
@@ -147,13 +147,13 @@ def eval_model(model: Path = typer.Option(None, help="Diffusers folder (default:
     """Judge the toy model's samples: full prompts, class-only prompts, two-object prompts, and `counts`: full
     captions of 1–4 objects, the share of images with every object right (--n per count)."""
     from cones_tasks.loading import load_diffusion_model
-    from cones_tasks.toyworld.evaluate import eval_model as run
-
-    from cones_tasks.toyworld.evaluate import EVAL_LINES
+    from cones_tasks.toyworld.evaluate import check_eval_lines, eval_model as run
 
     chosen = tuple(x.strip() for x in lines.split(",") if x.strip())
-    if not chosen or not set(chosen) <= set(EVAL_LINES):
-        console.print(f"[red]error:[/red] unknown lines {lines!r}; choose from {', '.join(EVAL_LINES)}")
+    try:
+        check_eval_lines(chosen)  # before the model loads
+    except ValueError as error:
+        console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2)
     start = time.perf_counter()
     result = run(load_diffusion_model(toy_asset(model, "TOY_MODEL_DIR"), device=device), n=n, seed=seed, steps=steps,

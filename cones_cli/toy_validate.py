@@ -78,10 +78,13 @@ def validate(
     if candidates is not None:
         sweep = tuple(parse_discovery(c) for c in json.loads(candidates.read_text()))
     refine = PromptScoreObjective.model_validate_json(union_refine) if union_refine else None
+    from typing import get_args
+
+    from cones_lab.pair_pictures import PairSource
     from cones_tasks.neurons.combination import CombinationParams
 
-    if combination_pictures not in ("composite", "self", "together"):
-        raise typer.BadParameter(f"unknown pictures {combination_pictures!r}; use composite, self or together",
+    if combination_pictures not in get_args(PairSource):
+        raise typer.BadParameter(f"unknown pictures {combination_pictures!r}; use {', '.join(get_args(PairSource))}",
                                  param_hint="--combination-pictures")
     joint = CombinationParams.model_validate_json(combination) if combination else None
     params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance,

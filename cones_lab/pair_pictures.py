@@ -26,10 +26,31 @@ from cones_tasks.sampling import sample
 from cones_tasks.toyworld.subjects import pair_scenes, reference_renders, scene_references
 from cones_tasks.toyworld.world import BACKGROUNDS
 
-__all__ = ["PairSource", "composite", "pair_pictures", "self_generated", "together"]
+__all__ = ["PairSource", "composite", "judge_accepts", "rendered_pictures", "self_generated", "together"]
 
 PairSource = Literal["together", "composite", "self"]
 Pictures = tuple[np.ndarray, list[str], list[tuple[int, int]]]
+
+
+def rendered_pictures(source: PairSource, pair: Sequence, n: int, *, scene_photos: int, reference_images: int,
+                      seed: int = 0) -> Pictures:
+    """The pictures of the sources made without the model: 'together' or 'composite' (self_generated samples)."""
+    if source == "together":
+        return together(pair, n, seed=seed)
+    if source == "composite":
+        return composite(pair, n, scene_photos=scene_photos, reference_images=reference_images, seed=seed)
+    raise ValueError(f"{source!r} pictures are not rendered: 'self' samples the pair (self_generated); "
+                     "rendered sources are 'together' and 'composite'")
+
+
+def judge_accepts(judge: Callable[[np.ndarray], object]) -> Callable[[np.ndarray, tuple, str], bool]:
+    """self_generated's acceptance test from the toy judge: every subject drawn, and the asked background."""
+
+    def accept(image: np.ndarray, shown: tuple, background: str) -> bool:
+        verdict = judge(image)
+        return all(verdict.shows(s) for s in shown) and verdict.background == background
+
+    return accept
 
 
 def _order(i: int) -> tuple[int, int]:

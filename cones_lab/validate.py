@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from cones_tasks.combinations import subjects_phrase
-from cones_lab.pair_pictures import PairSource, composite, self_generated, together
+from cones_lab.pair_pictures import PairSource, judge_accepts, rendered_pictures, self_generated
 from cones_tasks.neurons.combination import CombinationParams, combine_concepts
 from cones_tasks.neurons.composition import COMPOSITIONS, Composition, compose, composition_for
 from cones_tasks.neurons.discovery import discover_concept_neurons, refine_union
@@ -232,21 +232,16 @@ def combination_masks(model, judge: Callable[[np.ndarray], Any], subjects: Seque
     combined, seconds, fractions, counts = {}, [], [], []
     n = params.combination_images
     for pair in itertools.combinations(subjects, 2):
-        if params.combination_pictures == "together":
-            images, prompts, named = together(pair, n, seed=params.discovery_seed)
-        elif params.combination_pictures == "composite":
-            images, prompts, named = composite(pair, n, scene_photos=params.scene_references,
-                                               reference_images=params.reference_images, seed=params.discovery_seed)
-        else:
-            def accept(image, shown, background) -> bool:
-                verdict = judge(image)
-                return all(verdict.shows(s) for s in shown) and verdict.background == background
-
+        if params.combination_pictures == "self":
             (images, prompts, named), _, _ = self_generated(
-                pair, n, model=model, masks=masks, accept=accept, candidates=4 * n,
+                pair, n, model=model, masks=masks, accept=judge_accepts(judge), candidates=4 * n,
                 seeds=line_seeds(params.discovery_seed + 7, 90, 4 * n), steps=params.sample_steps,
                 guidance_scale=params.guidance_scale,
             )
+        else:
+            images, prompts, named = rendered_pictures(params.combination_pictures, pair, n,
+                                                       scene_photos=params.scene_references,
+                                                       reference_images=params.reference_images, seed=params.discovery_seed)
         counts.append(len(images))
         if not len(images):
             continue

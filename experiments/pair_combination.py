@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cones_lab.pair_pictures import composite, self_generated, together
+from cones_lab.pair_pictures import judge_accepts, rendered_pictures, self_generated
 from cones_lab.validate import ValidateParams, discovery_references, line_seeds, mask_lines
 from cones_tasks.combinations import subjects_phrase
 from cones_tasks.loading import load_diffusion_model
@@ -70,23 +70,15 @@ def own_masks(model, subjects, params: ValidateParams, discovery: dict, cache: P
 # ---------------------------------------------------------------- where the pair's pictures come from
 
 
-def _accept(image, subjects, background) -> bool:
-    """The toy judge as the acceptance test: both subjects drawn, and the asked background."""
-    verdict = judge(image)
-    return all(verdict.shows(s) for s in subjects) and verdict.background == background
-
-
 def pictures_of(pair, source: str, n: int, *, model, masks, params: ValidateParams, candidates: int, stats: list,
                 scorer=None):
-    if source == "together":
-        return together(pair, n, seed=params.discovery_seed)
-    if source == "composite":
-        return composite(pair, n, scene_photos=params.scene_references, reference_images=params.reference_images,
-                         seed=params.discovery_seed)
+    if source != "self":
+        return rendered_pictures(source, pair, n, scene_photos=params.scene_references,
+                                 reference_images=params.reference_images, seed=params.discovery_seed)
     # seed set 7 with its own tag: never the selection (1) or report (2) seeds the lines are judged on
-    found, images, hits = self_generated(pair, n, model=model, masks=masks, accept=_accept, candidates=candidates,
-                                 seeds=line_seeds(7, 90, candidates), steps=params.sample_steps,
-                                 guidance_scale=params.guidance_scale)
+    found, images, hits = self_generated(pair, n, model=model, masks=masks, accept=judge_accepts(judge),
+                                         candidates=candidates, seeds=line_seeds(7, 90, candidates),
+                                         steps=params.sample_steps, guidance_scale=params.guidance_scale)
     if scorer is not None:
         stats.append(_scorer_separation(scorer, pair, images, hits, params))
     return found

@@ -136,6 +136,13 @@ def counts_lines(scenes: dict[str, list[Scene]], verdicts: list[Judgement]) -> t
 EVAL_LINES = ("single", "class_only", "pair", "counts")
 
 
+def check_eval_lines(lines: tuple[str, ...]) -> None:
+    """Raise ValueError, naming the choices, unless `lines` is a non-empty selection of EVAL_LINES."""
+    unknown = set(lines) - set(EVAL_LINES)
+    if unknown or not lines:
+        raise ValueError(f"unknown eval lines {sorted(unknown)}; choose from {', '.join(EVAL_LINES)}")
+
+
 def eval_model(model, *, n: int = 200, seed: int = 0, steps: int = 25, guidance_scale: float = 3.0, progress: bool = True,
                lines: tuple[str, ...] = EVAL_LINES) -> dict:
     """Judge the toy model's samples: full single-object prompts, class-only prompts, two-object prompts, and
@@ -144,9 +151,7 @@ def eval_model(model, *, n: int = 200, seed: int = 0, steps: int = 25, guidance_
     The counts' prompts are drawn after the others, so the first three lines keep their prompts and seeds. `lines`
     picks which are sampled; every image keeps the prompt and seed it has in the full run, so a line alone reads
     the same images (a checkpoint's counts cost 4n images, not 7n)."""
-    unknown = set(lines) - set(EVAL_LINES)
-    if unknown or not lines:
-        raise ValueError(f"unknown eval lines {sorted(unknown)}; choose from {EVAL_LINES}")
+    check_eval_lines(lines)
     rng = np.random.default_rng(seed)
     scenes = single_prompts(rng, n)
     classes = [SHAPES[i % len(SHAPES)] for i in range(n)]
