@@ -106,7 +106,7 @@ def _edited_loss(problem, space, edits: Sequence[tuple[dict[str, torch.Tensor], 
     n = len(idx)
     located = [_rows_of_batch(spans, idx, problem.device) for _, spans in edits]
     names = list(edits[0][0])
-    edits = RowEdits(
+    row_edits = RowEdits(
         batch=torch.cat([b for b, _, _ in located]), rows=torch.cat([r for _, r, _ in located]),
         values={k: torch.cat([edit[k].repeat(m, 1) for (edit, _), (_, _, m) in zip(edits, located)]) for k in names},
         batch_size=n,
@@ -115,7 +115,7 @@ def _edited_loss(problem, space, edits: Sequence[tuple[dict[str, torch.Tensor], 
     with attached(problem.unet):  # the gradient reaches `edit` through the processor's row edits
         pred = problem.unet(batch.noisy.to(problem.dtype), batch.timesteps, encoder_hidden_states=text,
                             added_cond_kwargs=problem.added_for(idx),
-                            cross_attention_kwargs={KWARG: ConceptBatch(space, row_edits=edits)}).sample
+                            cross_attention_kwargs={KWARG: ConceptBatch(space, row_edits=row_edits)}).sample
     return F.mse_loss(pred.float(), batch.target.float())
 
 

@@ -23,7 +23,7 @@ from cones_tasks.toyworld.world import (
 # share the canvas in halves, three or four in quadrants (8 px cells at 16 px), so they never overlap.
 RADIUS_RANGE = {1: (4.0, 6.0), 2: (3.0, 3.5)}
 # Three and four objects ("crowds"): 3.0–3.5 px, the pairs' size and the most a quadrant holds with
-# its 0.5 px margin. The shipped 8,750-step model and the first one were trained on 2.6–3.2 px
+# its 0.5 px margin. The two-object 8,750-step model and the first one were trained on 2.6–3.2 px
 # (SMALL_CROWD_RADIUS), where some circles rasterise to a full box, a square's very pixels: the judge
 # read every object of a four-object scene right in 0.94 of them, 1.00 at 3.0–3.5
 # (docs/research/toy-model.md, "Three and four objects").

@@ -3,7 +3,7 @@
 Seeded: AdamW with warm-up and cosine decay, EMA weights (what ships). Writes the diffusers
 folder layout, a loss curve PNG and a training log. Runs on CPU or a GPU. By default each step's
 batch is seeded by (seed, step) alone and may be rendered by DataLoader workers, so the data a run
-sees does not depend on the number of workers; the shipped model's in-order stream is kept for
+sees does not depend on the number of workers; the first model's in-order stream is kept for
 its replay (training_batches).
 """
 
@@ -54,7 +54,7 @@ class TrainModelParams:
     text_encoder: str = "random"
     device: str = "cpu"
     workers: int = 0  # DataLoader processes rendering batches; 0 renders in the training process
-    data_stream: str = "per-step"  # or "sequential", the shipped model's (training_batches)
+    data_stream: str = "per-step"  # or "sequential", the first model's (training_batches)
     # Scenes' object-count mix, {count: weight}; None is batches.OBJECT_COUNT_WEIGHTS (55 % single
     # objects). A pair-heavy mix did nothing for two-object binding with random object order, and
     # added 0.085 to pairs over the same 1,520 steps with left-to-right order (README, "Where the toy model stands").
@@ -62,8 +62,9 @@ class TrainModelParams:
     # Where a caption's objects sit: "random" cells, "reading" order (left/top first) or "left-to-right", which give
     # two-object binding a spatial anchor (README, "Object order"; render.place_objects).
     object_order: str = "random"
-    # Half-size range (px) of three or four objects (render.CROWD_RADIUS). The shipped 8,750-step
-    # model trained on render.SMALL_CROWD_RADIUS, which its replay passes; logs without the field mean that.
+    # Half-size range (px) of three or four objects (render.CROWD_RADIUS). The shipped model's first four
+    # segments (to the two-object model at 8,750 steps) trained on render.SMALL_CROWD_RADIUS, which their
+    # replay lines pass; logs without the field mean that.
     crowd_radius: tuple[float, float] = CROWD_RADIUS
 
     def __post_init__(self) -> None:
