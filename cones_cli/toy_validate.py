@@ -49,6 +49,10 @@ def validate(
         None, min=0, help="Token strategy: also hand discovery N captioned renders of each subject beside another object "
         "(scene photos, docs/composition.md). Default: 12 with --quick (the recommended setting), else 0."
     ),
+    scene_objects: str = typer.Option(
+        "2", help="Objects in each scene photo, cycled: '2' (the subject and one other), or e.g. '2,3,4' to name the "
+        "subject at every place of two-, three- and four-object captions."
+    ),
     combination: str = typer.Option(
         None, help="Token strategy: a combination step per pair before pairs are judged (CombinationParams JSON, e.g. "
         "'{\"steps\": 100}'; docs/research/pairs.md); its masks are used for that pair only."
@@ -90,7 +94,8 @@ def validate(
     params = ValidateParams(images_per_line=n, select_images_per_line=select_n, sample_steps=steps, guidance_scale=guidance,
                             union_refine=refine, prompt_modes=tuple(prompts), strategies=strategies,
                             combination=joint, combination_pictures=combination_pictures,
-                            scene_references=scene_references if scene_references is not None else (12 if quick else 0))
+                            scene_references=scene_references if scene_references is not None else (12 if quick else 0),
+                            scene_objects=_counts(scene_objects))
     if quick:
         # the recommended setting, unless the caller names its own (a shorter discovery for a smoke run)
         sweep = sweep if candidates is not None else tuple(DISCOVERY_FOR[s] for s in strategies)
@@ -105,5 +110,18 @@ def validate(
     if quick:  # the recommended strategy's lines first, flat, then the rest
         first = strategies[0]
         result = {"strategy": first, **result["strategies"][first], "scene_references": params.scene_references,
+                  "scene_objects": list(params.scene_objects),
                   "ceilings": result.get("ceilings"), "wall_s": result["wall_s"], "details": result}
     emit(result, as_json=as_json, title="toy validate")
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """'2,3,4' -> (2, 3, 4): the --scene-objects list, each 2 to 4."""
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or any(not 2 <= c <= 4 for c in counts):
+        raise typer.BadParameter(f"{text!r} is not a list of object counts from 2 to 4 (e.g. '2' or '2,3,4')",
+                                 param_hint="--scene-objects")
+    return counts

@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from cones_tasks.combinations import subjects_phrase
@@ -79,6 +79,18 @@ class ValidateParams(BaseModel):
         0, ge=0, description="scope 'word' only: also hand discovery this many captioned renders of the subject beside "
         "another object (toyworld.subjects.scene_references): photos where the subject shares the frame",
     )
+    scene_objects: tuple[int, ...] = Field(
+        (2,), min_length=1, description="objects in each scene photo, cycled (2-4): (2, 3, 4) names the subject at every "
+        "place of two-, three- and four-object captions, the places combinations of up to four name it",
+    )
+
+    @field_validator("scene_objects")
+    @classmethod
+    def _scene_counts(cls, counts: tuple[int, ...]) -> tuple[int, ...]:
+        if any(not 2 <= c <= 4 for c in counts):
+            raise ValueError(f"scene photos hold 2 to 4 objects each; got {list(counts)}")
+        return counts
+
     discovery_seed: int = 0
     select_seed: int = Field(1, description="sampling seeds for choosing hyper-parameters")
     report_seed: int = Field(2, description="sampling seeds for the reported numbers (must differ from select_seed)")
@@ -311,7 +323,8 @@ def mask_lines(model, judge: Callable[[np.ndarray], Any], subjects: Sequence, ma
 
 def _with_scenes(subject, images, prompts, params: ValidateParams):
     """The references plus captioned renders of the subject beside another object (ValidateParams.scene_references)."""
-    scenes, captions = scene_references(subject, n=params.scene_references, seed=params.discovery_seed)
+    scenes, captions = scene_references(subject, n=params.scene_references, seed=params.discovery_seed,
+                                        objects=params.scene_objects)
     prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
     return np.concatenate([images, scenes]), prompts + captions
 

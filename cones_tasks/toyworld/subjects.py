@@ -6,6 +6,7 @@ renders vary position, size and background, as a user's photos vary the scene.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -76,7 +77,8 @@ def reference_renders(subject: ToySubject, *, n: int = 6, seed: int = 0) -> np.n
 
 
 def scene_references(
-    subject: ToySubject, *, n: int = 12, seed: int = 0, others: Literal["class", "described"] = "class"
+    subject: ToySubject, *, n: int = 12, seed: int = 0, others: Literal["class", "described"] = "class",
+    objects: Sequence[int] = (2,),
 ) -> tuple[np.ndarray, list[str]]:
     """uint8 [n, H, W, 3] and captions: the subject beside another object, left and right in turn.
 
@@ -90,20 +92,33 @@ def scene_references(
     that does not fix the other object's look and learns to leave that object alone;
     "described" ("... and a dotted red square ..."), where the words fix it. Class words drew
     both subjects of a pair far more often (docs/research/composition.md, "Scene captions").
+
+    `objects`: how many objects each photo holds, cycled photo by photo (2 to 4; three and four are crowds,
+    render.CROWD_RADIUS). The subject takes each place of a photo's caption in turn, so a combination's later
+    words ("... and a circle" third of four) are places discovery has seen its subject named.
     """
+    if not objects or any(not 2 <= m <= 4 for m in objects):
+        raise ValueError(f"scene photos hold 2 to 4 objects each (the subject and 1-3 others); got objects={list(objects)}")
     rng = np.random.default_rng([seed, 7, *map(ord, subject.id)])
     me = (subject.shape, subject.color, subject.pattern)
     images, captions = [], []
     for i, background in enumerate(reference_backgrounds(n)):
-        other = random_attributes(rng)
-        while other[0] == subject.shape:
-            other = random_attributes(rng)
-        attrs = [me, other] if i % 2 == 0 else [other, me]
-        objects = place_objects(rng, attrs, order="left-to-right")
-        phrases = [f"a {o.shape}" if (o.shape, o.color, o.pattern) == me or others == "class" else describe(o) for o in objects]
-        images.append(render(Scene(background, objects)))
+        count, turn = objects[i % len(objects)], i // len(objects)
+        attrs = [_other_than(rng, subject.shape) for _ in range(count - 1)]
+        attrs.insert(turn % count, me)
+        placed = place_objects(rng, attrs, order="left-to-right")
+        phrases = [f"a {o.shape}" if (o.shape, o.color, o.pattern) == me or others == "class" else describe(o) for o in placed]
+        images.append(render(Scene(background, placed)))
         captions.append(f"{' and '.join(phrases)} on {background}")
     return np.stack(images), captions
+
+
+def _other_than(rng: np.random.Generator, shape: str) -> tuple[str, str, str]:
+    """Random attributes of an object of another class: the subject stays the first mention of its class word."""
+    other = random_attributes(rng)
+    while other[0] == shape:
+        other = random_attributes(rng)
+    return other
 
 
 def pair_scenes(

@@ -108,6 +108,8 @@ def test_cli_validate_with_a_candidates_file(tmp_path):
     assert bad.exit_code == 2 and "unknown prompt mode" in bad.output
     bad = CliRunner().invoke(app, [*args[:-5], "--strategy", "mix", "--json"])
     assert bad.exit_code == 2 and "unknown strategy" in bad.output
+    bad = CliRunner().invoke(app, [*args[:-1], "--scene-objects", "2,5", "--json"])
+    assert bad.exit_code == 2 and "--scene-objects" in bad.output and "not a list of object counts" in bad.output
 
 
 def test_cli_validate_quick_runs_its_lines_on_a_short_discovery(tmp_path):

@@ -173,6 +173,31 @@ def test_scene_references_show_the_subject_beside_another_object_named_in_order(
     assert described[0].startswith(f"a {subject.shape} and a ") and len(described[0].split()) == len(captions[0].split()) + 2
 
 
+def test_crowded_scene_references_name_the_subject_at_every_place():
+    from cones_tasks.toyworld.judge import judge
+    from cones_tasks.toyworld.render import RESOLUTION
+    from cones_tasks.toyworld.subjects import TOY_SUBJECTS, scene_references
+
+    subject = TOY_SUBJECTS[0]  # striped-yellow-triangle
+    images, captions = scene_references(subject, n=12, seed=0, objects=(2, 3, 4))
+    places = set()
+    for i, (image, caption) in enumerate(zip(images, captions)):
+        count = (2, 3, 4)[i % 3]
+        verdict = judge(image)
+        assert len(verdict.objects) == count and caption.split().count(subject.shape) == 1
+        # named as one reads the image: left to right, then (crowds, one per quadrant) top row before bottom
+        read = sorted(verdict.objects, key=lambda o: (count > 2 and o.cy >= RESOLUTION / 2, o.cx))
+        assert caption == " and ".join(f"a {o.shape}" for o in read) + f" on {verdict.background}"
+        place = [o.shape for o in read].index(subject.shape)
+        mine = read[place]
+        assert (mine.shape, mine.color, mine.pattern) == (subject.shape, subject.color, subject.pattern)
+        assert place == (i // 3) % count
+        places.add((count, place))
+    assert places == {(2, 0), (2, 1), (3, 0), (3, 1), (3, 2), (4, 0), (4, 1), (4, 2), (4, 3)}
+    with pytest.raises(ValueError, match="2 to 4 objects"):
+        scene_references(subject, n=2, objects=(1,))
+
+
 def test_judgement_shows_a_subject_in_its_shape_or_carried_onto_another_class():
     from cones_tasks.toyworld.render import place_objects
     from cones_tasks.toyworld.world import Scene
