@@ -23,7 +23,7 @@ from cones_tasks.neurons.composed import compose_side_by_side
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import WordMask
 from cones_tasks.sampling import sample
-from cones_tasks.toyworld.subjects import pair_scenes, reference_renders, scene_references
+from cones_tasks.toyworld.subjects import pair_order, pair_scenes, reference_renders, scene_references
 from cones_tasks.toyworld.world import BACKGROUNDS
 
 __all__ = ["PairSource", "composite", "judge_accepts", "rendered_pictures", "self_generated", "together"]
@@ -53,10 +53,6 @@ def judge_accepts(judge: Callable[[np.ndarray], object]) -> Callable[[np.ndarray
     return accept
 
 
-def _order(i: int) -> tuple[int, int]:
-    return (0, 1) if (i // 2) % 2 == 0 else (1, 0)  # each background sees both sides
-
-
 def together(pair: Sequence, n: int, *, seed: int = 0) -> Pictures:
     return pair_scenes(pair[0], pair[1], n=n, seed=seed)
 
@@ -77,7 +73,7 @@ def composite(pair: Sequence, n: int, *, scene_photos: int, reference_images: in
     images, captions, named = [], [], []
     for i in range(n):
         background = list(BACKGROUNDS)[i % len(BACKGROUNDS)]
-        order = _order(i)
+        order = pair_order(i)
         parts = [halves[(j, background)][(i // 4) % len(halves[(j, background)])] for j in order]
         images.append(np.concatenate(parts, axis=1))
         captions.append(f"{subjects_phrase([pair[j].shape for j in order])} on {background}")

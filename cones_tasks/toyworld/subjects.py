@@ -121,6 +121,12 @@ def _other_than(rng: np.random.Generator, shape: str) -> tuple[str, str, str]:
     return other
 
 
+def pair_order(i: int) -> tuple[int, int]:
+    """Who is named first in the i-th picture of a pair: the two backgrounds alternate photo by photo and the
+    order every second photo, so each background sees each subject on both sides."""
+    return (0, 1) if (i // 2) % 2 == 0 else (1, 0)
+
+
 def pair_scenes(
     first: ToySubject, second: ToySubject, *, n: int = 12, seed: int = 0
 ) -> tuple[np.ndarray, list[str], list[tuple[int, int]]]:
@@ -135,7 +141,7 @@ def pair_scenes(
     attrs = [(s.shape, s.color, s.pattern) for s in (first, second)]
     images, captions, named = [], [], []
     for i, background in enumerate(reference_backgrounds(2 * ((n + 1) // 2))[:n]):
-        order = (0, 1) if (i // 2) % 2 == 0 else (1, 0)  # each background sees both sides
+        order = pair_order(i)
         objects = place_objects(rng, [attrs[j] for j in order], order="left-to-right")
         images.append(render(Scene(background, objects)))
         captions.append(f"{' and '.join(class_prompt(o.shape) for o in objects)} on {background}")
