@@ -408,7 +408,41 @@ def multi_line(generate: Generate, subjects: Sequence, *, k: int, n: int, revers
         # presence of the subject named first, second, ...: which side of a combination loses
         "per_position": [float(np.mean([p[i] for p in present])) for i in range(k)],
         "look_on_other": float(np.mean(looks)) if looks else float("nan"),
+        "misses": _misses(verdicts, named),
     }
+
+
+MISSES = ("absent", "borrowed_look", "own_look_lost", "unreadable")
+
+
+def _misses(verdicts, named) -> dict[str, float]:
+    """Why a named subject is not shown, as shares of all its mentions (with the present ones, they sum to 1).
+
+    absent: no object of its class but the other subjects' own; borrowed_look: its class is drawn wearing
+    another member's colour or pattern (one subject's look spread onto the next); own_look_lost: drawn with a
+    look no member has (its edit too weak to show); unreadable: the judge could not read the image.
+    """
+    counts = dict.fromkeys(MISSES, 0)
+    mentions = 0
+    for verdict, combo in zip(verdicts, named):
+        for subject in combo:
+            mentions += 1
+            if verdict.unreadable:
+                counts["unreadable"] += 1
+                continue
+            if verdict.shows(subject):
+                continue
+            others = [t for t in combo if t is not subject]
+            mine = [o for o in verdict.objects if o.shape == subject.shape
+                    and not any((o.color, o.pattern) == (t.color, t.pattern) and t.shape == o.shape for t in others)]
+            if not mine:
+                counts["absent"] += 1
+                continue
+            drawn = mine[0]  # the first object of its class that is no other member's
+            borrowed = any((drawn.color != subject.color and drawn.color == t.color)
+                           or (drawn.pattern != subject.pattern and drawn.pattern == t.pattern) for t in others)
+            counts["borrowed_look" if borrowed else "own_look_lost"] += 1
+    return {key: count / mentions for key, count in counts.items()} if mentions else dict.fromkeys(MISSES, float("nan"))
 
 
 def _generator(sampler, masks, space, strategy, seed: int, *, unions: dict | None = None,

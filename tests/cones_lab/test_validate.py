@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from cones_tasks.neurons.objectives import FitObjective, PromptScoreObjective
 from cones_tasks.neurons.space import NeuronSpace
-from cones_lab.validate import ValidateParams, _spread, validate_toy
+from cones_lab.validate import ValidateParams, _misses, _spread, validate_toy
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
 
 TOY_MODEL = TOY_MODEL_DIR  # shipped with the package: a missing model is a failure, not a skip
@@ -14,6 +15,26 @@ TOY_MODEL = TOY_MODEL_DIR  # shipped with the package: a missing model is a fail
 
 def test_spread_cycles_evenly():
     assert _spread(["a", "b", "c"], 7) == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+def test_misses_say_why_a_named_subject_is_not_shown():
+    from cones_tasks.toyworld.judge import judge
+    from cones_tasks.toyworld.render import place_objects, render
+    from cones_tasks.toyworld.subjects import ToySubject
+    from cones_tasks.toyworld.world import Scene
+
+    a, b = ToySubject("triangle", "yellow", "striped"), ToySubject("circle", "blue", "dotted")
+    rng = np.random.default_rng(0)
+    drawn = [
+        [("triangle", "yellow", "striped"), ("circle", "blue", "dotted")],  # both shown
+        [("triangle", "yellow", "striped"), ("circle", "yellow", "striped")],  # b wears a's look
+        [("triangle", "yellow", "striped")],  # b absent
+        [("triangle", "yellow", "striped"), ("circle", "red", "plain")],  # b's own look lost
+    ]
+    verdicts = [judge(render(Scene("snow", place_objects(rng, objects, order="left-to-right")))) for objects in drawn]
+    assert [v.shows(a) for v in verdicts] == [True] * 4  # the judge reads what was drawn
+    misses = _misses(verdicts, [(a, b)] * 4)
+    assert misses == {"absent": 1 / 8, "borrowed_look": 1 / 8, "own_look_lost": 1 / 8, "unreadable": 0.0}
 
 
 def test_validate_toy_reports_every_line_per_strategy():
@@ -49,11 +70,12 @@ def test_validate_toy_reports_every_line_per_strategy():
     for run in (paper_run, word_run):
         assert set(run["multi"]) == set(run["multi_detail"]) == {"2"}  # 3 > number of subjects: no line
         line = run["multi_detail"]["2"]
-        assert set(line) == {"all_present", "per_subject", "per_position", "look_on_other", "reversed"}
+        assert set(line) == {"all_present", "per_subject", "per_position", "look_on_other", "misses", "reversed"}
+        assert sum(line["misses"].values()) == pytest.approx(1 - line["per_subject"])  # every mention not shown, once
         assert line["all_present"] <= line["per_subject"] == pytest.approx(sum(line["per_position"]) / 2)
         assert line["all_present"] <= min(line["per_position"])  # both present implies each present
         rates = [run["single"]["hit_masked"], run["single"]["hit_unmasked"], run["context"], run["crosstalk"],
-                 *(v for k, v in line.items() if k != "per_position")]
+                 *(v for k, v in line.items() if k not in ("per_position", "misses")), *line["misses"].values()]
         assert all(0.0 <= r <= 1.0 for r in rates)
         assert 0 < run["bytes_per_concept"] < 4 * size * run["neuron_fraction"] + 16  # sparse indices, not a dense tensor
     assert set(out["ceilings"]) == {"single", "multi"} and set(out["ceilings"]["multi"]) == {"2"}
