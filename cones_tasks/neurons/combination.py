@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.space import NeuronSpace
-from cones_tasks.neurons.word_discovery import GateMember, gate_fit
+from cones_tasks.neurons.word_discovery import GateMember, GateSchedule, gate_fit
 from cones_tasks.neurons.word_scope import WordMask, class_phrase_states
 from cones_tasks.neurons.words import text_tokenizers, word_rows
 
@@ -46,10 +46,6 @@ class CombinationParams(BaseModel):
     key_step: float = Field(1.0, ge=0.0, description="the key projections' step as a fraction of learning_rate (0: keys stay)")
     value_step: float = Field(1.0, ge=0.0, description="the value projections' step as a fraction of learning_rate (0: values stay)")
     density: float = Field(0.01, gt=0.0, le=1.0, description="each member's cap: the fraction of the K/V weights it may shut")
-
-    @property
-    def rounds(self) -> int:
-        return 1  # gate_fit runs steps × rounds
 
 
 @dataclass(frozen=True)
@@ -130,7 +126,8 @@ def combine_concepts(
     ]
     bar = tqdm(total=params.steps, desc="combine", disable=not progress)
     with frozen_unet(model.unet), attached(model.unet):
-        shut, report = gate_fit(problem, space, params, gate_members, gen, bar)
+        schedule = GateSchedule(params.steps, params.learning_rate, params.key_step, params.value_step, params.density)
+        shut, report = gate_fit(problem, space, schedule, gate_members, gen, bar)
     bar.close()
     masks = [ConceptMask.from_indices(space, s) for s in shut]
     kept = [len(np.intersect1d(m.indices, wm.mask.indices)) / max(wm.mask.count, 1) for m, wm in zip(masks, members)]

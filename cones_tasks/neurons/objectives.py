@@ -165,10 +165,6 @@ class GateObjective(_WordEditObjective):
         {"objective", "scope", "steps", "rounds", "batch_size", "learning_rate", "key_step", "density", "composed"}
     )
 
-    @property
-    def value_step(self) -> float:
-        return 1.0  # the value projections move at learning_rate (a combination step may slow them: combination.py)
-
 
 
 class PromptScoreObjective(_Objective):

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from cones_tasks.neurons.masks import ConceptMask
+from cones_tasks.neurons.objectives import GateObjective
 from cones_tasks.neurons.noising import noised_batch
 from cones_tasks.neurons.processor import KWARG, ConceptBatch, RowEdits, attached
 from cones_tasks.neurons.scores import round_budget, select_neurons
@@ -38,7 +39,7 @@ from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import class_phrase_states, mask_effects
 from cones_tasks.neurons.words import text_tokenizers, word_rows
 
-__all__ = ["GateMember", "discover_at_word", "gate_fit", "project_edit"]
+__all__ = ["GateMember", "GateSchedule", "discover_at_word", "gate_fit", "project_edit"]
 
 
 def discover_at_word(
@@ -58,7 +59,7 @@ def discover_at_word(
     if len({len(s) for s in spans}) != 1:
         raise ValueError(f"class word {class_word!r} tokenizes differently across the reference prompts {list(prompts)}")
     if params.objective == "gate":
-        (shut,), gate_report = gate_fit(problem, space, params, [GateMember(states, spans)], gen, bar)
+        (shut,), gate_report = gate_fit(problem, space, GateSchedule.of(params), [GateMember(states, spans)], gen, bar)
         return ConceptMask.from_indices(space, shut), gate_report
     if params.objective == "fit":
         deltas, fit_report = _fit_edit(problem, space, params, states, spans, gen, bar)
@@ -222,10 +223,26 @@ _GATE_COST_START = 0.02
 _GATE_COST_STEP = 0.1
 
 
-def gate_fit(problem, space, params, members: Sequence[GateMember], gen, bar) -> tuple[list[np.ndarray], dict[str, Any]]:
+@dataclass(frozen=True)
+class GateSchedule:
+    """How gate_fit moves the gates: one concept's `objective: gate`, or a combination step's joint gates."""
+
+    steps: int  # gradient steps in all
+    learning_rate: float  # Adam's step on the gates
+    key_step: float  # the key projections' step, as a fraction of learning_rate
+    value_step: float  # the value projections' step, as a fraction of learning_rate
+    density: float  # each member's cap: the fraction of the K/V weights it may shut
+
+    @classmethod
+    def of(cls, objective: GateObjective) -> GateSchedule:
+        """One concept's gates: steps × rounds steps, the values at the full step."""
+        return cls(objective.steps * objective.rounds, objective.learning_rate, objective.key_step, 1.0, objective.density)
+
+
+def gate_fit(problem, space, params: GateSchedule, members: Sequence[GateMember], gen, bar
+             ) -> tuple[list[np.ndarray], dict[str, Any]]:
     """(global indices to shut, per member; report): gates on every weight, each member's cost held at params.density.
 
-    params: steps, rounds, learning_rate, key_step, value_step, density (GateObjective, or a combination's params).
     Every member has its own gates, its own cost per shut weight and its own budget; all edits enter
     one forward at their own words' rows, so one loss decides each member's weights beside the others.
     """
@@ -244,7 +261,7 @@ def gate_fit(problem, space, params, members: Sequence[GateMember], gen, bar) ->
     opt = torch.optim.Adam([g for g in groups if g["params"]])
     overflow = [{n: torch.zeros_like(x) for n, x in g.items()} for g in gates]
     costs, losses, fractions = None, [], []
-    for _ in range(params.steps * params.rounds):
+    for _ in range(params.steps):
         edits = [({n: (c[n] * g[n][None]).sum(-1) for n in g}, m.spans) for c, g, m in zip(contribs, gates, members)]  # [R, out]
         loss = _edited_loss(problem, space, edits, gen)
         if costs is None:
