@@ -38,14 +38,14 @@ test-slow: $(SLOW_STAMP)
 clean-venv:
 	rm -rf $(VENV)
 
-# Rebuild the shipped toy model from scratch (docs/research/toy-model.md): the seven segments of
+# Rebuild the shipped toy model from scratch (docs/research/toy-model.md): the eight segments of
 # cones_tasks/toyworld/shipped/toy-model/training_log.json replayed (tests/cones_tasks/toyworld/test_toy_model.py
 # checks these lines against the log). The first two ran on an H100 (batch 128, reading order;
 # the second was cut by the clock, which --stop-at repeats), the rest on 2 CPU cores (batch 64,
 # left-to-right): 62 min to 7,230, then 32 min with half the scenes pairs to 8,750 (the two-object
-# model, kept in checkpoints/toy-model-8750), then three segments (22, 50 and 32 min) with half the
-# scenes crowds of three and four objects at 3.0–3.5 px, on a cosine ending at 16,750, stopped at
-# 14,500 once every count was met ("Three and four objects"). Same data, noise and schedule on any
+# model, kept in checkpoints/toy-model-8750), then four segments (22, 50, 36 and 54 min) with half the
+# scenes crowds of three and four objects at 3.0–3.5 px, on a cosine run to its end at 16,750
+# ("Three and four objects"). Same data, noise and schedule on any
 # device; bit-equal weights only on the device that trained them (docs/research/gpu-h100.md).
 TOY_OUT ?= toy-model-rebuilt
 TOY_DEVICE ?= cuda
@@ -57,6 +57,7 @@ toy-model: $(STAMP)
 	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 16750 --stop-at 9988 --batch-size 64 --object-order left-to-right --object-counts 1:0.2,2:0.3,3:0.25,4:0.25 --crowd-radius 3.0,3.5 --resume
 	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 16750 --stop-at 12750 --batch-size 64 --object-order left-to-right --object-counts 1:0.2,2:0.3,3:0.25,4:0.25 --crowd-radius 3.0,3.5 --resume
 	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 16750 --stop-at 14500 --batch-size 64 --object-order left-to-right --object-counts 1:0.2,2:0.3,3:0.25,4:0.25 --crowd-radius 3.0,3.5 --resume
+	$(VENV)/bin/cones toy train-model --out $(TOY_OUT) --steps 16750 --batch-size 64 --object-order left-to-right --object-counts 1:0.2,2:0.3,3:0.25,4:0.25 --crowd-radius 3.0,3.5 --resume
 
 # The first shipped model (5,000 steps on CPU, random order; git history before 2026-11-26's
 # second lease): four segments on the sequential stream, ~2.5 h on 2 idle cores.
