@@ -116,12 +116,13 @@ def validate(
 
 
 def _counts(text: str) -> tuple[int, ...]:
-    """'2,3,4' -> (2, 3, 4): the --scene-objects list, each 2 to 4."""
+    """'2,3,4' -> (2, 3, 4): the --scene-objects list, each 2 to 4 (toyworld.subjects.check_scene_objects)."""
+    from cones_tasks.toyworld.subjects import check_scene_objects
+
     try:
         counts = tuple(int(part) for part in text.split(","))
+        check_scene_objects(counts)
     except ValueError:
-        counts = ()
-    if not counts or any(not 2 <= c <= 4 for c in counts):
         raise typer.BadParameter(f"{text!r} is not a list of object counts from 2 to 4 (e.g. '2' or '2,3,4')",
-                                 param_hint="--scene-objects")
+                                 param_hint="--scene-objects") from None
     return counts

@@ -48,7 +48,7 @@ from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import WordMask
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.captions import class_prompt
-from cones_tasks.toyworld.subjects import context_prompts, reference_renders, scene_references
+from cones_tasks.toyworld.subjects import check_scene_objects, context_prompts, reference_renders, scene_references
 from cones_tasks.toyworld.world import BACKGROUNDS
 
 __all__ = [
@@ -83,14 +83,6 @@ class ValidateParams(BaseModel):
         (2,), min_length=1, description="objects in each scene photo, cycled (2-4): (2, 3, 4) names the subject at every "
         "place of two-, three- and four-object captions, the places combinations of up to four name it",
     )
-
-    @field_validator("scene_objects")
-    @classmethod
-    def _scene_counts(cls, counts: tuple[int, ...]) -> tuple[int, ...]:
-        if any(not 2 <= c <= 4 for c in counts):
-            raise ValueError(f"scene photos hold 2 to 4 objects each; got {list(counts)}")
-        return counts
-
     discovery_seed: int = 0
     select_seed: int = Field(1, description="sampling seeds for choosing hyper-parameters")
     report_seed: int = Field(2, description="sampling seeds for the reported numbers (must differ from select_seed)")
@@ -119,6 +111,12 @@ class ValidateParams(BaseModel):
         "paper's class prompt ('a triangle'); 'context' adds each reference's background ('a triangle on snow'), "
         "so the background is explained by the words and not absorbed into the mask",
     )
+
+    @field_validator("scene_objects")
+    @classmethod
+    def _scene_objects(cls, counts: tuple[int, ...]) -> tuple[int, ...]:
+        check_scene_objects(counts)  # refused when the params are made, not when discovery renders the photos
+        return counts
 
 
 def validate_toy(

@@ -97,8 +97,7 @@ def scene_references(
     render.CROWD_RADIUS). The subject takes each place of a photo's caption in turn, so a combination's later
     words ("... and a circle" third of four) are places discovery has seen its subject named.
     """
-    if not objects or any(not 2 <= m <= 4 for m in objects):
-        raise ValueError(f"scene photos hold 2 to 4 objects each (the subject and 1-3 others); got objects={list(objects)}")
+    check_scene_objects(objects)
     rng = np.random.default_rng([seed, 7, *map(ord, subject.id)])
     me = (subject.shape, subject.color, subject.pattern)
     images, captions = [], []
@@ -111,6 +110,12 @@ def scene_references(
         images.append(render(Scene(background, placed)))
         captions.append(f"{' and '.join(phrases)} on {background}")
     return np.stack(images), captions
+
+
+def check_scene_objects(objects: Sequence[int]) -> None:
+    """Raise ValueError unless `objects` is a non-empty list of scene-photo object counts, each 2 to 4."""
+    if not objects or any(not 2 <= m <= 4 for m in objects):
+        raise ValueError(f"scene photos hold 2 to 4 objects each (the subject and 1-3 others); got objects={list(objects)}")
 
 
 def _other_than(rng: np.random.Generator, shape: str) -> tuple[str, str, str]:
