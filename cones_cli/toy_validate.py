@@ -57,6 +57,10 @@ def validate(
         None, help="Token strategy: a combination step per pair before pairs are judged (CombinationParams JSON, e.g. "
         "'{\"steps\": 100}'; docs/research/pairs.md); its masks are used for that pair only."
     ),
+    layout: str = typer.Option(
+        "default", help="Attention control for multi-subject images: 'default' (the pipeline's, GenerationGrid.layout), "
+        "'none' (off), or a Layout as JSON, e.g. '{\"inside\": 2, \"outside\": 4}' (docs/research/layout.md)."
+    ),
     combination_pictures: str = typer.Option(
         "composite", help="The step's pictures of a pair: composite (halves of the subjects' scene photos), self "
         "(sampled, judged, kept) or together (rendered together: photos of the two together)."
@@ -95,7 +99,7 @@ def validate(
                             union_refine=refine, prompt_modes=tuple(prompts), strategies=strategies,
                             combination=joint, combination_pictures=combination_pictures,
                             scene_references=scene_references if scene_references is not None else (12 if quick else 0),
-                            scene_objects=_counts(scene_objects))
+                            scene_objects=_counts(scene_objects), layout=_layout(layout))
     if quick:
         # the recommended setting, unless the caller names its own (a shorter discovery for a smoke run)
         sweep = sweep if candidates is not None else tuple(DISCOVERY_FOR[s] for s in strategies)
@@ -111,8 +115,26 @@ def validate(
         first = strategies[0]
         result = {"strategy": first, **result["strategies"][first], "scene_references": params.scene_references,
                   "scene_objects": list(params.scene_objects),
+                  "layout": params.layout.model_dump(mode="json") if params.layout is not None else None,
                   "ceilings": result.get("ceilings"), "wall_s": result["wall_s"], "details": result}
     emit(result, as_json=as_json, title="toy validate")
+
+
+def _layout(text: str):
+    """--layout: 'default', 'none' or a Layout's JSON."""
+    from pydantic import ValidationError
+
+    from cones_tasks.neurons.layout import Layout
+
+    if text == "default":
+        return Layout()
+    if text == "none":
+        return None
+    try:
+        return Layout.model_validate_json(text)
+    except ValidationError as e:
+        raise typer.BadParameter(f"{text!r} is not a layout ({e.errors()[0]['msg']}); give 'default', 'none' or JSON such as "
+                                 "'{\"inside\": 2, \"outside\": 4}'", param_hint="--layout") from None
 
 
 def _counts(text: str) -> tuple[int, ...]:

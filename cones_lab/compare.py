@@ -54,9 +54,10 @@ class CompareParams(BaseModel):
 
     sampling: ValidateParams = Field(
         ValidateParams(images_per_line=48, select_images_per_line=24, sample_steps=20, scene_references=12,
-                       multi_sizes=(2,), ceilings=False, reversed_order=False, prompt_modes=("context",)),
+                       multi_sizes=(2,), ceilings=False, reversed_order=False, prompt_modes=("context",), layout=None),
         description="images per line, sampler, references (with scene photos) and the selection/report seeds, as "
-        "`cones toy validate --quick` sets them",
+        "`cones toy validate --quick` sets them, without attention control: the baselines' weight updates have no "
+        "word of their own to hold in a region, so every method is compared on its concepts alone",
     )
     cones: DiscoveryParams = Field(DISCOVERY_FOR["token"], description="Cones' setting (the library default, token composition)")
     dense_kv: tuple[FineTuneParams, ...] = Field(

@@ -37,6 +37,7 @@ from cones_tasks.neurons.combination import CombinationParams, combine_concepts
 from cones_tasks.neurons.composition import COMPOSITIONS, Composition, compose, composition_for
 from cones_tasks.neurons.discovery import discover_concept_neurons, refine_union
 from cones_tasks.neurons.masks import ConceptMask
+from cones_tasks.neurons.layout import Layout
 from cones_tasks.neurons.objectives import (
     DISCOVERY_FOR,
     DiscoveryParams,
@@ -105,6 +106,10 @@ class ValidateParams(BaseModel):
         "(rendered together: photos of the two together, which a user may not have)",
     )
     combination_images: int = Field(12, ge=1, description="pictures of each pair handed to the combination step")
+    layout: Layout | None = Field(
+        Layout(), description="attention control at generation, as the pipeline's default (GenerationGrid.layout): each "
+        "subject's class word read more strongly in its own region (cones_tasks.neurons.layout); None: off",
+    )
     prompt_modes: tuple[Literal["class", "context"], ...] = Field(
         ("context",), min_length=1,
         description="how discovery conditions the references, each tried with every candidate: 'class' is the "
@@ -556,6 +561,6 @@ class _Sampler:
         images = sample(
             self.model, prompts, seeds=seeds, steps=self.params.sample_steps, guidance_scale=self.params.guidance_scale,
             masks=use_masks, word_masks=use_words, space=space if (use_masks or use_words) else None,
-            batch_size=self.params.batch_size, progress=self.progress,
+            layout=self.params.layout, batch_size=self.params.batch_size, progress=self.progress,
         )
         return [self.judge(im) for im in tqdm(images, desc="judge", disable=not self.progress)]

@@ -221,20 +221,27 @@ def stored_setting(params: Mapping[str, Any], key: str, default: str) -> str:
 
 
 def concept_batch(model, space: NeuronSpace | None, prompts: Sequence[str], *, masks: Sequence | None = None,
-                  word_masks: Sequence[Sequence] | None = None) -> ConceptBatch | None:
+                  word_masks: Sequence[Sequence] | None = None, layout: Any = None,
+                  aspect: float = 1.0) -> ConceptBatch | None:
     """The ConceptBatch of one call over `prompts`: masks[i] at every token of image i, word_masks[i] at their words.
 
+    layout (cones_tasks.neurons.layout.Layout): holds each prompt's word-scoped subjects in their own regions
+    (attention control, for prompts naming two or more); `aspect` is the images' height / width.
     None when nothing applies (the call runs the model's own processors).
     """
     every = list(masks) if masks is not None and any(m is not None for m in masks) else None
-    edits = None
+    edits = regions = None
     if word_masks is not None and any(word_masks):
+        from cones_tasks.neurons.layout import word_regions
         from cones_tasks.neurons.word_scope import word_row_edits
 
         edits = word_row_edits(model, space, prompts, word_masks)
+        if layout is not None:
+            regions = word_regions(model, prompts, [[wm.class_word for wm in words] for words in word_masks], layout,
+                                   aspect=aspect)
     if every is None and edits is None:
         return None
-    return ConceptBatch(space, every or [None], edits)
+    return ConceptBatch(space, every or [None], edits, regions)
 
 
 class AppliedConcepts:
@@ -244,7 +251,7 @@ class AppliedConcepts:
         self.model, self.space, self.concepts = model, space, tuple(concepts)
 
     def batch(self, prompts: str | Sequence[str], per_prompt: Sequence[Sequence[Concept]] | None = None, *,
-              images_per_prompt: int = 1) -> ConceptBatch | None:
+              images_per_prompt: int = 1, layout: Any = None, aspect: float = 1.0) -> ConceptBatch | None:
         """The ConceptBatch for one pipeline call over `prompts` (see `kwargs`)."""
         from cones_tasks.neurons.word_scope import WordMask
 
@@ -264,17 +271,19 @@ class AppliedConcepts:
             words.append([WordMask(c.mask, c.class_word) for c in chosen if c.scope == "word"])
         if images_per_prompt > 1:  # the pipelines repeat each prompt in place: [p0, p0, p1, p1, ...]
             prompts, masks, words = ([x for x in seq for _ in range(images_per_prompt)] for seq in (prompts, masks, words))
-        return concept_batch(self.model, self.space, prompts, masks=masks, word_masks=words)
+        return concept_batch(self.model, self.space, prompts, masks=masks, word_masks=words, layout=layout, aspect=aspect)
 
     def kwargs(self, prompts: str | Sequence[str], per_prompt: Sequence[Sequence[Concept]] | None = None, *,
-               images_per_prompt: int = 1) -> dict[str, Any] | None:
+               images_per_prompt: int = 1, layout: Any = None, aspect: float = 1.0) -> dict[str, Any] | None:
         """`cross_attention_kwargs` for one pipeline call over `prompts`.
 
         per_prompt[i]: the concepts image i gets (default: every concept of the block, in every
         prompt). A word-scoped concept acts at its class word, which its prompt must name (once per
-        concept of that class). images_per_prompt: the call's num_images_per_prompt.
+        concept of that class). images_per_prompt: the call's num_images_per_prompt. layout
+        (cones_tasks.neurons.layout.Layout): hold each image's word-scoped subjects in their own regions, in the
+        order its prompt names them; aspect: the images' height / width.
         """
-        batch = self.batch(prompts, per_prompt, images_per_prompt=images_per_prompt)
+        batch = self.batch(prompts, per_prompt, images_per_prompt=images_per_prompt, layout=layout, aspect=aspect)
         return None if batch is None else {KWARG: batch}
 
 

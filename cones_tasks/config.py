@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from cones_tasks.combinations import check_template
 from cones_tasks.ingest import DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, validate_subject_id
 from cones_tasks.neurons.composition import check_composition
+from cones_tasks.neurons.layout import Layout
 from cones_tasks.neurons.objectives import (
     DISCOVERY_FOR,
     DiscoveryParams,
@@ -159,6 +160,13 @@ class GenerationGrid(_Frozen):
         "±1); a list of subject-id lists; or the URI of a Parquet or CSV file with a 'subjects' column "
         "(docs/scale.md)",
     )
+    layout: Layout | None = Field(
+        Layout(),
+        description="attention control for token composition (cones_tasks.neurons.layout): each subject's class word "
+        "read more strongly inside its own region and less outside it, regions from a reading-order grid (two side "
+        "by side, three or four in quadrants) unless `boxes` gives them; null: off. Measured: "
+        "docs/research/layout.md",
+    )
     sample_batch: int = Field(8, ge=1, description="images per UNet forward (per-sample masks)")
     task_batch: int = Field(64, ge=1, description="combinations per Prefect task: bigger batches, less orchestration overhead")
 
@@ -182,9 +190,21 @@ class GenerationGrid(_Frozen):
             )
         return self
 
-    def sampler_settings(self) -> dict[str, float | int | str]:
-        """What changes the pixels (part of every generation id and its `params`); batching does not."""
-        return {"steps": self.steps, "guidance_scale": self.guidance_scale, "composition": self.composition}
+    def sampler_settings(self) -> dict[str, object]:
+        """What changes the pixels (part of every generation id and its `params`); batching does not.
+
+        The layout is named only when it acts (token composition, control on), so a grid without it keeps the ids
+        it had before layouts existed."""
+        settings: dict[str, object] = {"steps": self.steps, "guidance_scale": self.guidance_scale,
+                                       "composition": self.composition}
+        if self.layout_in_effect is not None:
+            settings["layout"] = self.layout_in_effect.model_dump(mode="json")
+        return settings
+
+    @property
+    def layout_in_effect(self) -> Layout | None:
+        """The layout generation applies: only token composition has a word per subject to hold in a region."""
+        return self.layout if self.composition == "token" else None
 
 
 class ScoringParams(_Frozen):

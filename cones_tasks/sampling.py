@@ -59,6 +59,7 @@ def sample(
     masks: Sequence | None = None,
     space=None,
     word_masks: Sequence[Sequence] | None = None,
+    layout=None,
     batch_size: int = 256,
     progress: bool = False,
 ) -> np.ndarray:
@@ -72,6 +73,9 @@ def sample(
     masks, each shut at its class word's rows of prompt i only (token composition). They act on
     the conditional half alone: the unconditional prompt names no subject. Both kinds can be mixed
     in one batch; an image does not depend on what shares its batch.
+
+    `layout` (cones_tasks.neurons.layout.Layout): an image whose word masks name two or more
+    subjects draws each in its own region (attention control at their class words).
 
     Guidance follows diffusers' pipelines: a guidance_scale ≤ 1 samples without it.
     DPM-Solver++ is the default: on the toy model at 25 steps it leaves far less residual
@@ -91,14 +95,15 @@ def sample(
             batch_words = None if word_masks is None else list(word_masks[start:end])
             images.append(
                 _sample_batch(model, list(prompts[start:end]), list(seeds[start:end]), steps, guidance_scale, sampler,
-                              batch_masks, space, batch_words)
+                              batch_masks, space, batch_words, layout)
             )
     return np.concatenate(images) if images else np.zeros((0, model.resolution, model.resolution, 3), np.uint8)
 
 
-def _sample_batch(model, prompts, seeds, steps, guidance_scale, sampler, masks, space, word_masks=None) -> np.ndarray:
+def _sample_batch(model, prompts, seeds, steps, guidance_scale, sampler, masks, space, word_masks=None,
+                  layout=None) -> np.ndarray:
     pipe = model.pipeline(SAMPLERS[sampler].from_config(model.scheduler.config))
-    concepts = concept_batch(model, space, prompts, masks=masks, word_masks=word_masks)
+    concepts = concept_batch(model, space, prompts, masks=masks, word_masks=word_masks, layout=layout)
     side = model.unet.config.sample_size * pipe.vae_scale_factor  # the pipeline's pixels for our latent side
     # The stock pipeline tokenizes inside its call, so the whole call holds the tokenizer lock
     # (neurons/words.py): threads sharing a model generate one call at a time.

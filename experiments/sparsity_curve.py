@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-report", type=int, default=48)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=None, help="append one JSON line per setting here")
+    parser.add_argument("--layout", default="null", help="attention control at generation, a Layout as JSON "
+                        "(cones_tasks.neurons.layout; default: off, as the curve was first measured)")
     parser.add_argument("--plot", default=None, help="only plot this JSONL (a PNG beside it) and exit")
     args = parser.parse_args(argv)
     if args.plot:
@@ -122,10 +124,11 @@ def main(argv: list[str] | None = None) -> None:
     subjects = TOY_SUBJECTS[: args.subjects]
     # validate --quick's sampling: 20 steps, guidance 3, 12 scene photos, select seeds 1, report seeds 2
     params = ValidateParams(sample_steps=20, scene_references=12, multi_sizes=(2,), ceilings=False,
-                            reversed_order=False, strategies=("token",))
+                            reversed_order=False, strategies=("token",), layout=json.loads(args.layout))
     for setting in settings:
         row = run_setting(model, subjects, setting, params, n_select=args.n_select, n_report=args.n_report)
         row["subjects"] = [s.id for s in subjects]
+        row["layout"] = json.loads(args.layout)
         print(json.dumps(row), flush=True)
         if args.out:
             with open(args.out, "a") as f:

@@ -100,6 +100,7 @@ def generate_batch(
                     seeds=[it.seed for it in chunk],
                     steps=grid.steps,
                     guidance_scale=grid.guidance_scale,
+                    layout=grid.layout_in_effect,
                     masks=[mask for mask, _ in applied],
                     word_masks=[words for _, words in applied],
                     space=space,

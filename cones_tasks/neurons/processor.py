@@ -87,6 +87,8 @@ class ConceptBatch:
     (the Cones-edited model is the model, conditional or not, Cones §3.2).
     row_edits: added on top (RowEdits), so one forward serves a batch that mixes every-token and
     word-scoped compositions.
+    regions: layout attention control (cones_tasks.neurons.layout.RegionBias): its bias is handed
+    to every cross-attention layer's own processor as the attention mask, added to any the call had.
 
     One ConceptBatch may serve every denoising step of a call: it caches each layer's masked weights
     while the weights are unchanged and no gradient is needed.
@@ -95,6 +97,7 @@ class ConceptBatch:
     space: NeuronSpace
     masks: Sequence[Any] = ()  # ConceptMask | None each
     row_edits: RowEdits | None = None
+    regions: Any = None  # layout.RegionBias | None
     _shut: dict[str, np.ndarray] = field(default_factory=dict, init=False, repr=False)
     _device_shut: dict[str, torch.Tensor] = field(default_factory=dict, init=False, repr=False)
     _cache: dict[str, tuple[tuple, torch.Tensor]] = field(default_factory=dict, init=False, repr=False)
@@ -123,7 +126,7 @@ class ConceptBatch:
     @property
     def empty(self) -> bool:
         """Nothing shut and nothing edited: a call with this batch is the model's own."""
-        return not self._shut and (self.row_edits is None or not self.row_edits.values)
+        return not self._shut and (self.row_edits is None or not self.row_edits.values) and self.regions is None
 
     def layers(self) -> set[str]:
         """K/V parameter names this batch changes."""
@@ -249,6 +252,8 @@ class ConesAttnProcessor:
         **kwargs: Any,
     ) -> torch.Tensor:
         batch = cones if cones is not None else self._attachment.default
+        if batch is not None and batch.regions is not None and encoder_hidden_states is not None:
+            attention_mask = _with_region_bias(batch.regions, hidden_states, encoder_hidden_states, attention_mask)
         if batch is not None and (batch.changes(self.key) or batch.changes(self.value)):
             self._attachment.check(batch)
             attn = _WithMaskedProjections(
@@ -258,6 +263,17 @@ class ConesAttnProcessor:
             )
         return self.original(attn, hidden_states, encoder_hidden_states=encoder_hidden_states,
                              attention_mask=attention_mask, **kwargs)
+
+
+def _with_region_bias(regions: Any, hidden: torch.Tensor, text: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The call's attention mask plus the layout's logit bias [B, positions, tokens] (processors add a float mask)."""
+    positions = hidden.shape[2] * hidden.shape[3] if hidden.dim() == 4 else hidden.shape[1]
+    bias = regions.bias(text.shape[0], positions, text.shape[1], device=hidden.device, dtype=hidden.dtype)
+    if mask is None:
+        return bias
+    if mask.dtype == torch.bool:  # True: attend
+        mask = torch.zeros(mask.shape, dtype=bias.dtype, device=bias.device).masked_fill(~mask, float("-inf"))
+    return bias + (mask.unsqueeze(1) if mask.dim() == 2 else mask)
 
 
 # ---------------------------------------------------------------- attaching to a UNet

@@ -132,6 +132,8 @@ def test_cli_validate_with_a_candidates_file(tmp_path):
     assert bad.exit_code == 2 and "unknown strategy" in bad.output
     bad = CliRunner().invoke(app, [*args[:-1], "--scene-objects", "2,5", "--json"])
     assert bad.exit_code == 2 and "--scene-objects" in bad.output and "not a list of object counts" in bad.output
+    bad = CliRunner().invoke(app, [*args[:-1], "--layout", '{"inside": -1}', "--json"])
+    assert bad.exit_code == 2 and "--layout" in bad.output and "is not a layout" in bad.output
 
 
 def test_cli_validate_quick_runs_its_lines_on_a_short_discovery(tmp_path):
@@ -151,6 +153,7 @@ def test_cli_validate_quick_runs_its_lines_on_a_short_discovery(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{"):])
     assert data["strategy"] == "token" and data["selection"] == [] and data["scene_references"] == 2
+    assert data["layout"] == {"inside": 2.0, "outside": 4.0, "boxes": {}}  # the pipeline's attention control, by default
     assert {k: data["chosen_params"][k] for k in short} == short  # the candidate given, not the recommended one
     assert data["chosen_params"]["scope"] == "word" and data["chosen_params"]["objective"] == "fit"
     assert set(data["single"]) == {"hit_masked", "hit_unmasked"} and set(data["multi"]) == {"2", "3"}  # 3 subjects: no 4

@@ -217,3 +217,26 @@ def test_a_prompt_must_name_a_word_scoped_concepts_class_word(folder, concepts):
             cones.kwargs(["a cat on the beach"])
         with pytest.raises(ValueError, match="not applied in this block"):
             cones.kwargs(["a cat"], [[concepts["cat"]]])
+
+
+def test_a_layout_acts_the_same_in_a_stock_pipeline_as_in_the_projects_sampling(folder, model, space, concepts):
+    """Attention control travels in the call like the concepts: the stock pipeline and sample() agree with it on,
+    and it changes the images it is given for (every prompt names a word-scoped subject here)."""
+    from cones_tasks.neurons.layout import Layout
+    from cones_tasks.sampling import sample
+
+    dog, cat = concepts["dog"], concepts["cat"]
+    prompts, seeds, chosen = ["a dog and a cat on the beach", "a photo of a dog"], [3, 4], [[cat, dog], [dog]]
+    words = [compose("token", [(c.mask, c.class_word) for c in cs])[1] for cs in chosen]
+    layout = Layout(inside=2.0, outside=4.0)
+    ours = sample(model, prompts, seeds=seeds, steps=STEPS, guidance_scale=GUIDANCE, space=space, word_masks=words,
+                  layout=layout)
+    free = sample(model, prompts, seeds=seeds, steps=STEPS, guidance_scale=GUIDANCE, space=space, word_masks=words)
+    pipe = _stock(folder)
+    with apply_concepts(pipe, [dog, cat]) as cones:
+        stock = pipe(prompts, generator=[torch.Generator().manual_seed(s) for s in seeds], num_inference_steps=STEPS,
+                     guidance_scale=GUIDANCE, output_type="np",
+                     cross_attention_kwargs=cones.kwargs(prompts, chosen, layout=layout)).images
+    stock_u8 = (stock * 255).round().astype(np.int16)
+    assert np.abs(stock_u8 - ours.astype(np.int16)).max() <= 1
+    assert all(np.abs(ours[i].astype(np.int16) - free[i]).max() > 1 for i in range(2))

@@ -46,7 +46,13 @@ def test_configs_are_frozen_and_parts_validate():
     grid = GenerationGrid(templates=("{subjects} on snow",), seeds=(1, 2))
     with pytest.raises(ValidationError):
         grid.max_k = 2  # type: ignore[misc]
-    assert grid.sampler_settings() == {"steps": 25, "guidance_scale": 7.5, "composition": "token"}  # all change pixels
+    layout = {"inside": 2.0, "outside": 4.0, "boxes": {}}
+    assert grid.sampler_settings() == {"steps": 25, "guidance_scale": 7.5, "composition": "token", "layout": layout}
+    # the layout is named only where it acts: a grid without it keeps the ids it had before layouts existed
+    off = {"steps": 25, "guidance_scale": 7.5}
+    assert GenerationGrid(layout=None).sampler_settings() == {**off, "composition": "token"}
+    assert GenerationGrid(composition="union").sampler_settings() == {**off, "composition": "union"}
+    assert GenerationGrid(composition="union").layout_in_effect is None
     with pytest.raises(ValidationError, match="threads run in this process"):
         RunnerConfig(kind="threads", address="tcp://x:8786")
     with pytest.raises(ValidationError, match="nothing to do"):
