@@ -44,7 +44,7 @@ def grid_boxes(k: int) -> list[Box]:
 
 
 class Layout(BaseModel):
-    """Where each subject of a multi-subject prompt is drawn, and how strongly attention is held there.
+    """Where each subject of a prompt is drawn (a lone subject: anywhere), and how strongly attention is held there.
 
     inside / outside: logits added to / taken from the attention score between a subject's class
     word and each image position inside / outside its region (0 / 0 is no control). `boxes[k]`:
@@ -55,9 +55,10 @@ class Layout(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # chosen on the toy model's selection seeds (docs/research/layout.md): pairs flat from inside 1 to 2 and outside
-    # 2 to 8 with the default concepts; inside 2 also lifts 1 % concepts' single hits; 3 and above start to break images
-    inside: float = Field(2.0, ge=0.0, description="logit added where a subject's word meets its own region")
+    # chosen on the toy model's selection seeds with the default concepts (docs/research/layout.md): pairs 0.42 ->
+    # 0.75 at inside 1 or 2 and outside 4 or 8, but inside 2 cost a lone subject's hits (0.94 -> 0.81) and 3 and
+    # above break images (subjects left out, unreadable pictures)
+    inside: float = Field(1.0, ge=0.0, description="logit added where a subject's word meets its own region")
     outside: float = Field(4.0, ge=0.0, description="logit taken where a subject's word meets the rest of the image")
     boxes: dict[int, tuple[Box, ...]] = Field(default_factory=dict, description="explicit regions per subject count")
 
