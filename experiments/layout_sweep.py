@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--discovery", default='{"objective": "fit"}', help="one discovery objective as JSON")
     parser.add_argument("--layouts", default=None, help="JSON list of Layouts (null: off); default: the sweep above")
     parser.add_argument("--n", type=int, default=48, help="images per line")
+    parser.add_argument("--lines", default="single,context,crosstalk,multi", help="validate's lines to judge")
+    parser.add_argument("--sizes", default="2", help="subjects per multi-subject image, e.g. 2,3")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=None, help="keep the discovered masks here (pickle) and reuse them")
     parser.add_argument("--out", default=None, help="append one JSON line per layout here")
@@ -64,19 +66,24 @@ def main(argv: list[str] | None = None) -> None:
     model = load_diffusion_model(TOY_MODEL_DIR)
     subjects = TOY_SUBJECTS[:6]
     discovery = json.loads(args.discovery)
-    base = ValidateParams(sample_steps=20, scene_references=12, multi_sizes=(2,), ceilings=False, reversed_order=False,
+    sizes = tuple(int(k) for k in args.sizes.split(","))
+    lines = tuple(args.lines.split(","))
+    base = ValidateParams(sample_steps=20, scene_references=12, multi_sizes=sizes, ceilings=False, reversed_order=False,
                           strategies=("token",))
     masks = masks_for(model, subjects, discovery, base, args.cache)
     space = NeuronSpace.from_unet(model.unet, attention=parse_discovery(discovery).attention)
     for setting in json.loads(args.layouts) if args.layouts else DEFAULT_LAYOUTS:
         params = base.model_copy(update={"layout": None if setting is None else Layout(**setting)})
         started = time.perf_counter()
-        found = mask_lines(model, judge, subjects, masks, space, "token", params, seed=params.select_seed, n=args.n)
+        found = mask_lines(model, judge, subjects, masks, space, "token", params, seed=params.select_seed, n=args.n,
+                           lines=lines)
         row = {
             "discovery": discovery, "layout": setting, "n": args.n, "seed": params.select_seed,
             "neuron_fraction": float(np.mean([m.fraction for m in masks.values()])),
-            "single": found["single"]["hit_masked"], "context": found["context"], "crosstalk": found["crosstalk"],
-            "multi2": found["multi"]["2"], "multi2_detail": found["multi_detail"]["2"],
+            "single": found["single"]["hit_masked"] if "single" in found else None,
+            "context": found.get("context"), "crosstalk": found.get("crosstalk"),
+            **{f"multi{k}": found["multi"][str(k)] for k in sizes if "multi" in found},
+            **{f"multi{k}_detail": found["multi_detail"][str(k)] for k in sizes if "multi" in found},
             "seconds": round(time.perf_counter() - started, 1), "subjects": [s.id for s in subjects],
         }
         print(json.dumps(row), flush=True)

@@ -47,7 +47,8 @@ class Layout(BaseModel):
     """Where each subject of a prompt is drawn (a lone subject: anywhere), and how strongly attention is held there.
 
     inside / outside: logits added to / taken from the attention score between a subject's class
-    word and each image position inside / outside its region (0 / 0 is no control). `boxes[k]`:
+    word and each image position inside / outside its region; lone: added for a prompt's only
+    subject everywhere (all 0: no control). `boxes[k]`:
     the regions of a k-subject prompt, in the order the prompt names its subjects (left to right in
     its text, whatever order the concepts are listed in); a count not
     given falls back to the grid (grid_boxes).
@@ -56,10 +57,12 @@ class Layout(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # chosen on the toy model's selection seeds with the default concepts (docs/research/layout.md): pairs 0.42 ->
-    # 0.75 at inside 1 or 2 and outside 4 or 8, but inside 2 cost a lone subject's hits (0.94 -> 0.81) and 3 and
-    # above break images (subjects left out, unreadable pictures)
-    inside: float = Field(1.0, ge=0.0, description="logit added where a subject's word meets its own region")
+    # 0.75 at inside 1 or 2 and outside 4 or 8; 3 and above break images (subjects left out, unreadable pictures).
+    # A lone subject has no region to win against another subject's word: there 2 cost hits (0.94 -> 0.81), 1 did not.
+    inside: float = Field(1.0, ge=0.0, description="logit added where a subject's word meets its own region (two or "
+                          "more subjects)")
     outside: float = Field(4.0, ge=0.0, description="logit taken where a subject's word meets the rest of the image")
+    lone: float = Field(1.0, ge=0.0, description="logit added where a prompt's only subject's word meets the image")
     boxes: dict[int, tuple[Box, ...]] = Field(default_factory=dict, description="explicit regions per subject count")
 
     @model_validator(mode="after")
@@ -80,7 +83,7 @@ class Layout(BaseModel):
 class RegionBias:
     """Attention-logit biases between some (prompt, text token) rows and image regions.
 
-    Entry n: prompt batch[n]'s token row rows[n] gets +inside at the positions inside boxes[n] and
+    Entry n: prompt batch[n]'s token row rows[n] gets +inside[n] at the positions inside boxes[n] and
     −outside elsewhere. `batch_size` as RowEdits: a forward of twice as many elements is a
     classifier-free-guidance batch whose unconditional half is left alone. `aspect`: the image's
     height / width, to lay a layer's positions out on its grid.
@@ -89,7 +92,7 @@ class RegionBias:
     batch: torch.Tensor  # [N] int64
     rows: torch.Tensor  # [N] int64
     boxes: torch.Tensor  # [N, 4] float: x0, y0, x1, y1
-    inside: float
+    inside: torch.Tensor  # [N] float
     outside: float
     batch_size: int
     aspect: float = 1.0
@@ -124,7 +127,7 @@ class RegionBias:
         in_x = (xs[None, :] >= b[:, 0:1]) & (xs[None, :] < b[:, 2:3])  # [N, W]
         in_y = (ys[None, :] >= b[:, 1:2]) & (ys[None, :] < b[:, 3:4])  # [N, H]
         inside = (in_y[:, :, None] & in_x[:, None, :]).reshape(len(b), positions)
-        values = torch.where(inside, torch.tensor(self.inside), torch.tensor(-self.outside))  # [N, positions]
+        values = torch.where(inside, self.inside.float().cpu()[:, None], torch.tensor(-self.outside))  # [N, positions]
         out = torch.zeros(forward_batch, tokens, positions)
         out.index_put_((self.batch.cpu() + offset, self.rows.cpu()), values, accumulate=True)
         return out.transpose(1, 2).contiguous()
@@ -134,23 +137,25 @@ def word_regions(model, prompts: Sequence[str], class_words: Sequence[Sequence[s
                  aspect: float = 1.0) -> RegionBias | None:
     """The RegionBias that holds each prompt's subjects (their class words, in naming order) in the layout's regions.
 
-    A lone subject's region is the whole image: its word is only read more strongly (`inside`). Raises ClassWordNotInPromptError (words.py) when a prompt
+    A lone subject's region is the whole image: its word is only read more strongly (`lone`). Raises ClassWordNotInPromptError (words.py) when a prompt
     does not name a class word given for it.
     """
     if len(class_words) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but class words for {len(class_words)}; pass one list per prompt")
-    batch, rows, boxes = [], [], []
+    batch, rows, boxes, inside = [], [], [], []
     tokenizers = text_tokenizers(model)
     for i, (prompt, words) in enumerate(zip(prompts, class_words)):
         if not words:
             continue
         spans = sorted(word_rows(tokenizers, prompt, list(words)))  # regions go in the order the prompt names them
+        boost = layout.lone if len(words) == 1 else layout.inside
         for span, box in zip(spans, layout.regions(len(words))):
             for r in span:
                 batch.append(i)
                 rows.append(r)
                 boxes.append(box)
-    if not batch or (layout.inside == 0 and layout.outside == 0):
+                inside.append(boost)
+    if not batch or (layout.inside == layout.outside == layout.lone == 0):
         return None
     return RegionBias(batch=torch.tensor(batch), rows=torch.tensor(rows), boxes=torch.tensor(boxes, dtype=torch.float32),
-                      inside=layout.inside, outside=layout.outside, batch_size=len(prompts), aspect=aspect)
+                      inside=torch.tensor(inside), outside=layout.outside, batch_size=len(prompts), aspect=aspect)

@@ -51,7 +51,8 @@ def test_explicit_boxes_are_checked_and_replace_the_grid():
 
 def test_the_bias_raises_a_words_region_lowers_the_rest_and_spares_the_unconditional_half():
     regions = RegionBias(batch=torch.tensor([0, 1]), rows=torch.tensor([2, 5]),
-                         boxes=torch.tensor([[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]]), inside=2.0, outside=4.0, batch_size=2)
+                         boxes=torch.tensor([[0.0, 0.0, 0.5, 1.0], [0.5, 0.0, 1.0, 1.0]]), inside=torch.tensor([2.0, 2.0]),
+                         outside=4.0, batch_size=2)
     bias = regions.bias(4, 16, 8, device="cpu", dtype=torch.float32)  # guidance batch: [uncond 0, 1, cond 0, 1], 4×4 grid
     assert bias.shape == (4, 16, 8)
     assert not bias[:2].any()  # the unconditional half names no subject
@@ -65,7 +66,7 @@ def test_the_bias_raises_a_words_region_lowers_the_rest_and_spares_the_unconditi
     with pytest.raises(ValueError, match="built for 2 prompts.*batch of 3"):
         regions.bias(3, 16, 8, device="cpu", dtype=torch.float32)
     wide = RegionBias(batch=torch.tensor([0]), rows=torch.tensor([1]), boxes=torch.tensor([[0.0, 0.0, 1.0, 0.5]]),
-                      inside=1.0, outside=1.0, batch_size=1, aspect=0.5)
+                      inside=torch.tensor([1.0]), outside=1.0, batch_size=1, aspect=0.5)
     top = wide.bias(1, 8, 3, device="cpu", dtype=torch.float32)[0, :, 1]  # a 2×4 grid: the top row is inside
     assert torch.equal(top, torch.tensor([1.0] * 4 + [-1.0] * 4))
     with pytest.raises(ValueError, match="cannot lay 7 attention positions"):
@@ -74,13 +75,14 @@ def test_the_bias_raises_a_words_region_lowers_the_rest_and_spares_the_unconditi
 
 def test_regions_follow_the_order_the_prompt_names_its_subjects(model):
     prompts = ["a circle and a square on snow", "a triangle"]
-    layout = Layout(inside=1.0, outside=3.0)
+    layout = Layout(inside=1.0, outside=3.0, lone=0.5)
     listed_backwards = word_regions(model, prompts, [["square", "circle"], ["triangle"]], layout)
+    assert listed_backwards.inside.tolist() == [1.0, 1.0, 0.5]  # a lone subject gets `lone`
     # "circle" is row 2 and named first: the left half; "square" (row 5) the right; the lone triangle the whole image
     by_row = {(int(b), int(r)): tuple(box.tolist()) for b, r, box in zip(listed_backwards.batch, listed_backwards.rows,
                                                                           listed_backwards.boxes)}
     assert by_row == {(0, 2): (0.0, 0.0, 0.5, 1.0), (0, 5): (0.5, 0.0, 1.0, 1.0), (1, 2): (0.0, 0.0, 1.0, 1.0)}
-    assert word_regions(model, prompts, [["circle", "square"], []], Layout(inside=0.0, outside=0.0)) is None
+    assert word_regions(model, prompts, [["circle", "square"], []], Layout(inside=0.0, outside=0.0, lone=0.0)) is None
     with pytest.raises(ClassWordNotInPromptError):
         word_regions(model, ["a circle"], [["square"]], layout)
 
