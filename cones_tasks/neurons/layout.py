@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cones_tasks.neurons.processor import conditional_offset
 from cones_tasks.neurons.words import text_tokenizers, word_rows
 
 __all__ = ["Box", "Layout", "RegionBias", "grid_boxes", "word_regions"]
@@ -109,15 +110,7 @@ class RegionBias:
         return hit
 
     def _build(self, forward_batch: int, positions: int, tokens: int) -> torch.Tensor:
-        if forward_batch == self.batch_size:
-            offset = 0
-        elif forward_batch == 2 * self.batch_size:
-            offset = self.batch_size  # [unconditional..., conditional...]: only the conditional half names subjects
-        else:
-            raise ValueError(
-                f"the layout was built for {self.batch_size} prompts, but the UNet was called with a batch of {forward_batch}"
-                f" (expected {self.batch_size}, or {2 * self.batch_size} under classifier-free guidance)"
-            )
+        offset = conditional_offset(self.batch_size, forward_batch, "layout regions")  # the unconditional half: none
         height = round(math.sqrt(positions * self.aspect))
         width = positions // max(height, 1)
         if height * width != positions:

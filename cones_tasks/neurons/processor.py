@@ -41,7 +41,8 @@ from torch import nn
 
 from cones_tasks.neurons.space import NeuronSpace
 
-__all__ = ["ConceptBatch", "ConesAttnProcessor", "RowEdits", "attached", "is_attached", "per_sample", "shut"]
+__all__ = ["ConceptBatch", "ConesAttnProcessor", "RowEdits", "attached", "conditional_offset", "is_attached", "per_sample",
+           "shut"]
 
 KWARG = "cones"  # the cross_attention_kwargs key a ConceptBatch travels under
 
@@ -66,15 +67,24 @@ class RowEdits:
 
     def offset(self, forward_batch: int) -> int:
         """Index of the first conditional element in a forward of `forward_batch` elements."""
-        if self.batch_size is None or forward_batch == self.batch_size:
-            return 0
-        if forward_batch == 2 * self.batch_size:
-            return self.batch_size
-        raise ValueError(
-            f"word-scoped masks were built for {self.batch_size} prompts, but the UNet was called with a batch of "
-            f"{forward_batch} (expected {self.batch_size}, or {2 * self.batch_size} under classifier-free guidance); "
-            "build the concept batch for the prompts the pipeline is called with (one entry per image)"
-        )
+        return conditional_offset(self.batch_size, forward_batch, "word-scoped masks")
+
+
+def conditional_offset(built_for: int | None, forward_batch: int, what: str) -> int:
+    """Where prompt 0 of a batch built for `built_for` prompts sits in a forward of `forward_batch` elements.
+
+    As many: 0. Twice as many: a classifier-free-guidance batch [unconditional..., conditional...] as diffusers'
+    pipelines build it, so `built_for`. Anything else is refused rather than applied at the wrong elements.
+    """
+    if built_for is None or forward_batch == built_for:
+        return 0
+    if forward_batch == 2 * built_for:
+        return built_for
+    raise ValueError(
+        f"{what} were built for {built_for} prompts, but the UNet was called with a batch of {forward_batch} "
+        f"(expected {built_for}, or {2 * built_for} under classifier-free guidance); build the concept batch for the "
+        "prompts the pipeline is called with (one entry per image)"
+    )
 
 
 @dataclass(eq=False)

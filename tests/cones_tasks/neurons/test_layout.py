@@ -63,7 +63,7 @@ def test_the_bias_raises_a_words_region_lowers_the_rest_and_spares_the_unconditi
     others[[2, 5]] = False
     assert not bias[2:, :, others].any()  # rows of no subject are untouched
     assert regions.bias(2, 16, 8, device="cpu", dtype=torch.float32)[0, 0, 2] == 2.0  # without guidance: as given
-    with pytest.raises(ValueError, match="built for 2 prompts.*batch of 3"):
+    with pytest.raises(ValueError, match="layout regions were built for 2 prompts.*batch of 3"):
         regions.bias(3, 16, 8, device="cpu", dtype=torch.float32)
     wide = RegionBias(batch=torch.tensor([0]), rows=torch.tensor([1]), boxes=torch.tensor([[0.0, 0.0, 1.0, 0.5]]),
                       inside=torch.tensor([1.0]), outside=1.0, batch_size=1, aspect=0.5)
