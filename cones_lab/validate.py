@@ -54,7 +54,7 @@ from cones_tasks.toyworld.world import BACKGROUNDS
 
 __all__ = [
     "DEFAULT_CANDIDATES", "Generate", "PriorImages", "ValidateParams", "context_line", "crosstalk_line",
-    "discovery_references", "line_seeds", "mask_lines", "multi_line", "single_line", "validate_toy",
+    "discover_subjects", "discovery_references", "line_seeds", "mask_lines", "multi_line", "single_line", "validate_toy",
 ]
 
 # The sweep `cones toy validate` chooses from by default: each strategy's recommendation (the core's
@@ -205,6 +205,22 @@ def _prior_weight(params: DiscoveryParams) -> float:
     return params.prior_weight if isinstance(params, PromptScoreObjective) else 0.0
 
 
+def discover_subjects(model, subjects, candidate: DiscoveryParams, params: ValidateParams, mode: str = "context", *,
+                      priors: PriorImages | None = None) -> dict[str, ConceptMask]:
+    """{subject id: mask}: each subject discovered with `candidate` as validation does it (discovery_references in
+    prompt `mode`, scene photos for word-scoped candidates, params.discovery_seed). `priors` gives the base model's
+    images for a candidate with a prior-preservation weight."""
+    masks = {}
+    for s in subjects:
+        images, prompts = discovery_references(s, params, mode, scenes=candidate.scope == "word")
+        masks[s.id] = discover_concept_neurons(
+            model, images, prompts, candidate, seed=params.discovery_seed, progress=False, class_word=s.shape,
+            prior_images=priors.of(s.shape) if priors is not None and _prior_weight(candidate) > 0 else None,
+            prior_prompt=_class_prompt(s.shape),
+        ).mask
+    return masks
+
+
 def _choose(model, sampler, priors, subjects, references, strategy, options, params):
     """(chosen params, prompt mode, masks, space, selection table, discovery seconds of the chosen) for one strategy."""
     runs = list(itertools.product(options, params.prompt_modes))
@@ -212,13 +228,7 @@ def _choose(model, sampler, priors, subjects, references, strategy, options, par
     for candidate, mode in runs:
         space = NeuronSpace.from_unet(model.unet, attention=candidate.attention)
         t0 = time.perf_counter()
-        masks = {}
-        for s in subjects:
-            images, prompts = discovery_references(s, params, mode, scenes=candidate.scope == "word")
-            masks[s.id] = discover_concept_neurons(
-                model, images, prompts, candidate, seed=params.discovery_seed, progress=False, class_word=s.shape,
-                prior_images=priors.of(s.shape) if _prior_weight(candidate) > 0 else None, prior_prompt=_class_prompt(s.shape),
-            ).mask
+        masks = discover_subjects(model, subjects, candidate, params, mode, priors=priors)
         spent = time.perf_counter() - t0
         if len(runs) == 1:  # nothing to choose between: no selection images
             return candidate, mode, masks, space, [], spent

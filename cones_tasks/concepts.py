@@ -226,7 +226,7 @@ def concept_batch(model, space: NeuronSpace | None, prompts: Sequence[str], *, m
     """The ConceptBatch of one call over `prompts`: masks[i] at every token of image i, word_masks[i] at their words.
 
     layout (cones_tasks.neurons.layout.Layout): holds each prompt's word-scoped subjects in their own regions
-    (attention control, for prompts naming two or more); `aspect` is the images' height / width.
+    (attention control; a lone subject's region is the whole image); `aspect` is the images' height / width.
     None when nothing applies (the call runs the model's own processors).
     """
     every = list(masks) if masks is not None and any(m is not None for m in masks) else None

@@ -74,8 +74,8 @@ def sample(
     the conditional half alone: the unconditional prompt names no subject. Both kinds can be mixed
     in one batch; an image does not depend on what shares its batch.
 
-    `layout` (cones_tasks.neurons.layout.Layout): an image whose word masks name two or more
-    subjects draws each in its own region (attention control at their class words).
+    `layout` (cones_tasks.neurons.layout.Layout): attention control at the word masks' class
+    words: two or more subjects each drawn in its own region, a lone one read more strongly.
 
     Guidance follows diffusers' pipelines: a guidance_scale ≤ 1 samples without it.
     DPM-Solver++ is the default: on the toy model at 25 steps it leaves far less residual

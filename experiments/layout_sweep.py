@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cones_lab.validate import ValidateParams, discovery_references, mask_lines
+from cones_lab.validate import ValidateParams, discover_subjects, mask_lines
 from cones_tasks.loading import load_diffusion_model
-from cones_tasks.neurons.discovery import discover_concept_neurons
 from cones_tasks.neurons.layout import Layout
 from cones_tasks.neurons.objectives import parse_discovery
 from cones_tasks.neurons.space import NeuronSpace
@@ -40,12 +39,7 @@ def masks_for(model, subjects, discovery: dict, params: ValidateParams, cache: P
         saved = pickle.loads(cache.read_bytes())
         if saved["discovery"] == discovery:
             return saved["masks"]
-    objective = parse_discovery(discovery)
-    masks = {}
-    for s in subjects:
-        images, prompts = discovery_references(s, params, "context", scenes=True)
-        masks[s.id] = discover_concept_neurons(model, images, prompts, objective, class_word=s.shape, seed=0,
-                                               progress=False).mask
+    masks = discover_subjects(model, subjects, parse_discovery(discovery), params)
     if cache is not None:
         cache.write_bytes(pickle.dumps({"discovery": discovery, "masks": masks}))
     return masks

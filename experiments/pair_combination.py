@@ -32,11 +32,10 @@ import numpy as np
 import torch
 
 from cones_lab.pair_pictures import judge_accepts, rendered_pictures, self_generated
-from cones_lab.validate import ValidateParams, discovery_references, line_seeds, mask_lines
+from cones_lab.validate import ValidateParams, discover_subjects, discovery_references, line_seeds, mask_lines
 from cones_tasks.combinations import subjects_phrase
 from cones_tasks.loading import load_diffusion_model
 from cones_tasks.neurons.combination import CombinationParams, combine_concepts
-from cones_tasks.neurons.discovery import discover_concept_neurons
 from cones_tasks.neurons.objectives import parse_discovery
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import WordMask
@@ -57,9 +56,7 @@ def own_masks(model, subjects, params: ValidateParams, discovery: dict, cache: P
     found = {"masks": {}, "seconds": {}}
     for s in subjects:
         t0 = time.perf_counter()
-        images, prompts = discovery_references(s, params, "context", scenes=True)
-        found["masks"][s.id] = discover_concept_neurons(model, images, prompts, objective, class_word=s.shape, seed=0,
-                                                        progress=False).mask
+        found["masks"][s.id] = discover_subjects(model, [s], objective, params)[s.id]
         found["seconds"][s.id] = time.perf_counter() - t0
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from cones_lab.compare import sd15_bytes_per_concept
-from cones_lab.validate import ValidateParams, discovery_references, mask_lines
+from cones_lab.validate import ValidateParams, discover_subjects, mask_lines
 from cones_tasks.loading import load_diffusion_model
-from cones_tasks.neurons.discovery import discover_concept_neurons
 from cones_tasks.neurons.objectives import parse_discovery
 from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.toyworld.assets import TOY_MODEL_DIR
@@ -51,11 +50,7 @@ def lines(model, subjects, masks, space, params: ValidateParams, *, seed: int, n
 def run_setting(model, subjects, setting: dict, params: ValidateParams, *, n_select: int, n_report: int) -> dict:
     discovery = parse_discovery(setting)
     started = time.perf_counter()
-    masks = {}
-    for s in subjects:
-        images, prompts = discovery_references(s, params, "context", scenes=True)
-        masks[s.id] = discover_concept_neurons(model, images, prompts, discovery, class_word=s.shape, seed=0,
-                                               progress=False).mask
+    masks = discover_subjects(model, subjects, discovery, params)
     discovery_s = time.perf_counter() - started
     space = NeuronSpace.from_unet(model.unet, attention=discovery.attention)
     return {
