@@ -133,6 +133,12 @@ class Catalog:
         rows = [{"subject": subject, "content_hash": h, "caption": c} for h, c in captions.items()]
         return self.commit("subject_captions", rows) if rows else 0
 
+    def write_subject_boxes(self, subject: str, boxes: Mapping[str, Sequence[float]]) -> int:
+        """The subject's region ({content hash: (x0, y0, x1, y1)}) in reference images the subject already has."""
+        self._require_subjects({subject})
+        rows = [{"subject": subject, "content_hash": h, "box": [float(v) for v in b]} for h, b in boxes.items()]
+        return self.commit("subject_boxes", rows) if rows else 0
+
     def write_mask(
         self, *, subject: str, mask: MaskLike, params: Mapping[str, Any], stats: Mapping[str, Any] | None = None
     ) -> str:

@@ -48,6 +48,15 @@ def subject_image_captions(catalog: Catalog, subject: str) -> dict[str, str]:
     return {r["uri"]: r["caption"] for r in rows}
 
 
+def subject_image_boxes(catalog: Catalog, subject: str) -> dict[str, tuple[float, ...]]:
+    """{image URI: the subject's box (x0, y0, x1, y1)} of a subject's scene photos that came with one."""
+    rows = catalog.query(
+        "SELECT i.uri, b.box FROM subject_images i JOIN subject_boxes b USING (subject, content_hash) "
+        "WHERE i.subject = ?", [subject]
+    ).to_pylist()
+    return {r["uri"]: tuple(r["box"]) for r in rows}
+
+
 def subject_image_hashes(catalog: Catalog, subject: str) -> set[str]:
     """Content hashes of the reference images the catalog already holds for `subject`."""
     rows = catalog.query("SELECT content_hash FROM subject_images WHERE subject = ?", [subject]).to_pylist()

@@ -52,6 +52,16 @@ SCHEMAS: dict[str, pa.Schema] = {
             ("created", TS),
         ]
     ),
+    # The subject's region in a captioned scene photo, where discovery's layout holds its class word
+    # (docs/composition.md, "Scene photos"); a captioned photo without a row here is held over the whole image.
+    "subject_boxes": pa.schema(
+        [
+            ("subject", pa.string()),
+            ("content_hash", pa.string()),  # the subject_images row it describes
+            ("box", pa.list_(pa.float64())),  # x0, y0, x1, y1 as fractions of the photo's width and height
+            ("created", TS),
+        ]
+    ),
     "concept_masks": pa.schema(
         [
             ("mask_id", pa.string()),  # hash(subject, model_fingerprint, params_hash)
@@ -107,6 +117,7 @@ PRIMARY_KEYS: dict[str, tuple[str, ...]] = {
     "subjects": ("id",),
     "subject_images": ("subject", "content_hash"),
     "subject_captions": ("subject", "content_hash"),
+    "subject_boxes": ("subject", "content_hash"),
     "concept_masks": ("mask_id",),
     "generations": ("id",),
     "grid_items": ("grid", "position"),

@@ -9,18 +9,19 @@ from __future__ import annotations
 import fsspec
 
 from catalog.errors import CatalogURIError
+from cones_tasks.ingest import SceneCaption
 
 # Files every OS drops into folders; never a user's image, so not worth a rejection line.
 _IGNORED = {".DS_Store", "Thumbs.db", "desktop.ini"}
-# Optional, beside the photos: {"file name": "caption"} for photos that show the subject with other things
-# (docs/composition.md, "Scene photos").
+# Optional, beside the photos: {"file name": "caption"} for photos that show the subject with other things, or
+# {"file name": {"caption": ..., "box": [x0, y0, x1, y1]}} with the subject's region (docs/composition.md, "Scene photos").
 CAPTIONS_FILE = "captions.json"
 # Optional, beside the photos: the subject's class word in one line ("dog"), read by `cones init`.
 CLASS_WORD_FILE = "class_word"
 
 
 class CaptionsFileError(ValueError):
-    """A subject folder's captions.json that is not a JSON object of file name -> caption."""
+    """A subject folder's captions.json that is not a JSON object of file name -> caption (or caption and box)."""
 
 
 class SourceNotFoundError(CatalogURIError, FileNotFoundError):
@@ -64,8 +65,10 @@ def list_image_files(uri: str, *, max_files: int = 1000, **storage_options: obje
     return [(path.rsplit("/", 1)[-1], fs.cat_file(path)) for path in files]
 
 
-def read_captions(uri: str, **storage_options: object) -> dict[str, str]:
-    """The folder's captions.json as {file name: caption}; {} when there is none."""
+def read_captions(uri: str, **storage_options: object) -> dict[str, SceneCaption]:
+    """The folder's captions.json as {file name: SceneCaption (caption, box or None)}; {} when there is none.
+
+    The box's values are checked at ingest (cones_tasks.ingest.check_boxes), with the photos they belong to."""
     import json
 
     fs, root = fsspec.core.url_to_fs(str(uri), **storage_options)
@@ -76,9 +79,27 @@ def read_captions(uri: str, **storage_options: object) -> dict[str, str]:
         captions = json.loads(fs.cat_file(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CaptionsFileError(f"{uri}/{CAPTIONS_FILE} is not valid JSON ({exc}); write an object of file name -> caption") from exc
-    if not isinstance(captions, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in captions.items()):
+    entries = {k: _entry(v) for k, v in captions.items()} if isinstance(captions, dict) else None
+    if entries is None or None in entries.values():
         raise CaptionsFileError(
             f"{uri}/{CAPTIONS_FILE} must be a JSON object of file name -> non-empty caption, e.g. "
-            '{"beach.jpg": "a dog and a red ball on sand"}'
+            '{"beach.jpg": "a dog and a red ball on sand"}, or file name -> {"caption": ..., "box": [x0, y0, x1, y1]} '
+            "with the subject's region as fractions of the photo's width and height"
         )
-    return {k: " ".join(v.split()) for k, v in captions.items()}
+    return entries
+
+
+def _entry(value: object) -> SceneCaption | None:
+    """One captions.json value as a SceneCaption, whitespace normalised; None if it is neither form."""
+    box = None
+    if isinstance(value, dict):
+        if set(value) - {"caption", "box"}:
+            return None
+        box = value.get("box")
+        if box is not None and not (isinstance(box, list) and len(box) == 4
+                                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box)):
+            return None
+        value = value.get("caption")
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return SceneCaption(" ".join(value.split()), None if box is None else tuple(float(v) for v in box))

@@ -115,10 +115,10 @@ def _cones(model, subjects, judge, store, params: CompareParams, progress) -> di
     priors = PriorImages(model, sp)
     masks, seconds, written = {}, [], []
     for s in subjects:
-        images, prompts = discovery_references(s, sp, sp.prompt_modes[0], scenes=dp.scope == "word")
+        images, prompts, boxes = discovery_references(s, sp, sp.prompt_modes[0], scenes=dp.scope == "word")
         t0 = time.perf_counter()
         masks[s.id] = discover_concept_neurons(
-            model, images, prompts, dp, seed=sp.discovery_seed, progress=False, class_word=s.shape,
+            model, images, prompts, dp, seed=sp.discovery_seed, progress=False, class_word=s.shape, boxes=boxes,
             prior_images=priors.of(s.shape) if isinstance(dp, PromptScoreObjective) and dp.prior_weight > 0 else None,
             prior_prompt=class_prompt(s.shape),
         ).mask
@@ -209,7 +209,7 @@ def _subject_data(model, subjects, sp: ValidateParams, priors: bool) -> dict[str
     prior = PriorImages(model, sp) if priors else None
     out = {}
     for s in subjects:
-        images, prompts = discovery_references(s, sp, sp.prompt_modes[0], scenes=True)
+        images, prompts, _ = discovery_references(s, sp, sp.prompt_modes[0], scenes=True)  # no word to hold: no boxes
         out[s.id] = references(model, images, prompts, prior_images=prior.of(s.shape) if prior else None,
                                prior_prompt=class_prompt(s.shape), generator=torch.Generator().manual_seed(sp.discovery_seed))
     return out

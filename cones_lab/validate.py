@@ -49,7 +49,7 @@ from cones_tasks.neurons.space import NeuronSpace
 from cones_tasks.neurons.word_scope import WordMask
 from cones_tasks.sampling import sample
 from cones_tasks.toyworld.captions import class_prompt
-from cones_tasks.toyworld.subjects import check_scene_objects, context_prompts, reference_renders, scene_references
+from cones_tasks.toyworld.subjects import check_scene_objects, context_prompts, reference_renders, scene_photos
 from cones_tasks.toyworld.world import BACKGROUNDS
 
 __all__ = [
@@ -212,9 +212,9 @@ def discover_subjects(model, subjects, candidate: DiscoveryParams, params: Valid
     images for a candidate with a prior-preservation weight."""
     masks = {}
     for s in subjects:
-        images, prompts = discovery_references(s, params, mode, scenes=candidate.scope == "word")
+        images, prompts, boxes = discovery_references(s, params, mode, scenes=candidate.scope == "word")
         masks[s.id] = discover_concept_neurons(
-            model, images, prompts, candidate, seed=params.discovery_seed, progress=False, class_word=s.shape,
+            model, images, prompts, candidate, seed=params.discovery_seed, progress=False, class_word=s.shape, boxes=boxes,
             prior_images=priors.of(s.shape) if priors is not None and _prior_weight(candidate) > 0 else None,
             prior_prompt=_class_prompt(s.shape),
         ).mask
@@ -300,15 +300,17 @@ def _reference_prompts(subject, mode: str, n: int) -> str | list[str]:
 
 
 def discovery_references(subject, params: ValidateParams, mode: str = "context", *, scenes: bool = True
-                         ) -> tuple[np.ndarray, str | list[str]]:
+                         ) -> tuple[np.ndarray, str | list[str], list]:
     """What discovery is handed for `subject`: its params.reference_images renders, their conditioning
-    (prompt `mode`, ValidateParams.prompt_modes) and, when `scenes`, params.scene_references captioned
-    scene photos (word-scoped discovery only: validate passes scenes=candidate.scope == 'word')."""
+    (prompt `mode`, ValidateParams.prompt_modes), the subject's box in each (None: alone) and, when `scenes`,
+    params.scene_references captioned scene photos (word-scoped discovery only: validate passes
+    scenes=candidate.scope == 'word')."""
     images = reference_renders(subject, n=params.reference_images, seed=params.discovery_seed)
     prompts = _reference_prompts(subject, mode, params.reference_images)
+    boxes = [None] * len(images)
     if scenes and params.scene_references:
-        images, prompts = _with_scenes(subject, images, prompts, params)
-    return images, prompts
+        images, prompts, boxes = _with_scenes(subject, images, prompts, params)
+    return images, prompts, boxes
 
 
 def mask_lines(model, judge: Callable[[np.ndarray], Any], subjects: Sequence, masks: dict[str, ConceptMask],
@@ -335,11 +337,12 @@ def mask_lines(model, judge: Callable[[np.ndarray], Any], subjects: Sequence, ma
 
 
 def _with_scenes(subject, images, prompts, params: ValidateParams):
-    """The references plus captioned renders of the subject beside another object (ValidateParams.scene_references)."""
-    scenes, captions = scene_references(subject, n=params.scene_references, seed=params.discovery_seed,
-                                        objects=params.scene_objects)
+    """The references plus captioned renders of the subject beside another object (ValidateParams.scene_references),
+    and the subject's box in each (None in its photos alone)."""
+    scenes, captions, boxes = scene_photos(subject, n=params.scene_references, seed=params.discovery_seed,
+                                           objects=params.scene_objects)
     prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
-    return np.concatenate([images, scenes]), prompts + captions
+    return np.concatenate([images, scenes]), prompts + captions, [None] * len(images) + boxes
 
 
 def _spread(items: Sequence, n: int) -> list:

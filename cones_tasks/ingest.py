@@ -16,8 +16,9 @@ import hashlib
 import io
 import unicodedata
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -293,10 +294,24 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 class CaptionError(ValueError):
-    """A caption that names no accepted photo, or does not name the subject's class word."""
+    """A caption that names no accepted photo, or does not name the subject's class word; or a bad box."""
 
 
-def check_captions(subject_id: str, class_word: str, captions: dict[str, str], report: IngestReport) -> dict[str, str]:
+class SceneCaption(NamedTuple):
+    """One captions.json entry: a scene photo's caption and, when given, the subject's region in it."""
+
+    caption: str
+    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 as fractions of the photo
+
+
+def _by_name(report: IngestReport) -> dict[str, str]:
+    by_name = {im.name: im.content_hash for im in report.accepted}
+    by_name.update({d.name: d.content_hash for d in report.duplicates})  # a duplicate's entry goes to the photo it repeats
+    return by_name
+
+
+def check_captions(subject_id: str, class_word: str, captions: Mapping[str, SceneCaption | str], report: IngestReport
+                   ) -> dict[str, str]:
     """{content hash: caption} for the accepted photos that `captions` ({file name: caption}) describes.
 
     A caption must name a photo of the folder and the subject's class word (discovery finds the
@@ -305,11 +320,11 @@ def check_captions(subject_id: str, class_word: str, captions: dict[str, str], r
     """
     import re
 
-    by_name = {im.name: im.content_hash for im in report.accepted}
-    by_name.update({d.name: d.content_hash for d in report.duplicates})
+    by_name = _by_name(report)
     word = re.compile(rf"(?<![\w-]){re.escape(class_word)}(?![\w-])", re.IGNORECASE)
     problems, out = [], {}
-    for name, caption in sorted(captions.items()):
+    for name, entry in sorted(captions.items()):
+        caption = entry.caption if isinstance(entry, SceneCaption) else entry
         if name not in by_name:
             problems.append(f"{name!r} is not an accepted photo of the folder")
         elif not word.search(caption):
@@ -323,3 +338,36 @@ def check_captions(subject_id: str, class_word: str, captions: dict[str, str], r
             f"e.g. \"a {class_word} and a red ball on sand\""
         )
     return out
+
+
+def check_boxes(subject_id: str, captions: Mapping[str, SceneCaption | str], report: IngestReport
+                ) -> dict[str, tuple[float, float, float, float]]:
+    """{content hash: box} of the captioned photos whose entry gives the subject's box; the captions themselves are
+    check_captions'. A box must lie inside the photo (fractions of its width and height, x0 < x1, y0 < y1).
+    Raises CaptionError naming every bad box."""
+    from cones_tasks.neurons.layout_settings import check_box
+
+    by_name = _by_name(report)
+    problems, out = [], {}
+    for name, entry in sorted(captions.items()):
+        if not isinstance(entry, SceneCaption) or entry.box is None or name not in by_name:
+            continue
+        try:
+            check_box(entry.box, f"the box of {name!r}")
+        except ValueError as exc:
+            problems.append(str(exc))
+        else:
+            out[by_name[name]] = entry.box
+    if problems:
+        raise CaptionError(f"captions.json of subject {subject_id!r}: " + "; ".join(problems))
+    return out
+
+
+def crop_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, float, float, float] | None:
+    """`box` (fractions of a width × height photo) in the square fit_to_resolution crops from its centre; None
+    when the crop leaves none of it."""
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    x0, x1 = [min(max((v * width - left) / side, 0.0), 1.0) for v in (box[0], box[2])]
+    y0, y1 = [min(max((v * height - top) / side, 0.0), 1.0) for v in (box[1], box[3])]
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None

@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=48, help="images per line")
     parser.add_argument("--lines", default="single,context,crosstalk,multi", help="validate's lines to judge")
     parser.add_argument("--sizes", default="2", help="subjects per multi-subject image, e.g. 2,3")
+    parser.add_argument("--scenes", type=int, default=12, help="captioned scene photos a subject (0: photos alone)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cache", type=Path, default=None, help="keep the discovered masks here (pickle) and reuse them")
     parser.add_argument("--out", default=None, help="append one JSON line per layout here")
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     discovery = json.loads(args.discovery)
     sizes = tuple(int(k) for k in args.sizes.split(","))
     lines = tuple(args.lines.split(","))
-    base = ValidateParams(sample_steps=20, scene_references=12, multi_sizes=sizes, ceilings=False, reversed_order=False,
+    base = ValidateParams(sample_steps=20, scene_references=args.scenes, multi_sizes=sizes, ceilings=False, reversed_order=False,
                           strategies=("token",))
     masks = masks_for(model, subjects, discovery, base, args.cache)
     space = NeuronSpace.from_unet(model.unet, attention=parse_discovery(discovery).attention)
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         found = mask_lines(model, judge, subjects, masks, space, "token", params, seed=params.select_seed, n=args.n,
                            lines=lines)
         row = {
-            "discovery": discovery, "layout": setting, "n": args.n, "seed": params.select_seed,
+            "discovery": discovery, "layout": setting, "scene_references": args.scenes, "n": args.n, "seed": params.select_seed,
             "neuron_fraction": float(np.mean([m.fraction for m in masks.values()])),
             "single": found["single"]["hit_masked"] if "single" in found else None,
             "context": found.get("context"), "crosstalk": found.get("crosstalk"),

@@ -107,7 +107,7 @@ def combine_all(model, subjects, masks, source: str, cparams: CombinationParams,
         if len(images) == 0:  # nothing accepted: the pair keeps its members' own masks
             continue
         t0 = time.perf_counter()
-        own = [discovery_references(s, params, "context", scenes=True) for s in pair] if anchors else None
+        own = [discovery_references(s, params, "context", scenes=True)[:2] for s in pair] if anchors else None
         result = combine_concepts(model, images, prompts, [WordMask(masks[s.id], s.shape) for s in pair], cparams,
                                   named=named, anchors=own, seed=0)
         seconds.append(time.perf_counter() - t0)

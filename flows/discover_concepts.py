@@ -13,10 +13,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from catalog import load_catalog
-from catalog.pipeline import stored_mask_ids, subject_image_captions, subject_image_uris
+from catalog.pipeline import stored_mask_ids, subject_image_boxes, subject_image_captions, subject_image_uris
 from cones_tasks.combinations import class_phrase
 from cones_tasks.config import DiscoverConfig, DiscoveryParams, ModelRef, mask_params
-from cones_tasks.ingest import decode_rgb, fit_to_resolution
+from cones_tasks.ingest import crop_box, decode_rgb, fit_to_resolution
 from cones_tasks.neurons.discovery import discover_concept_neurons
 from cones_tasks.neurons.space import NeuronSpace
 from flows._runtime import TASK_OPTIONS, ensure_concurrency_limit, fan_out, model_session
@@ -50,13 +50,18 @@ def discover_subject(
         uris = subject_image_uris(catalog, subject)
         if not uris:
             raise ValueError(f"subject {subject!r} has no images in the catalog; run ingest-subjects for it first")
-        images = np.stack([fit_to_resolution(decode_rgb(catalog.get_bytes(u)), model.resolution) for u in uris])
+        photos = [decode_rgb(catalog.get_bytes(u)) for u in uris]
+        images = np.stack([fit_to_resolution(p, model.resolution) for p in photos])
         # a photo of the subject alone is conditioned on its class phrase (Cones §3.1); a captioned scene
         # photo on its caption, which names the subject by its class word (docs/composition.md)
         captions = subject_image_captions(catalog, subject)
         prompts = [captions.get(u, class_phrase(class_word)) for u in uris]
+        # where discovery's layout holds the word: the subject's box in a scene photo, in the square discovery sees
+        given = subject_image_boxes(catalog, subject)
+        boxes = [crop_box(given[u], p.shape[1], p.shape[0]) if u in given else None for u, p in zip(uris, photos)]
         result = discover_concept_neurons(
-            model, images, prompts if captions else prompts[0], params, class_word=class_word, seed=seed, progress=False
+            model, images, prompts if captions else prompts[0], params, class_word=class_word, boxes=boxes, seed=seed,
+            progress=False,
         )
     catalog.write_model(space, source=model.source, attention=params.attention)
     stats = {k: result.report[k] for k in _STATS_KEYS if k in result.report}

@@ -12,7 +12,7 @@ from catalog import SubjectImage, load_catalog
 from catalog.pipeline import subject_image_hashes
 from catalog.sources import list_image_files, read_captions
 from cones_tasks.config import IngestConfig, IngestParams, SubjectSource
-from cones_tasks.ingest import check_captions, ingest_images
+from cones_tasks.ingest import check_boxes, check_captions, ingest_images
 from flows._runtime import TASK_OPTIONS, fan_out
 
 
@@ -41,7 +41,9 @@ def ingest_subject(catalog_uri: str, source: SubjectSource, params: IngestParams
     if not report.accepted:
         raise NoUsableImagesError(f"no usable image for subject {source.subject_id!r}:\n{report.summary()}")
     # {content hash: caption} of the scene photos; checked before anything is written
-    captions = check_captions(source.subject_id, source.class_word, read_captions(source.uri), report)
+    entries = read_captions(source.uri)
+    captions = check_captions(source.subject_id, source.class_word, entries, report)
+    boxes = check_boxes(source.subject_id, entries, report)  # the subject's region in a scene photo, when given
     catalog = load_catalog(catalog_uri)
     catalog.write_subject(source.subject_id, class_word=source.class_word)
     stored = subject_image_hashes(catalog, source.subject_id)  # a rerun stores only the images still missing
@@ -60,6 +62,8 @@ def ingest_subject(catalog_uri: str, source: SubjectSource, params: IngestParams
         catalog.write_subject_images(source.subject_id, images)
     if captions:  # after the images they describe: a crash in between leaves images without captions, never the reverse
         catalog.write_subject_captions(source.subject_id, captions)
+    if boxes:  # after their captions, by the same rule
+        catalog.write_subject_boxes(source.subject_id, boxes)
     return SubjectIngested(
         subject=source.subject_id,
         accepted=len(report.accepted),

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from cones_tasks.ingest import fit_to_resolution
 from cones_tasks.neurons.composed import compose_side_by_side, composed_prompts
+from cones_tasks.neurons.layout_settings import Box, check_box, grid_boxes
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.noising import images_to_model_inputs, model_resolution, noised_batch, training_scheduler
 from cones_tasks.neurons.objectives import DiscoveryParams, FitObjective, PromptScoreObjective
@@ -64,6 +65,7 @@ def discover_concept_neurons(
     prior_images: np.ndarray | None = None,
     prior_prompt: str | None = None,
     class_word: str | None = None,
+    boxes: Sequence[Box | None] | None = None,
     seed: int = 0,
     generator: torch.Generator | None = None,
     progress: bool = True,
@@ -82,6 +84,9 @@ def discover_concept_neurons(
     `generator`, if given, replaces it for the steps, while `seed` still fixes the report's eval draws).
     class_word: the subject's class word ("dog"), which every prompt must name; required by
     every objective but the paper's prompt scope, whose neurons act at that word's rows only.
+    boxes: one per image, the subject's region (x0, y0, x1, y1 as fractions of the image) in a scene
+    photo, None in a photo of the subject alone; where the objective's `layout` holds the class word
+    while fit and gate learn the edit (cones_tasks.neurons.layout). Default: every photo alone.
     """
     word = not isinstance(params, PromptScoreObjective)  # fit and score at the word act at the class word's rows
     prior_weight = 0.0 if word else params.prior_weight
@@ -99,13 +104,15 @@ def discover_concept_neurons(
             "one class prompt per image and prior_weight > 0 need prior_prompt: the prompt the prior images were "
             "sampled for (e.g. 'a dog'), so the prior term is not conditioned on one reference's context"
         )
+    boxes = _checked_boxes(boxes, len(images))
     started = time.perf_counter()
     gen = generator if generator is not None else torch.Generator().manual_seed(seed)
     unet = model.unet
     space = NeuronSpace.from_unet(unet, attention=params.attention)
     mentions = None
     if word and params.composed:
-        images, class_prompt, mentions = _with_composed(model, images, class_prompt, class_word, params.composed, seed)
+        images, class_prompt, mentions, boxes = _with_composed(model, images, class_prompt, class_word, params.composed,
+                                                               seed, boxes)
     problem = DiscoveryProblem.build(
         model, space, images, class_prompt, prior_images, prior_weight, params.batch_size, gen,
         prior_prompt=prior_prompt,
@@ -118,7 +125,8 @@ def discover_concept_neurons(
         if word:
             prompts = _prompts_for(class_prompt, len(problem.x0))
             with attached(unet):  # once for every step: the edits reach the K/V rows through the Cones processor
-                mask, extra = discover_at_word(problem, model, space, params, class_word, prompts, gen, bar, mentions=mentions)
+                mask, extra = discover_at_word(problem, model, space, params, class_word, prompts, gen, bar,
+                                               mentions=mentions, boxes=boxes)
             bar.close()
             losses, rounds, mean_scores = extra.pop("loss_curve"), extra.pop("rounds"), torch.zeros(space.size)
             eval_before, eval_after = None, None  # the every-token eval loss does not apply to a word-scoped mask
@@ -156,12 +164,26 @@ _COMPOSED_STEPS = 25
 _COMPOSED_GUIDANCE = 3.0
 
 
-def _with_composed(model, images, class_prompt, class_word, per_reference: int, seed: int):
-    """References plus composed two-object images (cones_tasks.neurons.composed), their prompts and mentions.
+def _checked_boxes(boxes: Sequence[Box | None] | None, n: int) -> list[Box | None]:
+    if boxes is None:
+        return [None] * n
+    if len(boxes) != n:
+        raise ValueError(f"got {n} images but {len(boxes)} boxes: give one per image (None for a photo of the subject alone)")
+    out = []
+    for i, box in enumerate(boxes):
+        if box is not None:
+            box = tuple(float(v) for v in box)
+            check_box(box, f"the box of image {i}")
+        out.append(box)
+    return out
+
+
+def _with_composed(model, images, class_prompt, class_word, per_reference: int, seed: int, boxes: list):
+    """References plus composed two-object images (cones_tasks.neurons.composed), their prompts, mentions and boxes.
 
     Each reference i gets, beside it, an object the base model drew for reference i's own prompt
-    (its own seed), on the right (the subject is the first mention) and, with 2 per reference, on
-    the left (the second mention).
+    (its own seed), on the right (the subject is the first mention, in the left half) and, with 2 per
+    reference, on the left (the second mention, in the right half).
     """
     prompts = _prompts_for(class_prompt, len(images))
     if isinstance(class_prompt, str):
@@ -170,7 +192,7 @@ def _with_composed(model, images, class_prompt, class_word, per_reference: int, 
     refs = np.stack([fit_to_resolution(im, size) for im in images])
     others = sample(model, prompts, seeds=[seed * 1_000 + 900 + i for i in range(len(refs))], steps=_COMPOSED_STEPS,
                     guidance_scale=_COMPOSED_GUIDANCE)
-    composed, composed_text, mentions = [], [], [0] * len(refs)
+    composed, composed_text, mentions, halves = [], [], [0] * len(refs), []
     for i, (ref, other, prompt) in enumerate(zip(refs, others, prompts)):
         doubled, _ = composed_prompts(prompt, class_word)
         sides = (0, 1) if per_reference == 2 else (i % 2,)
@@ -178,7 +200,8 @@ def _with_composed(model, images, class_prompt, class_word, per_reference: int, 
             composed.append(compose_side_by_side(ref, other) if side == 0 else compose_side_by_side(other, ref))
             composed_text.append(doubled)
             mentions.append(side)
-    return np.concatenate([refs, np.stack(composed)]), prompts + composed_text, mentions
+            halves.append(grid_boxes(2)[side])
+    return np.concatenate([refs, np.stack(composed)]), prompts + composed_text, mentions, boxes + halves
 
 
 def subject_loss(

@@ -14,7 +14,10 @@ so every stock processor that honours a mask (AttnProcessor2_0, AttnProcessor, x
 Regions come from a `Layout`: `grid` gives the k subjects of a prompt the cells of a reading-order
 grid (two side by side, three or four in quadrants), the arrangement a caption that names
 objects left to right describes; explicit boxes per subject position can be given instead. A
-prompt with one subject gets no bias: its region would be the whole image.
+prompt's only subject has the whole image: its word is read more strongly everywhere (`lone`).
+
+Discovery holds the subject's word the same way while it learns the edit (span_regions; the
+objectives' `layout`), so the edit is learned under the attention generation will give it.
 """
 
 from __future__ import annotations
@@ -24,61 +27,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from cones_tasks.neurons.layout_settings import FULL_IMAGE, Box, Layout, grid_boxes
 from cones_tasks.neurons.processor import conditional_offset
 from cones_tasks.neurons.words import text_tokenizers, word_rows
 
-__all__ = ["Box", "Layout", "RegionBias", "grid_boxes", "word_regions"]
-
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the image's width and height
-
-
-def grid_boxes(k: int) -> list[Box]:
-    """k cells of a reading-order grid: ⌈√k⌉ columns, as many rows as k needs (1: the image; 2: halves side by side;
-    3, 4: quadrants)."""
-    if k < 1:
-        raise ValueError(f"a layout needs at least one subject, got {k}")
-    cols = math.ceil(math.sqrt(k))
-    rows = math.ceil(k / cols)
-    return [((i % cols) / cols, (i // cols) / rows, (i % cols + 1) / cols, (i // cols + 1) / rows) for i in range(k)]
-
-
-class Layout(BaseModel):
-    """Where each subject of a prompt is drawn (a lone subject: anywhere), and how strongly attention is held there.
-
-    inside / outside: logits added to / taken from the attention score between a subject's class
-    word and each image position inside / outside its region; lone: added for a prompt's only
-    subject everywhere (all 0: no control). `boxes[k]`:
-    the regions of a k-subject prompt, in the order the prompt names its subjects (left to right in
-    its text, whatever order the concepts are listed in); a count not
-    given falls back to the grid (grid_boxes).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # chosen on the toy model's selection seeds with the default concepts (docs/research/layout.md): pairs 0.42 ->
-    # 0.75 at inside 1 or 2 and outside 4 or 8 (n = 48); at n = 96, inside 2 over 1: pairs 0.78 against 0.73,
-    # three subjects 0.53 against 0.27; 3 and above break images (subjects left out, unreadable pictures).
-    # A lone subject has no region to win against another subject's word: there 2 cost hits (0.94 -> 0.81), 1 did not.
-    inside: float = Field(2.0, ge=0.0, description="logit added where a subject's word meets its own region (two or "
-                          "more subjects)")
-    outside: float = Field(4.0, ge=0.0, description="logit taken where a subject's word meets the rest of the image")
-    lone: float = Field(1.0, ge=0.0, description="logit added where a prompt's only subject's word meets the image")
-    boxes: dict[int, tuple[Box, ...]] = Field(default_factory=dict, description="explicit regions per subject count")
-
-    @model_validator(mode="after")
-    def _boxes_fit(self) -> Layout:
-        for k, boxes in self.boxes.items():
-            if len(boxes) != k:
-                raise ValueError(f"layout boxes for {k} subjects list {len(boxes)} boxes; give one (x0, y0, x1, y1) per subject")
-            for b in boxes:
-                if not (0.0 <= b[0] < b[2] <= 1.0 and 0.0 <= b[1] < b[3] <= 1.0):
-                    raise ValueError(f"layout box {b} is not inside the image: give 0 ≤ x0 < x1 ≤ 1 and 0 ≤ y0 < y1 ≤ 1")
-        return self
-
-    def regions(self, k: int) -> list[Box]:
-        return list(self.boxes.get(k) or grid_boxes(k))
+__all__ = ["FULL_IMAGE", "Box", "Layout", "RegionBias", "grid_boxes", "span_regions", "word_regions"]
 
 
 @dataclass(eq=False)
@@ -136,20 +90,33 @@ def word_regions(model, prompts: Sequence[str], class_words: Sequence[Sequence[s
     """
     if len(class_words) != len(prompts):
         raise ValueError(f"got {len(prompts)} prompts but class words for {len(class_words)}; pass one list per prompt")
-    batch, rows, boxes, inside = [], [], [], []
     tokenizers = text_tokenizers(model)
+    held = []
     for i, (prompt, words) in enumerate(zip(prompts, class_words)):
         if not words:
             continue
         spans = sorted(word_rows(tokenizers, prompt, list(words)))  # regions go in the order the prompt names them
-        boost = layout.lone if len(words) == 1 else layout.inside
-        for span, box in zip(spans, layout.regions(len(words))):
-            for r in span:
-                batch.append(i)
-                rows.append(r)
-                boxes.append(box)
-                inside.append(boost)
+        boxes = layout.regions(len(words)) if len(words) > 1 else [None]
+        held.extend((i, span, box) for span, box in zip(spans, boxes))
+    return span_regions(held, layout, batch_size=len(prompts), aspect=aspect)
+
+
+def span_regions(held: Sequence[tuple[int, Sequence[int], Box | None]], layout: Layout, *, batch_size: int,
+                 aspect: float = 1.0) -> RegionBias | None:
+    """The RegionBias that holds token rows in regions: one (prompt index, token rows, box) per held word.
+
+    A box of None is a lone subject's: the whole image at +lone; a box, its word at +inside there and
+    −outside elsewhere. None when nothing is held or every strength is 0.
+    """
+    batch, rows, boxes, inside = [], [], [], []
+    for i, span, box in held:
+        for r in span:
+            batch.append(i)
+            rows.append(r)
+            boxes.append(FULL_IMAGE if box is None else box)
+            inside.append(layout.lone if box is None else layout.inside)
     if not batch or (layout.inside == layout.outside == layout.lone == 0):
         return None
     return RegionBias(batch=torch.tensor(batch), rows=torch.tensor(rows), boxes=torch.tensor(boxes, dtype=torch.float32),
-                      inside=torch.tensor(inside), outside=layout.outside, batch_size=len(prompts), aspect=aspect)
+                      inside=torch.tensor(inside, dtype=torch.float32), outside=layout.outside, batch_size=batch_size,
+                      aspect=aspect)

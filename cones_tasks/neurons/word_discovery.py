@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cones_tasks.neurons.layout import Box, Layout, span_regions
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.objectives import GateObjective
 from cones_tasks.neurons.noising import noised_batch
@@ -44,7 +45,7 @@ __all__ = ["GateMember", "GateSchedule", "discover_at_word", "gate_fit", "projec
 
 def discover_at_word(
     problem, model, space: NeuronSpace, params, class_word: str, prompts: Sequence[str], gen, bar,
-    *, mentions: Sequence[int] | None = None,
+    *, mentions: Sequence[int] | None = None, boxes: Sequence[Box | None] | None = None,
 ) -> tuple[ConceptMask, dict[str, Any]]:
     """Word-scoped discovery for one subject: returns its mask and the objective's report entries.
 
@@ -52,6 +53,8 @@ def discover_at_word(
     prompts: the images' prompts, one per image (or one for all), each naming `class_word`.
     mentions: which mention of `class_word` in each prompt is the subject's (default: the first;
     composed references name the class twice, composed.py).
+    boxes: the subject's region in each image, None where it is alone (or its place unknown): where
+    the objective's `layout` holds the word while the edit is learned (fit and gate).
     """
     states = class_phrase_states(model, class_word).to(problem.device)  # [R, D]
     mentions = list(mentions) if mentions is not None else [0] * len(prompts)
@@ -59,10 +62,11 @@ def discover_at_word(
     if len({len(s) for s in spans}) != 1:
         raise ValueError(f"class word {class_word!r} tokenizes differently across the reference prompts {list(prompts)}")
     if params.objective == "gate":
-        (shut,), gate_report = gate_fit(problem, space, GateSchedule.of(params), [GateMember(states, spans)], gen, bar)
+        member = GateMember(states, spans, boxes=boxes)
+        (shut,), gate_report = gate_fit(problem, space, GateSchedule.of(params), [member], gen, bar)
         return ConceptMask.from_indices(space, shut), gate_report
     if params.objective == "fit":
-        deltas, fit_report = _fit_edit(problem, space, params, states, spans, gen, bar)
+        deltas, fit_report = _fit_edit(problem, space, params, states, spans, gen, bar, boxes=boxes)
         shut, projection = project_edit(problem.unet, space, states, deltas, tolerance=params.fit_tolerance)
         mask = ConceptMask.from_indices(space, shut)
         return mask, {**fit_report, **projection}
@@ -81,6 +85,8 @@ class GateMember:
     # per image (or one for all): the R token rows of this member's mention; None where an image does not show it
     spans: Sequence[tuple[int, ...] | None]
     start: np.ndarray | None = None  # global indices whose gates start shut (1); None: every gate starts open (0)
+    # per image (or None for all): the member's region, where a layout holds its word (None: the whole image, `lone`)
+    boxes: Sequence[Box | None] | None = None
 
 
 # ---------------------------------------------------------------- shared: the loss with a row edit
@@ -95,28 +101,43 @@ def _rows_of_batch(spans, idx: torch.Tensor, device) -> tuple[torch.Tensor, torc
     return batch, rows, sum(span is not None for span in chosen)
 
 
-def _edited_loss(problem, space, edits: Sequence[tuple[dict[str, torch.Tensor], Sequence]], gen) -> torch.Tensor:
-    """Concept loss of one drawn batch with each (edit {name: [R, out]}, spans) added at its own word's rows.
+def _held(spans, boxes, idx: torch.Tensor) -> list[tuple[int, Sequence[int], Box | None]]:
+    """(batch element, the word's rows, its box) for each drawn image whose prompt names the word."""
+    out = []
+    for b, i in enumerate(idx.tolist()):
+        span = spans[i] if len(spans) > 1 else spans[0]
+        if span is not None:
+            out.append((b, span, None if boxes is None else boxes[i]))
+    return out
+
+
+def _edited_loss(problem, space, edits: Sequence[tuple[dict[str, torch.Tensor], Sequence, Sequence | None]], gen,
+                 layout: Layout | None = None) -> torch.Tensor:
+    """Concept loss of one drawn batch with each (edit {name: [R, out]}, spans, boxes) added at its own word's rows.
 
     One entry per subject the images show: a combination's members are edited in the same forward,
-    so each edit is learned beside the others (cones_tasks.neurons.combination).
+    so each edit is learned beside the others (cones_tasks.neurons.combination). With a `layout`, each
+    word is held in its box of each image (None: the whole image) as generation will hold it.
     """
     idx = problem.batch_indices(problem.x0.shape[0], problem.batch_size, gen)
     cond = problem.cond if problem.cond.shape[0] == 1 else problem.cond[idx.to(problem.cond.device)]
     batch = noised_batch(problem.scheduler, problem.x0[idx], generator=gen)
     n = len(idx)
-    located = [_rows_of_batch(spans, idx, problem.device) for _, spans in edits]
+    located = [_rows_of_batch(spans, idx, problem.device) for _, spans, _ in edits]
     names = list(edits[0][0])
     row_edits = RowEdits(
         batch=torch.cat([b for b, _, _ in located]), rows=torch.cat([r for _, r, _ in located]),
-        values={k: torch.cat([edit[k].repeat(m, 1) for (edit, _), (_, _, m) in zip(edits, located)]) for k in names},
+        values={k: torch.cat([edit[k].repeat(m, 1) for (edit, _, _), (_, _, m) in zip(edits, located)]) for k in names},
         batch_size=n,
     )
+    regions = None
+    if layout is not None:
+        regions = span_regions([h for _, spans, boxes in edits for h in _held(spans, boxes, idx)], layout, batch_size=n)
     text = cond.expand(n, -1, -1) if cond.shape[0] == 1 else cond
     with attached(problem.unet):  # the gradient reaches `edit` through the processor's row edits
         pred = problem.unet(batch.noisy.to(problem.dtype), batch.timesteps, encoder_hidden_states=text,
                             added_cond_kwargs=problem.added_for(idx),
-                            cross_attention_kwargs={KWARG: ConceptBatch(space, row_edits=row_edits)}).sample
+                            cross_attention_kwargs={KWARG: ConceptBatch(space, row_edits=row_edits, regions=regions)}).sample
     return F.mse_loss(pred.float(), batch.target.float())
 
 
@@ -142,7 +163,7 @@ def _reach(unet, space, states) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 # ---------------------------------------------------------------- objective: fit
 
 
-def _fit_edit(problem, space, params, states, spans, gen, bar):
+def _fit_edit(problem, space, params, states, spans, gen, bar, *, boxes=None):
     rows = states.shape[0]
     scale = _row_scale(problem.unet, space, states)
     reach = _reach(problem.unet, space, states)
@@ -159,7 +180,7 @@ def _fit_edit(problem, space, params, states, spans, gen, bar):
     total = params.steps * params.rounds
     for _ in range(total):
         edit = {n: units[n] * scale[n] for n in units}
-        loss = _edited_loss(problem, space, [(edit, spans)], gen)
+        loss = _edited_loss(problem, space, [(edit, spans, boxes)], gen, params.layout)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -232,11 +253,13 @@ class GateSchedule:
     key_step: float  # the key projections' step, as a fraction of learning_rate
     value_step: float  # the value projections' step, as a fraction of learning_rate
     density: float  # each member's cap: the fraction of the K/V weights it may shut
+    layout: Layout | None = None  # holds each member's word in its boxes while the gates are learned (None: off)
 
     @classmethod
     def of(cls, objective: GateObjective) -> GateSchedule:
-        """One concept's gates: steps × rounds steps, the values at the full step."""
-        return cls(objective.steps * objective.rounds, objective.learning_rate, objective.key_step, 1.0, objective.density)
+        """One concept's gates: steps × rounds steps, the values at the full step, under the objective's layout."""
+        return cls(objective.steps * objective.rounds, objective.learning_rate, objective.key_step, 1.0, objective.density,
+                   objective.layout)
 
 
 def gate_fit(problem, space, params: GateSchedule, members: Sequence[GateMember], gen, bar
@@ -262,8 +285,9 @@ def gate_fit(problem, space, params: GateSchedule, members: Sequence[GateMember]
     overflow = [{n: torch.zeros_like(x) for n, x in g.items()} for g in gates]
     costs, losses, fractions = None, [], []
     for _ in range(params.steps):
-        edits = [({n: (c[n] * g[n][None]).sum(-1) for n in g}, m.spans) for c, g, m in zip(contribs, gates, members)]  # [R, out]
-        loss = _edited_loss(problem, space, edits, gen)
+        edits = [({n: (c[n] * g[n][None]).sum(-1) for n in g}, m.spans, m.boxes)  # [R, out]
+                 for c, g, m in zip(contribs, gates, members)]
+        loss = _edited_loss(problem, space, edits, gen, params.layout)
         if costs is None:
             costs = [_GATE_COST_START * float(loss.detach()) / budget] * len(members)
         opt.zero_grad(set_to_none=True)
@@ -330,7 +354,7 @@ def _score_rounds(problem, space, params, states, spans, gen, bar):
         for _ in range(params.steps):
             probe = {e.name: torch.zeros(rows, e.shape[0], device=problem.device, requires_grad=True) for e in space.entries}
             edit = {n: p + base[n] if n in base else p for n, p in probe.items()}
-            loss = _edited_loss(problem, space, [(edit, spans)], gen)
+            loss = _edited_loss(problem, space, [(edit, spans, None)], gen)
             g = torch.autograd.grad(loss, list(probe.values()))
             for n, gi in zip(probe, g):
                 grads[n] += gi

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from cones_tasks.toyworld.captions import class_prompt, describe
-from cones_tasks.toyworld.render import place_objects, random_attributes, render
+from cones_tasks.toyworld.render import RESOLUTION, place_objects, random_attributes, render
 from cones_tasks.toyworld.world import BACKGROUNDS, ObjectSpec, Scene
 
 
@@ -80,7 +80,16 @@ def scene_references(
     subject: ToySubject, *, n: int = 12, seed: int = 0, others: Literal["class", "described"] = "class",
     objects: Sequence[int] = (2,),
 ) -> tuple[np.ndarray, list[str]]:
-    """uint8 [n, H, W, 3] and captions: the subject beside another object, left and right in turn.
+    """uint8 [n, H, W, 3] and captions: the subject beside another object (scene_photos without the boxes)."""
+    images, captions, _ = scene_photos(subject, n=n, seed=seed, others=others, objects=objects)
+    return images, captions
+
+
+def scene_photos(
+    subject: ToySubject, *, n: int = 12, seed: int = 0, others: Literal["class", "described"] = "class",
+    objects: Sequence[int] = (2,),
+) -> tuple[np.ndarray, list[str], list[tuple[float, float, float, float]]]:
+    """uint8 [n, H, W, 3], captions and the subject's box in each: the subject beside another object, left and right in turn.
 
     What a user with photos of their subject among other things would hand over, captioned: the
     subject by its class phrase ("a triangle") and the other object, named left to right, on
@@ -96,11 +105,15 @@ def scene_references(
     `objects`: how many objects each photo holds, cycled photo by photo (2 to 4; three and four are crowds,
     render.CROWD_RADIUS). The subject takes each place of a photo's caption in turn, so a combination's later
     words ("... and a circle" third of four) are places discovery has seen its subject named.
+
+    The box is the cell the renderer placed the subject in (its half of a pair's frame, its quadrant of a
+    crowd's): the region a layout gives a subject at generation (cones_tasks.neurons.layout), as a user
+    would mark it on a photo.
     """
     check_scene_objects(objects)
     rng = np.random.default_rng([seed, 7, *map(ord, subject.id)])
     me = (subject.shape, subject.color, subject.pattern)
-    images, captions = [], []
+    images, captions, boxes = [], [], []
     for i, background in enumerate(reference_backgrounds(n)):
         count, turn = objects[i % len(objects)], i // len(objects)
         attrs = [_other_than(rng, subject.shape) for _ in range(count - 1)]
@@ -109,7 +122,17 @@ def scene_references(
         phrases = [f"a {o.shape}" if (o.shape, o.color, o.pattern) == me or others == "class" else describe(o) for o in placed]
         images.append(render(Scene(background, placed)))
         captions.append(f"{' and '.join(phrases)} on {background}")
-    return np.stack(images), captions
+        boxes.append(_cell_of(next(o for o in placed if (o.shape, o.color, o.pattern) == me), count))
+    return np.stack(images), captions, boxes
+
+
+def _cell_of(obj: ObjectSpec, count: int) -> tuple[float, float, float, float]:
+    """The cell of the frame place_objects put `obj` in: halves side by side for two objects, quadrants for more."""
+    col = int(obj.cx >= RESOLUTION / 2)
+    if count == 2:
+        return (col / 2, 0.0, (col + 1) / 2, 1.0)
+    row = int(obj.cy >= RESOLUTION / 2)
+    return (col / 2, row / 2, (col + 1) / 2, (row + 1) / 2)
 
 
 def check_scene_objects(objects: Sequence[int]) -> None:
@@ -159,8 +182,9 @@ def write_subject_folders(
 ) -> dict[str, Path]:
     """One folder of PNGs per subject under `root`; returns {subject id: folder}.
 
-    `scenes` > 0 adds that many scene photos (scene_references) and their captions.json, the way
-    a user hands over photos of the subject among other things (docs/composition.md).
+    `scenes` > 0 adds that many scene photos (scene_photos) and their captions.json, each entry a caption
+    and the subject's box, the way a user hands over photos of the subject among other things
+    (docs/composition.md).
     """
     import json
 
@@ -171,10 +195,11 @@ def write_subject_folders(
         for i, image in enumerate(reference_renders(subject, n=n, seed=seed)):
             Image.fromarray(image).save(folder / f"{i:02d}.png")
         if scenes:
-            images, captions = scene_references(subject, n=scenes, seed=seed)
+            images, captions, boxes = scene_photos(subject, n=scenes, seed=seed)
             names = [f"scene-{i:02d}.png" for i in range(scenes)]
             for name, image in zip(names, images):
                 Image.fromarray(image).save(folder / name)
-            (folder / "captions.json").write_text(json.dumps(dict(zip(names, captions)), indent=1))
+            entries = {name: {"caption": c, "box": list(b)} for name, c, b in zip(names, captions, boxes)}
+            (folder / "captions.json").write_text(json.dumps(entries, indent=1))
         folders[subject.id] = folder
     return folders

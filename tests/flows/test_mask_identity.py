@@ -24,9 +24,10 @@ LEGACY = json.loads((FIXTURES / "legacy-catalog.json").read_text())
 MODEL = ModelRef(path=str(Path(__file__).resolve().parents[2] / "checkpoints" / "toy-model-8750"))
 SUBJECTS = tuple(dict.fromkeys(m["subject"] for m in LEGACY["masks"]))
 # The fixture's two settings as today's objectives: the same search (the unset fields were the defaults then,
-# and are the same values here), each objective with only its own keys.
+# and are the same values here, but for discovery's layout, which came later: off is the search of that time),
+# each objective with only its own keys.
 TODAY = {
-    "fit": FitObjective(steps=2, rounds=1, batch_size=2),
+    "fit": FitObjective(steps=2, rounds=1, batch_size=2, layout=None),
     "paper": PromptScoreObjective(steps=2, rounds=2, batch_size=2, threshold_value=0.01, eval_draws=1),
 }
 

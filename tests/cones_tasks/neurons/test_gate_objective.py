@@ -55,3 +55,21 @@ def test_gate_is_deterministic_and_leaves_the_unet_alone(model, references, gate
 def test_gate_needs_the_word_scope():
     with pytest.raises(ValueError, match="objective 'gate'.*needs scope 'word'"):
         GateObjective(scope="prompt")
+
+
+def test_discovery_under_the_layout_holds_the_word_where_each_photo_has_the_subject(model, references, gate_run):
+    params, held, _ = gate_run  # the default layout: every photo here is of the subject alone (lone)
+    images, prompts, word = references
+    run = lambda p, boxes=None: discover_concept_neurons(model, images, prompts, p, class_word=word, boxes=boxes, seed=0,
+                                                          progress=False).mask.indices
+    free = run(params.model_copy(update={"layout": None}))
+    assert not np.array_equal(free, held.mask.indices)  # the hold reaches discovery's forward
+    zero = params.model_copy(update={"layout": params.layout.model_copy(update={"inside": 0.0, "outside": 0.0, "lone": 0.0})})
+    np.testing.assert_array_equal(run(zero), free)  # strengths of 0 hold nothing: the same neurons as no layout
+    # a box per photo (the subject's half) holds the word there instead of over the whole image
+    halves = [(0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0), None, (0.0, 0.0, 0.5, 1.0)]
+    assert not np.array_equal(run(params, halves), held.mask.indices)
+    with pytest.raises(ValueError, match="got 4 images but 3 boxes: give one per image"):
+        run(params, halves[:3])
+    with pytest.raises(ValueError, match=r"the box of image 1 \(0.5, 0.0, 0.2, 1.0\) is not inside the image"):
+        run(params, [None, (0.5, 0.0, 0.2, 1.0), None, None])

@@ -21,7 +21,7 @@ OBJECTIVES = (FitObjective, GateObjective, PromptScoreObjective, WordScoreObject
 CHANGED = {
     "steps": 3, "rounds": 2, "batch_size": 5, "learning_rate": 0.07, "key_step": 0.5, "fit_tolerance": 0.01,
     "composed": 1, "threshold": "top_k", "threshold_value": 7, "rho": 0.5, "prior_weight": 1.0, "attention": "both",
-    "eval_draws": 1, "density": 0.05,
+    "eval_draws": 1, "density": 0.05, "layout": None,
 }
 
 
@@ -69,6 +69,16 @@ def test_a_mask_is_named_by_what_changes_its_neurons_only(kind):
     assert mask_params(base, seed=0)["version"] == kind.version
 
 
+def test_discovery_under_a_layout_is_named_and_off_keeps_the_ids_from_before_it():
+    for kind in (FitObjective, GateObjective):
+        on, off = mask_params(kind(), seed=0), mask_params(kind(layout=None), seed=0)
+        assert on["discovery"]["layout"] == {"inside": 2.0, "outside": 4.0, "lone": 1.0, "boxes": {}}
+        assert "layout" not in off["discovery"] and on != off
+        assert mask_params(kind(layout={"inside": 1, "outside": 4}), seed=0) != on
+    with pytest.raises(ValidationError, match="strengths only"):
+        parse_discovery({"objective": "gate", "layout": {"boxes": {"2": [[0, 0, 0.5, 1], [0.5, 0, 1, 1]]}}})
+
+
 def test_a_new_field_at_its_default_leaves_identities_unchanged():
     class WithBudget(FitObjective):  # what adding a knob to the fit objective looks like
         neuron_budget: int | None = None
@@ -82,7 +92,7 @@ def test_legacy_flat_params_read_as_todays_identity():
     flat = {"steps": 2, "batch_size": 2, "threshold": "fraction", "threshold_value": 0.002, "rounds": 1, "rho": 0.0,
             "prior_weight": 0.0, "attention": "cross", "eval_draws": 1, "scope": "word", "objective": "fit",
             "learning_rate": 0.1, "key_step": 0.2, "fit_tolerance": 0.001, "composed": 0}
-    fit = FitObjective(steps=2, batch_size=2, rounds=1)
+    fit = FitObjective(steps=2, batch_size=2, rounds=1, layout=None)  # found before discovery had a layout
     assert legacy_mask_identity({"discovery": flat, "seed": 0}) == mask_params(fit, seed=0)
     paper = {**flat, "scope": "prompt", "objective": "score", "threshold_value": 0.01}
     assert legacy_mask_identity({"discovery": paper, "seed": 3}) == mask_params(
@@ -94,6 +104,6 @@ def test_legacy_flat_params_read_as_todays_identity():
     # written once `density` had come with the gate objective: sixteen fields, the gate's read as a gate
     gate = {**flat, "objective": "gate", "density": 0.02}
     assert legacy_mask_identity({"discovery": gate, "seed": 0}) == mask_params(
-        GateObjective(steps=2, batch_size=2, rounds=1, density=0.02, learning_rate=0.1, key_step=0.2), seed=0
+        GateObjective(steps=2, batch_size=2, rounds=1, density=0.02, learning_rate=0.1, key_step=0.2, layout=None), seed=0
     )
     assert legacy_mask_identity({"discovery": {**flat, "density": 0.5}, "seed": 0}) == mask_params(fit, seed=0)
