@@ -237,10 +237,10 @@ class RunnerConfig(_Frozen):
 
 
 _DISCOVERY = (
-    "how concept neurons are found: an objective, chosen by `objective` (fit, the default, or score) and for score by "
+    "how concept neurons are found: an objective, chosen by `objective` (gate, the default, fit or score) and for score by "
     "`scope` (prompt or word); each has its own keys and defaults"
 )
-_DISCOVERY_DEFAULT = "Default: validation's choice for grid.composition (token: objective fit; union: score at prompt scope)"
+_DISCOVERY_DEFAULT = "Default: validation's choice for grid.composition (token: objective gate; union: score at prompt scope)"
 
 
 class _FlowConfig(_Frozen):
@@ -275,7 +275,7 @@ class IngestConfig(_FlowConfig):
 class DiscoverConfig(_FlowConfig):
     model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
     subjects: tuple[str, ...] = Field(min_length=1, description="subject ids already in the catalog")
-    discovery: DiscoveryParams = Field(FitObjective(), description=_DISCOVERY)
+    discovery: DiscoveryParams = Field(DISCOVERY_FOR["token"], description=_DISCOVERY)
     seed: int = Field(0, description="discovery seed (noise and timesteps); part of what names a mask")
 
 
@@ -305,7 +305,7 @@ class GenerateConfig(_FlowConfig):
     model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
     subjects: tuple[str, ...] = Field(min_length=1, description="subject ids whose masks are in the catalog")
     discovery: DiscoveryParams = Field(
-        FitObjective(), description="which masks to use: those found with these params. " + _DISCOVERY_DEFAULT
+        DISCOVERY_FOR["token"], description="which masks to use: those found with these params. " + _DISCOVERY_DEFAULT
     )
     discovery_seed: int = Field(0, description="… and this discovery seed")
     grid: GenerationGrid = Field(GenerationGrid(), description="which images to generate")
@@ -366,7 +366,7 @@ class CustomizeConfig(_FlowConfig):
     model: ModelRef = Field(description="the diffusion model: masks are found on it and only fit it")
     subjects: tuple[SubjectSource, ...] = _AT_LEAST_ONE
     ingest: IngestParams = Field(IngestParams(), description="what ingest accepts")
-    discovery: DiscoveryParams = Field(FitObjective(), description=_DISCOVERY + ". " + _DISCOVERY_DEFAULT)
+    discovery: DiscoveryParams = Field(DISCOVERY_FOR["token"], description=_DISCOVERY + ". " + _DISCOVERY_DEFAULT)
     seed: int = Field(0, description="discovery seed (noise and timesteps); part of what names a mask")
     grid: GenerationGrid = Field(GenerationGrid(), description="which images to generate")
     scoring: ScoringParams | None = Field(None, description="how to score the generations; None: no scoring")

@@ -34,7 +34,7 @@ from cones_tasks.neurons.composed import compose_side_by_side, composed_prompts
 from cones_tasks.neurons.layout_settings import Box, check_box, grid_boxes
 from cones_tasks.neurons.masks import ConceptMask
 from cones_tasks.neurons.noising import images_to_model_inputs, model_resolution, noised_batch, training_scheduler
-from cones_tasks.neurons.objectives import DiscoveryParams, FitObjective, PromptScoreObjective
+from cones_tasks.neurons.objectives import DiscoveryParams, GateObjective, PromptScoreObjective
 from cones_tasks.neurons.processor import attached
 from cones_tasks.neurons.scores import round_budget, select_neurons
 from cones_tasks.neurons.space import NeuronSpace
@@ -60,7 +60,7 @@ def discover_concept_neurons(
     model,
     images: np.ndarray,
     class_prompt: str | Sequence[str],
-    params: DiscoveryParams = FitObjective(),
+    params: DiscoveryParams = GateObjective(),
     *,
     prior_images: np.ndarray | None = None,
     prior_prompt: str | None = None,

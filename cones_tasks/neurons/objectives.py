@@ -2,11 +2,12 @@
 
 `DiscoveryParams` is a discriminated union, first by `objective`, then, for `score`, by `scope`:
 
-- `FitObjective` (`objective: fit`, the default; scope 'word' only): the class word's K/V rows'
-  edit learned by gradient steps, then the weights whose zeroing makes it
-  (cones_tasks.neurons.word_discovery). Validation's choice for token composition.
-- `GateObjective` (`objective: gate`; scope 'word' only): a shut gate on every K/V weight at the
-  class word's rows, learned with a cost per shut weight held at `density`.
+- `GateObjective` (`objective: gate`, the default; scope 'word' only): a shut gate on every K/V
+  weight at the class word's rows, learned with a cost per shut weight held at `density` (1 %).
+  Validation's choice for token composition: sparse concepts that compose (docs/research/layout.md).
+- `FitObjective` (`objective: fit`; scope 'word' only): the class word's K/V rows' edit learned by
+  gradient steps, then the weights whose zeroing makes it (cones_tasks.neurons.word_discovery);
+  no neuron budget (≈ 11–14 % of the K/V on the toy model).
 - `PromptScoreObjective` (`objective: score, scope: prompt`): the paper's statistic θ·∂L/∂θ at
   every text token, shut in rounds (Cones Alg. 1). What `union` composition needs.
 - `WordScoreObjective` (`objective: score, scope: word`): the same statistic through the class
@@ -14,7 +15,7 @@
 
 Each model's defaults are what validation chose for it (docs/research/validate-runs.md), so the
 settings the README names work as written; `DISCOVERY_FOR` names them per composition strategy.
-(The gate's are the best 1 % setting of the density curve, docs/research/sparsity.md.)
+(The gate's are the best 1 % setting under the layout, docs/research/layout.md.)
 
 A mask's identity (`mask_identity`) hashes only the fields that change which neurons are found,
 plus the objective's algorithm version (docs/discovery.md, "A mask's identity").
@@ -141,7 +142,7 @@ class _WordEditObjective(_Objective):
 
 
 class FitObjective(_WordEditObjective):
-    """`objective: fit` (the default): the class word's K/V rows' edit, learned, then the weights whose zeroing makes it.
+    """`objective: fit`: the class word's K/V rows' edit, learned, then the weights whose zeroing makes it.
 
     Every knob is relative to the model (steps in units of the word rows' RMS, a tolerance in the
     same unit, no neuron budget), so the values validation chose on the toy model's 45 k neurons
@@ -179,10 +180,11 @@ class GateObjective(_WordEditObjective):
 
     objective: Literal["gate"] = Field("gate", description=_SCORE)
     scope: Literal["word"] = Field("word", description="gate acts at the class word's rows only: always 'word'")
-    # The defaults are the best 1 % setting of the density curve on the selection seeds (docs/research/sparsity.md):
-    # keys at the full step (at 0.2, 1 % lost half its single hits) and 400 steps (context 0.75 -> 0.85 over 200).
+    # The defaults are the best 1 % setting on the selection seeds: keys at the full step (at 0.2, 1 % lost half its
+    # single hits; docs/research/sparsity.md) and 800 steps under the layout (pairs 0.83 against 0.65 at 400;
+    # docs/research/layout.md, "Discovery under the layout").
     steps: int = Field(20, ge=1, description="gradient steps per round")
-    rounds: int = Field(20, ge=1, description="rounds of `steps`: steps × rounds gradient steps in all")
+    rounds: int = Field(40, ge=1, description="rounds of `steps`: steps × rounds gradient steps in all")
     batch_size: int = Field(6, ge=1, description=_BATCH)
     learning_rate: float = Field(0.05, gt=0.0, description="Adam step on the gates")
     key_step: float = Field(1.0, gt=0.0, description="the key projections' step as a fraction of learning_rate")
@@ -260,11 +262,11 @@ class WordScoreObjective(_Objective):
 
 
 def _tags(value: object) -> object:
-    """`objective` defaults to 'fit' (the library default); `score` must say its scope."""
+    """`objective` defaults to 'gate' (the library default); `score` must say its scope."""
     if not isinstance(value, Mapping):
         return value
     if "objective" not in value:
-        return {"objective": "fit", **value}
+        return {"objective": "gate", **value}
     if value["objective"] == "score" and "scope" not in value:
         raise ValueError(
             "objective 'score' needs a scope: 'prompt' (the paper's, at every text token; union composition) or "
@@ -276,7 +278,7 @@ def _tags(value: object) -> object:
 class _AnyOf:
     """JSON schema of the union: `anyOf` where pydantic writes `oneOf`, the discriminator kept.
 
-    `objective` may be left out (it defaults to fit), and then settings such as {"steps": 2} fit
+    `objective` may be left out (it defaults to gate), and then settings such as {"steps": 2} fit
     several objectives' schemas; a JSON-schema validator (Prefect's, on a deployment's parameters)
     would refuse them under `oneOf`. Which objective they are is pydantic's to decide, as above.
     """
@@ -315,8 +317,8 @@ def parse_discovery(data: Mapping[str, Any] | str) -> Objective:
 
 # What validation chose per composition strategy (docs/research/composition.md): each is its
 # objective's defaults, so `grid.composition: union` with no `discovery` gets the paper's tuned 10 %.
-DISCOVERY_FOR: dict[Composition, FitObjective | PromptScoreObjective] = {
-    "token": FitObjective(),
+DISCOVERY_FOR: dict[Composition, GateObjective | PromptScoreObjective] = {
+    "token": GateObjective(),
     "union": PromptScoreObjective(),
 }
 

@@ -29,7 +29,7 @@ def test_minimal_config_fills_typed_defaults_and_round_trips_json():
         ({"grid": {"seeds": [0, "x"]}}, "grid.seeds.1"),
         ({"grid": {"templates": ["a photo"]}}, "grid.templates"),
         ({"runner": {"kind": "kubernetes"}}, "runner.kind"),
-        ({"discovery": {"steps": 0}}, "discovery.fit.steps"),  # the objective is named too
+        ({"discovery": {"steps": 0}}, "discovery.gate.steps"),  # the objective is named too
         ({"discovery": {"objective": "score", "scope": "prompt", "threshold_value": 5}}, "discovery.score.prompt"),
         ({"subjects": [{"subject_id": "../etc", "class_word": "dog", "uri": "/x"}]}, "subjects.0.subject_id"),
         ({"modle": {"path": "/x"}}, "modle"),

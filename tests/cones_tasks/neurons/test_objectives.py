@@ -26,7 +26,8 @@ CHANGED = {
 
 
 def test_the_settings_the_readme_names_work_as_written():
-    assert parse_discovery({}) == FitObjective()  # objective: fit is the default
+    assert parse_discovery({}) == GateObjective()  # objective: gate is the default
+    assert (GateObjective().density, GateObjective().rounds * GateObjective().steps) == (0.01, 800)
     paper = parse_discovery({"scope": "prompt", "objective": "score"})
     # validation's tuned setting for the paper's statistic (docs/research/validate-runs.md), not a library-wide 0.002
     assert paper == DISCOVERY_FOR["union"] == PromptScoreObjective()
@@ -36,7 +37,7 @@ def test_the_settings_the_readme_names_work_as_written():
     # no `discovery` at all: the one validation chose for the grid's composition
     base = {"catalog": "c", "model": {"path": "m"}, "subjects": ["a"]}
     assert GenerateConfig.model_validate({**base, "grid": {"composition": "union"}}).discovery == PromptScoreObjective()
-    assert GenerateConfig.model_validate(base).discovery == FitObjective()
+    assert GenerateConfig.model_validate(base).discovery == GateObjective() == DISCOVERY_FOR["token"]
 
 
 def test_each_objective_refuses_the_others_keys_with_a_clear_error():
