@@ -54,7 +54,7 @@ def test_discover_export_load_and_draw_two_subjects(family, tmp_path):
     space = NeuronSpace.from_unet(model.unet)
     before = {k: v.clone() for k, v in model.unet.state_dict().items()}
 
-    # discovery: word-scoped `fit` (the default objective), on each family's own conditioning
+    # discovery: word-scoped `fit` (its projection reports how well the shut weights make the edit), on each family's own conditioning
     cat = load_catalog(str(tmp_path / "catalog"))
     cat.write_model(space, source=str(folder))
     for subject, (word, seed) in SUBJECTS.items():

@@ -56,7 +56,7 @@ def test_the_demo_report_renders_in_chromium(demo_run, tmp_path):
     assert all(p["width"] > 0 for p in facts["plots"])
     assert facts["references"] == {s: 8 for s in subjects}
     assert facts["settings"]["composition"]["strategy"] == "token"
-    assert facts["settings"]["discovery"]["objective"] == "fit" and facts["settings"]["discovery"]["scope"] == "word"
+    assert facts["settings"]["discovery"]["objective"] == "gate" and facts["settings"]["discovery"]["scope"] == "word"
     # a plot's title is printed once on the page (its caption)
     assert facts["headings"].count("Score by number of subjects") == 1
 

@@ -37,7 +37,7 @@ def _config(catalog: str, folders, kind: str, workers: int) -> CustomizeConfig:
             "model": {"path": str(TOY_MODEL_DIR)},
             "subjects": [{"subject_id": s.id, "class_word": s.class_word, "uri": str(folders[s.id])} for s in SUBJECTS],
             "ingest": {"min_side": 16},
-            # a short discovery: 2 rounds × 6 gradient steps of the word-row fit (the default objective)
+            # a short discovery: 2 rounds × 6 gradient steps of the word-row gates (the default objective)
             "discovery": {"steps": 6, "rounds": 2, "batch_size": 4},
             # C(2,1)+C(2,2) = 3 subsets × 1 template × 2 seeds = 6 images in 3 tasks of 2
             "grid": {"max_k": 2, "templates": ["{subjects}"], "seeds": [0, 1], "steps": 6, "guidance_scale": 3.0,
