@@ -101,12 +101,12 @@ def test_discover_schema_shows_the_objectives_as_a_discriminated_union():
 
 def test_the_schema_takes_what_the_config_takes_with_the_objective_left_out():
     """A JSON-schema validator (Prefect's, on a deployment's parameters) accepts discovery settings without
-    `objective`, as the config does (fit, the default); a key of another objective is refused by both."""
+    `objective`, as the config does (gate, the default); a key of another objective is refused by both."""
     import jsonschema
 
     schema = json.loads(_cli("config", "schema", "discover").output)
     base = {"catalog": "c", "model": {"path": "m"}, "subjects": ["a"]}
-    for discovery, objective in (({"steps": 2, "batch_size": 2}, "FitObjective"),
+    for discovery, objective in (({"steps": 2, "batch_size": 2}, "GateObjective"),
                                  ({"objective": "score", "scope": "prompt", "threshold_value": 0.05}, "PromptScoreObjective")):
         jsonschema.validate({**base, "discovery": discovery}, schema)
         config = config_class("discover").model_validate({**base, "discovery": discovery})

@@ -26,7 +26,8 @@ def _config(catalog: str, model_dir, folders, kind: str) -> CustomizeConfig:
         "model": {"path": str(model_dir)},
         "subjects": [{"subject_id": s.id, "class_word": s.class_word, "uri": str(folders[s.id])} for s in SUBJECTS],
         "ingest": {"min_side": 16},
-        "discovery": {"steps": 2, "rounds": 2, "batch_size": 2},
+        # fit: a few steps shut some neurons (the default gate needs more to close any gate)
+        "discovery": {"objective": "fit", "steps": 2, "rounds": 2, "batch_size": 2},
         # C(2,1) + C(2,2) = 3 subsets × 1 template × 2 seeds = 6 images in 3 tasks of 2
         "grid": {"max_k": 2, "templates": ["{subjects}"], "seeds": [0, 1], "steps": 2, "sample_batch": 2, "task_batch": 2},
         "scoring": {"judge": True, "task_batch": 2},

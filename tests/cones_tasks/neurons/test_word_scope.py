@@ -118,8 +118,8 @@ def test_compositions_need_masks_discovered_for_them():
         check_composition("union", FitObjective())
     with pytest.raises(ValueError, match="objective 'fit'.*needs scope 'word'"):
         FitObjective(scope="prompt")
-    with pytest.raises(ValueError, match="objective 'fit'.*needs scope 'word'"):
-        parse_discovery({"scope": "prompt"})  # no objective: fit, the default
+    with pytest.raises(ValueError, match="objective 'gate'.*needs scope 'word'"):
+        parse_discovery({"scope": "prompt"})  # no objective: gate, the default
 
 
 # Of the unmasked loss, what the found mask must reach on the references.
