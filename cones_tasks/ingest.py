@@ -269,11 +269,15 @@ def ingest_images(
     )
 
 
+def _centre_square(height: int, width: int) -> tuple[int, int, int]:
+    """(top, left, side) of the square fit_to_resolution crops from the centre of a height × width photo."""
+    side = min(height, width)
+    return (height - side) // 2, (width - side) // 2, side
+
+
 def fit_to_resolution(pixels: np.ndarray, resolution: int) -> np.ndarray:
     """Centre-crop to a square and resize to `resolution` (the model's input size): `[H, W, 3]` → `[r, r, 3]`."""
-    h, w = pixels.shape[:2]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
+    top, left, side = _centre_square(*pixels.shape[:2])
     square = Image.fromarray(pixels[top : top + side, left : left + side])
     if side != resolution:
         square = square.resize((resolution, resolution), Image.Resampling.LANCZOS)
@@ -366,8 +370,7 @@ def check_boxes(subject_id: str, captions: Mapping[str, SceneCaption | str], rep
 def crop_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, float, float, float] | None:
     """`box` (fractions of a width × height photo) in the square fit_to_resolution crops from its centre; None
     when the crop leaves none of it."""
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
+    top, left, side = _centre_square(height, width)  # the very crop, odd margins rounded as it rounds them
     x0, x1 = [min(max((v * width - left) / side, 0.0), 1.0) for v in (box[0], box[2])]
     y0, y1 = [min(max((v * height - top) / side, 0.0), 1.0) for v in (box[1], box[3])]
     return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None

@@ -92,10 +92,16 @@ class GateMember:
 # ---------------------------------------------------------------- shared: the loss with a row edit
 
 
+def _drawn_spans(spans, idx: torch.Tensor) -> list:
+    """The word's span in each drawn image (spans: one per image, or one for all; None where the image does not
+    name the word, e.g. another member's own photo)."""
+    return [spans[i] if len(spans) > 1 else spans[0] for i in idx.tolist()]
+
+
 def _rows_of_batch(spans, idx: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(batch element, token row) of the word in each drawn image, [m·R] each, and m: the drawn images whose
-    prompt names the word (a span of None: an image this subject is not in, e.g. another member's own photo)."""
-    chosen = [spans[i] if len(spans) > 1 else spans[0] for i in idx.tolist()]
+    prompt names the word."""
+    chosen = _drawn_spans(spans, idx)
     batch = torch.tensor([b for b, span in enumerate(chosen) if span is not None for _ in span], device=device, dtype=torch.long)
     rows = torch.tensor([r for span in chosen if span is not None for r in span], device=device, dtype=torch.long)
     return batch, rows, sum(span is not None for span in chosen)
@@ -103,12 +109,8 @@ def _rows_of_batch(spans, idx: torch.Tensor, device) -> tuple[torch.Tensor, torc
 
 def _held(spans, boxes, idx: torch.Tensor) -> list[tuple[int, Sequence[int], Box | None]]:
     """(batch element, the word's rows, its box) for each drawn image whose prompt names the word."""
-    out = []
-    for b, i in enumerate(idx.tolist()):
-        span = spans[i] if len(spans) > 1 else spans[0]
-        if span is not None:
-            out.append((b, span, None if boxes is None else boxes[i]))
-    return out
+    return [(b, span, None if boxes is None else boxes[i])
+            for b, (i, span) in enumerate(zip(idx.tolist(), _drawn_spans(spans, idx))) if span is not None]
 
 
 def _edited_loss(problem, space, edits: Sequence[tuple[dict[str, torch.Tensor], Sequence, Sequence | None]], gen,
