@@ -23,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cones_tasks.neurons.layout_settings import Box, check_box
+
 MAX_SUBJECT_ID_CHARS = 64
 DEFAULT_MIN_SIDE = 64
 # 64 MP: a 8k×8k photo passes; a header claiming 50k×50k (a decompression bomb: a few KB
@@ -305,7 +307,7 @@ class SceneCaption(NamedTuple):
     """One captions.json entry: a scene photo's caption and, when given, the subject's region in it."""
 
     caption: str
-    box: tuple[float, float, float, float] | None = None  # x0, y0, x1, y1 as fractions of the photo
+    box: Box | None = None  # x0, y0, x1, y1 as fractions of the photo
 
 
 def _by_name(report: IngestReport) -> dict[str, str]:
@@ -345,12 +347,10 @@ def check_captions(subject_id: str, class_word: str, captions: Mapping[str, Scen
 
 
 def check_boxes(subject_id: str, captions: Mapping[str, SceneCaption | str], report: IngestReport
-                ) -> dict[str, tuple[float, float, float, float]]:
+                ) -> dict[str, Box]:
     """{content hash: box} of the captioned photos whose entry gives the subject's box; the captions themselves are
     check_captions'. A box must lie inside the photo (fractions of its width and height, x0 < x1, y0 < y1).
     Raises CaptionError naming every bad box."""
-    from cones_tasks.neurons.layout_settings import check_box
-
     by_name = _by_name(report)
     problems, out = [], {}
     for name, entry in sorted(captions.items()):
@@ -367,7 +367,7 @@ def check_boxes(subject_id: str, captions: Mapping[str, SceneCaption | str], rep
     return out
 
 
-def crop_box(box: tuple[float, float, float, float], width: int, height: int) -> tuple[float, float, float, float] | None:
+def crop_box(box: Box, width: int, height: int) -> Box | None:
     """`box` (fractions of a width × height photo) in the square fit_to_resolution crops from its centre; None
     when the crop leaves none of it."""
     top, left, side = _centre_square(height, width)  # the very crop, odd margins rounded as it rounds them

@@ -153,7 +153,7 @@ def test_cli_validate_quick_runs_its_lines_on_a_short_discovery(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.output[result.output.index("{"):])
     assert data["strategy"] == "token" and data["selection"] == [] and data["scene_references"] == 2
-    assert data["layout"] == {"inside": 2.0, "outside": 4.0, "lone": 1.0, "boxes": {}}  # the pipeline's attention control, by default
+    assert data["layout"] == {"inside": 4.0, "outside": 4.0, "lone": 1.0, "boxes": {}}  # the pipeline's attention control, by default
     assert {k: data["chosen_params"][k] for k in short} == short  # the candidate given, not the recommended one
     assert data["chosen_params"]["scope"] == "word"
     assert set(data["single"]) == {"hit_masked", "hit_unmasked"} and set(data["multi"]) == {"2", "3"}  # 3 subjects: no 4

@@ -46,7 +46,7 @@ def test_configs_are_frozen_and_parts_validate():
     grid = GenerationGrid(templates=("{subjects} on snow",), seeds=(1, 2))
     with pytest.raises(ValidationError):
         grid.max_k = 2  # type: ignore[misc]
-    layout = {"inside": 2.0, "outside": 4.0, "lone": 1.0, "boxes": {}}
+    layout = {"inside": 4.0, "outside": 4.0, "lone": 1.0, "boxes": {}}
     assert grid.sampler_settings() == {"steps": 25, "guidance_scale": 7.5, "composition": "token", "layout": layout}
     # the layout is named only where it acts: a grid without it keeps the ids it had before layouts existed
     off = {"steps": 25, "guidance_scale": 7.5}
