@@ -94,10 +94,12 @@ _COMPOSED = (
 )
 
 
+DISCOVERY_LAYOUT = Layout(inside=2.0, outside=4.0, lone=1.0)
 _DISCOVERY_LAYOUT = (
     "attention control while the edit is learned, as generation applies it (cones_tasks.neurons.layout): the class "
     "word held at +lone over a photo of the subject alone, at +inside in the subject's box of a scene photo and "
-    "-outside elsewhere; null: off. Strengths only: a photo's box comes with the photo (captions.json)"
+    "-outside elsewhere; null: off. Strengths only: a photo's box comes with the photo (captions.json). Its inside stays "
+    "at 2 where generation's is 4: learned under 4, short discoveries lost their subjects (docs/research/layout.md)"
 )
 
 
@@ -107,7 +109,10 @@ class _WordEditObjective(_Objective):
     # Generation holds each subject's word in its region (the layout, on by default); an edit learned without that
     # hold is learned under attention it will not get. Learned under it, 1 % concepts (800 steps) drew pairs 0.83
     # against 0.48 on the toy model's selection seeds (docs/research/layout.md, "Discovery under the layout").
-    layout: Layout | None = Field(default_factory=Layout, description=_DISCOVERY_LAYOUT)
+    # Its `inside` stays at 2 while generation's went to 4: learned under 4, the full discovery drew pairs no better
+    # (0.83 against 0.85) and a short one (400 steps of 3 images, the demo's) lost its subjects (one subject 0.50,
+    # pairs 0.17; docs/research/layout.md, "Inside at 1 %").
+    layout: Layout | None = Field(default_factory=lambda: DISCOVERY_LAYOUT, description=_DISCOVERY_LAYOUT)
 
     @field_validator("layout")
     @classmethod

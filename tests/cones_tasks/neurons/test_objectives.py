@@ -73,7 +73,7 @@ def test_a_mask_is_named_by_what_changes_its_neurons_only(kind):
 def test_discovery_under_a_layout_is_named_and_off_keeps_the_ids_from_before_it():
     for kind in (FitObjective, GateObjective):
         on, off = mask_params(kind(), seed=0), mask_params(kind(layout=None), seed=0)
-        assert on["discovery"]["layout"] == {"inside": 4.0, "outside": 4.0, "lone": 1.0, "boxes": {}}
+        assert on["discovery"]["layout"] == {"inside": 2.0, "outside": 4.0, "lone": 1.0, "boxes": {}}
         assert "layout" not in off["discovery"] and on != off
         assert mask_params(kind(layout={"inside": 1, "outside": 4}), seed=0) != on
     with pytest.raises(ValidationError, match="strengths only"):
