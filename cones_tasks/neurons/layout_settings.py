@@ -48,10 +48,11 @@ class Layout(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # chosen on the toy model's selection seeds (docs/research/layout.md, "Inside at 1 %"), n = 48: with the default
-    # 1 % concepts (gate, learned under the layout) pairs read 0.83 at inside 2, 0.94 at 3, 0.83 at 4, 0.21 at 6
+    # 1 % concepts (gate, learned under the layout) pairs read 0.83 at inside 2, 0.94 at 3, 0.85 at 4, 0.21 at 6
     # (subjects dropped, pictures unreadable); learned from photos of the subject alone, 0.33 / 0.46 / 0.54 / 0.46.
-    # 4 is the best for the worse of the two. outside 4 and 8 read the same. A lone subject has no region to win
-    # against another subject's word: `lone` 2 cost the older 13.5 % concepts hits (0.94 -> 0.81), 1 did not.
+    # 4 is the best for the worse of the two (discovery's own hold stays at 2: objectives.DISCOVERY_LAYOUT); outside
+    # 4 and 8 read the same. A lone subject has no region to win against another subject's word: `lone` 2 cost the
+    # older 13.5 % concepts hits (0.94 -> 0.81), 1 did not.
     inside: float = Field(4.0, ge=0.0, description="logit added where a subject's word meets its own region (two or "
                           "more subjects)")
     outside: float = Field(4.0, ge=0.0, description="logit taken where a subject's word meets the rest of the image")

@@ -24,11 +24,11 @@ def test_demo_fills_the_catalog_and_its_masks_draw_their_subjects(demo_run):
         ).to_pylist()
     }
     assert {int(k): v for k, v in out["all_present"].items()} == pytest.approx(all_present, abs=5e-4)  # printed to 3 places
-    # measured on the shipped 16,750-step model, 1 % gate concepts learned under the default layout (the demo's
-    # 400 steps of 3 images): 0.88 for one subject (the class prompt unmasked: ~0.06), 0.64 for pairs (the base
-    # model, the subjects spelled out: ~0.98) and 0.11 for three, 96 and 64 images (docs/research/demo-16750-gate.json):
-    # pairs under 0.5 is a regression.
-    assert all_present[1] >= 0.75 and all_present[2] >= 0.5 and all_present[3] >= 0.05, all_present
+    # measured on the shipped 16,750-step model, 1 % gate concepts learned under the discovery layout (the demo's
+    # 400 steps of 3 images) and generated at the default layout: 0.88 for one subject (the class prompt unmasked:
+    # ~0.06), 0.84 for pairs (the base model, the subjects spelled out: ~0.98) and 0.55 for three, 96 and 64 images
+    # (docs/research/demo-16750-inside4.json): pairs under 0.7 or three under 0.35 is a regression.
+    assert all_present[1] >= 0.75 and all_present[2] >= 0.7 and all_present[3] >= 0.35, all_present
     assert catalog.query(out["query"]).num_rows == 10  # the query the demo prints runs as printed
 
 
