@@ -196,9 +196,12 @@ def _default(field) -> str:
     if field.default is PydanticUndefined:
         return "(computed)"
     if isinstance(field.default, BaseModel):
+        # a default that sets some of its model's fields (discovery's layout: inside 2) says which
+        changed = field.default.model_dump(mode="json", exclude_defaults=True)
+        but = f" but `{json.dumps(changed, ensure_ascii=False)}`" if changed else ""
         if field.discriminator is not None:  # one of several models: say which
-            return f"[{type(field.default).__name__}](#{type(field.default).__name__.lower()})'s defaults"
-        return "its defaults"
+            return f"[{type(field.default).__name__}](#{type(field.default).__name__.lower()})'s defaults{but}"
+        return f"its defaults{but}"
     return f"`{json.dumps(field.default, ensure_ascii=False)}`"
 
 

@@ -94,8 +94,9 @@ _COMPOSED = (
 )
 
 
-DISCOVERY_LAYOUT = Layout(inside=2.0, outside=4.0, lone=1.0)
-_DISCOVERY_LAYOUT = (
+# generation's layout but for `inside` (the why: _WordEditObjective.layout), so outside and lone follow its defaults
+DISCOVERY_LAYOUT = Layout(inside=2.0)
+_DISCOVERY_LAYOUT_HELP = (
     "attention control while the edit is learned, as generation applies it (cones_tasks.neurons.layout): the class "
     "word held at +lone over a photo of the subject alone, at +inside in the subject's box of a scene photo and "
     "-outside elsewhere; null: off. Strengths only: a photo's box comes with the photo (captions.json). Its inside stays "
@@ -112,7 +113,7 @@ class _WordEditObjective(_Objective):
     # Its `inside` stays at 2 while generation's went to 4: learned under 4, the full discovery drew pairs no better
     # (0.83 against 0.85) and a short one (400 steps of 3 images, the demo's) lost its subjects (one subject 0.50,
     # pairs 0.17; docs/research/layout.md, "Inside at 1 %").
-    layout: Layout | None = Field(default_factory=lambda: DISCOVERY_LAYOUT, description=_DISCOVERY_LAYOUT)
+    layout: Layout | None = Field(DISCOVERY_LAYOUT, description=_DISCOVERY_LAYOUT_HELP)
 
     @field_validator("layout")
     @classmethod

@@ -131,3 +131,13 @@ def test_reference_types_read_as_words():
     assert _type_name(tuple[Annotated[int, Field(ge=1)], ...]) == "list of `int`"
     assert _type_name(ClipRef | None) == "[ClipRef](#clipref) or null"
     assert _type_name(Literal["a", "b"]) == '`"a"` \\| `"b"`'
+
+
+def test_a_model_default_that_sets_fields_names_them():
+    """Discovery's layout is generation's Layout with inside 2: the reference must not call it the Layout's defaults."""
+    from cones_cli.config_cmds import _default
+    from cones_tasks.config import GenerationGrid
+    from cones_tasks.neurons.objectives import GateObjective
+
+    assert _default(GateObjective.model_fields["layout"]) == 'its defaults but `{"inside": 2.0}`'
+    assert _default(GenerationGrid.model_fields["layout"]) == "its defaults"
